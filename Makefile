@@ -1,0 +1,34 @@
+# One entry point for every set-up step: `make test` and `make demo` work from a fresh clone.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU machines take the local CPU build of torch; the CUDA image picks its own in docker/.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: venv test test-fast demo bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install "$(TORCH_PIN)"
+	$(PY) -m pip install -e ".[dev]" "$(TORCH_PIN)"
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest tests
+
+test-fast: venv
+	$(PY) -m pytest tests -m "not slow"
+
+demo: venv
+	rm -rf mcvae-demo
+	$(VENV)/bin/mcvae demo --out mcvae-demo
+
+bench: venv
+	$(PY) bench/sampler_cost.py
+	$(PY) bench/likelihood.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

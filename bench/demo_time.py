@@ -1,0 +1,46 @@
+"""Wall-clock time of `mcvae demo` (the main job on the embedded demo cohort), end to end.
+
+Goal (issue #3): within 10 minutes on the 2-core CPU machine. Runs the real console command
+in a fresh output folder and reports the time of each stage from its output.
+
+    python bench/demo_time.py [--keep OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import machine, write_result  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", help="write the demo here and keep it (default: temporary)")
+    args = parser.parse_args()
+    out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mcvae-demo-bench-"))
+    mcvae = Path(sys.executable).with_name("mcvae")
+    started = time.perf_counter()
+    proc = subprocess.run([str(mcvae), "demo", "--out", str(out)], capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    print(proc.stdout)
+    if proc.returncode != 0:
+        print(proc.stderr, file=sys.stderr)
+        raise SystemExit(f"mcvae demo failed with exit code {proc.returncode}")
+    where = machine("cpu")
+    print(f"mcvae demo: {seconds:.1f} s wall clock (goal 600 s) on {where}")
+    path = write_result("demo_time", {"machine": where, "seconds": seconds, "goal_seconds": 600,
+                                      "stdout": proc.stdout})
+    print(f"wrote {path}")
+    if not args.keep:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,392 @@
+"""Do MCMC-refined synthetic scans help a downstream classifier? (issue #7, experiments 4 and 5)
+
+For each seed: an imbalanced demo cohort (default 60 CN, 6 AD, 32^3) for training and a
+held-out balanced real test set (20 CN + 20 AD, demo seed 1000 + seed), both preprocessed with
+the default PreprocessConfig. A small 3-D CNN (the same recipe everywhere: fixed step budget,
+class-weighted cross-entropy) learns AD vs CN from
+
+  real           the imbalanced real training set only
+  classical      + MONAI RandAffine/Rand3DElastic copies of real AD scans
+  duplicates     + random duplicates of real AD scans (random oversampling)
+  plain-VAE      + scans from a VAE trained on the real AD scans without MCMC (sampler "none")
+  MCMC-VAE       + scans from the same VAE trained with MALA refinement (default AugmentConfig)
+
+with 1x, 2x, 5x the minority count of extra AD scans. Each generative model is trained once per
+seed (same init seed, same step budget) and sampled once at the largest count; smaller counts
+are prefixes. Scored on the balanced test set: balanced accuracy, AD recall, AUROC.
+
+Experiment 5 (memorisation): for every extra-scan source, the nearest-real-AD-scan distance of
+each extra scan vs the real-to-real nearest-neighbour distances (models.report.memorisation_audit).
+
+    python bench/downstream.py                       # seeds 0-4, default VAE budget
+    python bench/downstream.py --seeds 0 1 --pretrain-steps 300 --mcmc-steps 75   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS, machine, write_result
+from models.augment import AugmentConfig, fit_class_model, write_synthetic
+from models.config import ModelConfig, SamplerConfig
+from models.data import PreprocessConfig, load_tensors, make_demo_cohort, target_affine
+from models.report import memorisation_audit
+
+METHODS = ["classical", "duplicates", "plain-VAE", "MCMC-VAE"]
+METRICS = ["balanced_accuracy", "ad_recall", "auroc"]
+METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "ad_recall": "AD recall", "auroc": "AUROC"}
+
+
+# ----------------------------------------------------------------------------- data
+
+def build_data(seed: int, root: Path, n_control: int, n_ad: int, n_test: int, pre: PreprocessConfig):
+    train = make_demo_cohort(root / "train", n_control=n_control, n_ad=n_ad, shape=(32, 32, 32), seed=seed)
+    test = make_demo_cohort(root / "test", n_control=n_test, n_ad=n_test, shape=(32, 32, 32), seed=1000 + seed)
+    out = {}
+    for name, cohort in (("train", train), ("test", test)):
+        for label in ("CN", "AD"):
+            out[f"{name}_{label}"] = load_tensors(cohort, pre, root / "cache", label)
+    return out
+
+
+def classical_copies(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """n randomly affine + elastically deformed copies of the scans in x (cycled)."""
+    from monai.transforms import Compose, Rand3DElastic, RandAffine
+
+    aug = Compose([
+        RandAffine(prob=1.0, rotate_range=(math.radians(8),) * 3, scale_range=(0.05,) * 3,
+                   translate_range=(2,) * 3, padding_mode="border", mode="bilinear"),
+        Rand3DElastic(sigma_range=(4, 6), magnitude_range=(20, 40), prob=1.0,
+                      padding_mode="border", mode="bilinear"),
+    ])
+    aug.set_random_state(seed=seed)
+    return torch.stack([torch.as_tensor(aug(x[i % len(x)])).float() for i in range(n)]).clamp(0, 1)
+
+
+def duplicate_copies(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.cat([torch.randperm(len(x), generator=g) for _ in range(-(-n // len(x)))])[:n]
+    return x[idx].clone()
+
+
+def vae_scans(x_ad: torch.Tensor, cfg: AugmentConfig, pre: PreprocessConfig, n: int, seed: int, out: Path):
+    model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **cfg.model.model_dump())
+    started = time.perf_counter()
+    model, _sampler, history, train_cfg = fit_class_model(x_ad, model_cfg, cfg, seed)
+    train_s = time.perf_counter() - started
+    model.eval()
+    scans, _ = write_synthetic(model, n, out, "AD", target_affine(pre), seed=seed + 1, model_id="bench",
+                               sampler_name=cfg.sampler.kind)
+    last = history.records[-1] if history.records else None
+    info = {"train_seconds": round(train_s, 1), "final_elbo": getattr(last, "elbo", None),
+            "final_accept": getattr(last, "accept", None),
+            "pretrain_epochs": train_cfg.pretrain_epochs, "epochs": train_cfg.epochs,
+            "batch_size": train_cfg.batch_size}
+    return scans.float().clamp(0, 1), info
+
+
+# ----------------------------------------------------------------------------- classifier
+
+class SmallCNN(nn.Module):
+    """Three conv blocks (8, 16, 32 channels) + global average pool + linear: ~20k parameters."""
+
+    def __init__(self):
+        super().__init__()
+        layers, c_in = [], 1
+        for c in (8, 16, 32):
+            layers += [nn.Conv3d(c_in, c, 3, padding=1), nn.InstanceNorm3d(c, affine=True),
+                       nn.LeakyReLU(0.1), nn.MaxPool3d(2)]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(c_in, 2))
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3, 4)))
+
+
+def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int, batch: int, lr: float):
+    """The one recipe: fixed step budget, uniform mini-batches, class-weighted cross-entropy,
+    random left-right flips (the only augmentation every condition gets)."""
+    torch.manual_seed(seed)
+    net = SmallCNN()
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
+    counts = torch.bincount(y, minlength=2).float()
+    weight = counts.sum() / (2 * counts.clamp(min=1))
+    g = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        idx = torch.randint(len(x), (min(batch, len(x)),), generator=g)
+        xb, yb = x[idx], y[idx]
+        flip = torch.rand(len(xb), generator=g) < 0.5
+        xb = torch.where(flip[:, None, None, None, None], xb.flip(2), xb)
+        loss = F.cross_entropy(net(xb), yb, weight=weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval()
+    return net
+
+
+@torch.no_grad()
+def score(net, x_test: torch.Tensor, y_test: torch.Tensor) -> dict[str, float]:
+    from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
+
+    p = torch.cat([F.softmax(net(x_test[i:i + 32]), 1)[:, 1] for i in range(0, len(x_test), 32)]).numpy()
+    pred = (p >= 0.5).astype(int)
+    y = y_test.numpy()
+    return {"balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+            "ad_recall": float(recall_score(y, pred, pos_label=1, zero_division=0)),
+            "auroc": float(roc_auc_score(y, p))}
+
+
+# ----------------------------------------------------------------------------- plots
+
+def _planes(v: np.ndarray) -> list[np.ndarray]:
+    x, y, z = (s // 2 for s in v.shape)
+    return [np.rot90(v[:, :, z]), np.rot90(v[:, y, :]), np.rot90(v[x, :, :])]
+
+
+def plot_montage(rows: list[tuple[str, torch.Tensor]], path: Path, per_row: int = 4) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), per_row * 3, figsize=(1.4 * per_row * 3, 1.6 * len(rows)), squeeze=False)
+    for r, (name, scans) in enumerate(rows):
+        for ax in axes[r]:
+            ax.axis("off")
+        for i in range(min(per_row, len(scans))):
+            for p, img in enumerate(_planes(scans[i, 0].numpy())):
+                ax = axes[r, i * 3 + p]
+                ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_title(name, fontsize=9, loc="left")
+    fig.suptitle("AD scans, seed 0: real vs synthetic (axial / coronal / sagittal)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_utility(summary: dict, counts: list[int], n_ad: int, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
+    colours = {"classical": "tab:green", "duplicates": "tab:gray", "plain-VAE": "tab:blue",
+               "MCMC-VAE": "tab:red"}
+    for ax, metric in zip(axes, METRICS):
+        base = summary["real"][metric]
+        ax.axhline(base["mean"], color="k", lw=1, ls="--", label="real only")
+        ax.axhspan(base["mean"] - base["sd"], base["mean"] + base["sd"], color="k", alpha=0.07)
+        for k, method in enumerate(METHODS):
+            xs = np.array(counts) + (k - 1.5) * 0.08
+            stats = [summary[f"{method} {c}x"][metric] for c in counts]
+            ax.errorbar(xs, [s["mean"] for s in stats], yerr=[s["sd"] for s in stats], marker="o", ms=4,
+                        capsize=2, lw=1, color=colours[method], label=method)
+        ax.set_xticks(counts)
+        ax.set_xticklabels([f"{c}x ({c * n_ad})" for c in counts])
+        ax.set_xlabel("extra AD scans (x minority count)")
+        ax.set_title(METRIC_NAMES[metric])
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_memorisation(dist: dict[str, list[float]], threshold: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    finite = [d for v in dist.values() for d in v]
+    bins = np.linspace(0, max(finite) * 1.05, 40)
+    colours = {"real AD to real AD": "k", "classical": "tab:green", "plain-VAE": "tab:blue",
+               "MCMC-VAE": "tab:red"}
+    for name, values in dist.items():
+        ax.hist(values, bins=bins, histtype="step", lw=1.5, color=colours.get(name), label=f"{name} (n={len(values)})",
+                density=True)
+    ax.axvline(threshold, color="k", ls=":", lw=1, label="copy threshold (smallest over seeds)")
+    ax.set_xlabel("RMS distance per voxel to the nearest real training AD scan")
+    ax.set_ylabel("density")
+    ax.set_title("Memorisation audit, all seeds pooled (duplicates: all at 0, not drawn)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- main
+
+def real_nn(x: torch.Tensor) -> list[float]:
+    """Real-to-real nearest-neighbour distances, as memorisation_audit computes them."""
+    flat = x.flatten(1).double()
+    d = torch.cdist(flat, flat) / math.sqrt(flat.shape[1])
+    d.fill_diagonal_(float("inf"))
+    return [float(v) for v in d.min(1).values]
+
+
+def mean_sd(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 5], help="extra AD scans, x minority count")
+    ap.add_argument("--n-control", type=int, default=60)
+    ap.add_argument("--n-ad", type=int, default=6)
+    ap.add_argument("--n-test", type=int, default=20, help="test scans per class")
+    ap.add_argument("--pretrain-steps", type=int, default=AugmentConfig().pretrain_steps)
+    ap.add_argument("--mcmc-steps", type=int, default=AugmentConfig().mcmc_steps)
+    ap.add_argument("--clf-steps", type=int, default=100)
+    ap.add_argument("--clf-batch", type=int, default=16)
+    ap.add_argument("--clf-lr", type=float, default=3e-3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="start no further seed once the next one would end past this budget")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    pre = PreprocessConfig()
+    counts = sorted(args.counts)
+    n_max = max(counts) * args.n_ad
+    vae_cfgs = {
+        "plain-VAE": AugmentConfig(sampler=SamplerConfig(kind="none"), pretrain_steps=args.pretrain_steps,
+                                   mcmc_steps=args.mcmc_steps),
+        "MCMC-VAE": AugmentConfig(pretrain_steps=args.pretrain_steps, mcmc_steps=args.mcmc_steps),
+    }
+    runs, generators, memo = [], {}, {}
+    dist_pool: dict[str, list[float]] = {"real AD to real AD": [], "classical": [], "plain-VAE": [], "MCMC-VAE": []}
+    thresholds, montage_rows = [], None
+    done_seeds: list[int] = []
+    for seed in args.seeds:
+        if done_seeds and args.max_minutes is not None:
+            per_seed = (time.perf_counter() - started) / len(done_seeds)
+            if time.perf_counter() - started + per_seed > 60 * args.max_minutes:
+                print(f"time budget: stopping after seeds {done_seeds}", flush=True)
+                break
+        with tempfile.TemporaryDirectory(prefix="downstream-") as tmp:
+            tmp = Path(tmp)
+            t0 = time.perf_counter()
+            data = build_data(seed, tmp, args.n_control, args.n_ad, args.n_test, pre)
+            x_cn, x_ad = data["train_CN"], data["train_AD"]
+            x_test = torch.cat([data["test_CN"], data["test_AD"]])
+            y_test = torch.cat([torch.zeros(len(data["test_CN"])), torch.ones(len(data["test_AD"]))]).long()
+            extras = {"classical": classical_copies(x_ad, n_max, seed), "duplicates": duplicate_copies(x_ad, n_max, seed)}
+            print(f"seed {seed}: data {time.perf_counter() - t0:.1f}s", flush=True)
+            for name, cfg in vae_cfgs.items():
+                extras[name], info = vae_scans(x_ad, cfg, pre, n_max, seed * 1009, tmp / name)
+                generators.setdefault(name, []).append({"seed": seed, **info})
+                print(f"seed {seed}: {name} trained in {info['train_seconds']}s "
+                      f"(final ELBO {info['final_elbo']}, accept {info['final_accept']})", flush=True)
+            if montage_rows is None:
+                montage_rows = [("real AD (training)", x_ad), ("classical (MONAI affine+elastic)", extras["classical"]),
+                                ("plain VAE", extras["plain-VAE"]), ("MCMC VAE (MALA entropy)", extras["MCMC-VAE"])]
+
+            # Experiment 5: memorisation, at the largest count.
+            memo[seed] = {}
+            for name in METHODS:
+                audit = memorisation_audit(x_ad, extras[name])
+                memo[seed][name] = {"real_to_real_nn": audit["real_to_real_nn"],
+                                    "synthetic_to_real_nn": audit["synthetic_to_real_nn"],
+                                    "copy_threshold": audit["copy_threshold"], "n_flagged": len(audit["flagged"]),
+                                    "n": len(extras[name])}
+                if name in dist_pool:
+                    dist_pool[name] += audit["synthetic_nn"]
+            dist_pool["real AD to real AD"] += real_nn(x_ad)
+            thresholds.append(memo[seed]["MCMC-VAE"]["copy_threshold"])
+
+            # Experiment 4: downstream classifier.
+            conditions = [("real", 0, None)] + [(m, c, m) for m in METHODS for c in counts]
+            for method, c, source in conditions:
+                t1 = time.perf_counter()
+                extra = extras[source][: c * args.n_ad] if source else x_ad[:0]
+                x = torch.cat([x_cn, x_ad, extra])
+                y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(extra))]).long()
+                net = train_classifier(x, y, seed, args.clf_steps, args.clf_batch, args.clf_lr)
+                s = score(net, x_test, y_test)
+                key = "real" if source is None else f"{method} {c}x"
+                runs.append({"seed": seed, "condition": key, "method": method, "count": c,
+                             "n_extra": len(extra), **s, "seconds": round(time.perf_counter() - t1, 1)})
+                print(f"seed {seed}: {key:16s} bal.acc {s['balanced_accuracy']:.3f}  AD recall "
+                      f"{s['ad_recall']:.3f}  AUROC {s['auroc']:.3f}  ({time.perf_counter() - t1:.1f}s)", flush=True)
+
+        done_seeds.append(seed)
+
+    keys = ["real"] + [f"{m} {c}x" for m in METHODS for c in counts]
+    summary = {k: {m: mean_sd([r[m] for r in runs if r["condition"] == k]) for m in METRICS} for k in keys}
+    memo_summary = {}
+    for name in METHODS:
+        memo_summary[name] = {
+            "synthetic_to_real_nn_median": mean_sd([memo[s][name]["synthetic_to_real_nn"]["median"] for s in memo]),
+            "synthetic_to_real_nn_min": mean_sd([memo[s][name]["synthetic_to_real_nn"]["min"] for s in memo]),
+            "flagged_fraction": mean_sd([memo[s][name]["n_flagged"] / memo[s][name]["n"] for s in memo]),
+        }
+    memo_summary["real AD to real AD"] = {
+        "nn_median": mean_sd([memo[s]["MCMC-VAE"]["real_to_real_nn"]["median"] for s in memo]),
+        "nn_min": mean_sd([memo[s]["MCMC-VAE"]["real_to_real_nn"]["min"] for s in memo])}
+
+    elapsed = time.perf_counter() - started
+    mach = machine()
+    print()
+    print(f"Downstream AD-vs-CN classifier, {len(done_seeds)} seeds {done_seeds}; train {args.n_control} CN + "
+          f"{args.n_ad} AD, test {args.n_test} + {args.n_test}; VAE {args.pretrain_steps}+{args.mcmc_steps} steps; "
+          f"{mach}; {elapsed / 60:.1f} min")
+    print("| condition | extra AD | balanced accuracy | AD recall | AUROC |")
+    print("|---|---|---|---|---|")
+    for k in keys:
+        n_extra = 0 if k == "real" else int(k.split()[-1][:-1]) * args.n_ad
+        cells = " | ".join(f"{summary[k][m]['mean']:.3f} ± {summary[k][m]['sd']:.3f}" for m in METRICS)
+        print(f"| {k} | {n_extra} | {cells} |")
+    print()
+    print(f"Memorisation (largest count, {n_max} scans per source per seed; RMS per voxel, mean ± sd over seeds)")
+    print("| source | median NN distance to real AD | min NN distance | flagged as copies |")
+    print("|---|---|---|---|")
+    r = memo_summary["real AD to real AD"]
+    print(f"| real AD to other real AD | {r['nn_median']['mean']:.4f} ± {r['nn_median']['sd']:.4f} | "
+          f"{r['nn_min']['mean']:.4f} ± {r['nn_min']['sd']:.4f} | (threshold = 0.5 x min) |")
+    for name in METHODS:
+        m = memo_summary[name]
+        print(f"| {name} | {m['synthetic_to_real_nn_median']['mean']:.4f} ± {m['synthetic_to_real_nn_median']['sd']:.4f}"
+              f" | {m['synthetic_to_real_nn_min']['mean']:.4f} ± {m['synthetic_to_real_nn_min']['sd']:.4f} | "
+              f"{100 * m['flagged_fraction']['mean']:.0f} % |")
+    for name, infos in generators.items():
+        print(f"{name}: train seconds {[i['train_seconds'] for i in infos]}, final ELBO "
+              f"{[round(i['final_elbo'], 1) if i['final_elbo'] is not None else None for i in infos]}, "
+              f"final acceptance {[round(i['final_accept'], 3) if i['final_accept'] is not None else None for i in infos]}")
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    plot_utility(summary, counts, args.n_ad, RESULTS / "downstream_utility.png",
+                 f"AD vs CN, test {args.n_test}+{args.n_test} real; mean ± sd over {len(done_seeds)} seeds")
+    if montage_rows:
+        plot_montage(montage_rows, RESULTS / "downstream_montage.png")
+    plot_memorisation(dist_pool, min(thresholds), RESULTS / "downstream_memorisation.png")
+    out = write_result("downstream", {
+        "machine": mach, "command": "python " + " ".join(sys.argv), "args": vars(args), "seeds_done": done_seeds,
+        "seconds": round(elapsed, 1), "summary": summary, "memorisation": memo_summary,
+        "memorisation_per_seed": {str(k): v for k, v in memo.items()}, "generators": generators, "runs": runs,
+        "classifier": {"arch": "SmallCNN 8/16/32 + GAP + linear", "steps": args.clf_steps,
+                       "batch": args.clf_batch, "lr": args.clf_lr, "loss": "class-weighted CE",
+                       "augmentation": "random left-right flip"},
+    })
+    print(f"wrote {out} and downstream_{{utility,montage,memorisation}}.png")
+
+
+if __name__ == "__main__":
+    main()

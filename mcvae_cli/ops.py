@@ -1,0 +1,153 @@
+"""Operations commands: serve, database upgrades, API keys, worker health, doctor.
+
+Nothing here imports torch except the doctor's GPU check, so these run in the gateway image.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+
+def cmd_serve(args) -> int:
+    from service.serve import serve
+
+    serve(host=args.host, port=args.port, workers=args.workers,
+          embedded_worker=False if args.no_embedded_worker else None,
+          worker_concurrency=args.concurrency, device=args.device)
+    return 0
+
+
+def cmd_db_upgrade(args) -> int:
+    from service.db import ensure_schema
+    from workers import get_settings, upgrade_database
+
+    url = get_settings().database
+    upgrade_database(url)
+    ensure_schema(url)
+    print(f"database schema up to date ({_redact(url)})")
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from service.keys import create_key, list_keys, revoke_key
+
+    if args.keys_command == "create":
+        token = create_key(args.lab)
+        print(token)
+        print(f"API key for lab '{args.lab}'; shown once, stored hashed. Send it as "
+              f"'Authorization: Bearer <key>'.", file=sys.stderr)
+    elif args.keys_command == "revoke":
+        if not revoke_key(args.key_id):
+            raise ValueError(f"key_id: no active key {args.key_id!r}")
+        print(f"revoked {args.key_id}")
+    else:
+        for key in list_keys(args.lab, include_revoked=args.all):
+            print("\t".join(str(v) for v in (key.id, key.lab, key.created_at,
+                                               key.revoked_at or "active")))
+    return 0
+
+
+def cmd_worker_ping(args) -> int:
+    """Exit 0 when a worker on this machine answers (container health check)."""
+    from workers import ping_local_workers
+
+    answered = ping_local_workers(timeout=args.timeout)
+    if not answered:
+        print("no worker on this machine answered", file=sys.stderr)
+        return 1
+    print(" ".join(answered))
+    return 0
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def cmd_doctor(args) -> int:
+    """Check settings, database, broker, workers, GPU and disk; say what is wrong and how to fix it."""
+    problems: list[str] = []
+
+    def report(ok: bool, what: str, fix: str = "") -> None:
+        print(f"[{'ok' if ok else 'FAIL'}] {what}")
+        if not ok:
+            problems.append(f"{what}: {fix}")
+
+    try:
+        from workers import get_settings, health
+
+        settings = get_settings()
+    except Exception as err:  # bad environment values
+        from .errors import one_line
+
+        report(False, f"settings: {one_line(err)}", "fix the MCVAE_* environment variables")
+        return 1
+    report(True, f"settings: broker {_redact(settings.broker)}, database {_redact(settings.database)}")
+    status = health(timeout=args.timeout)
+    report(bool(status.get("database")), "database reachable",
+           "start PostgreSQL or fix MCVAE_DATABASE_URL; then run 'mcvae db upgrade'")
+    report(bool(status.get("broker")), "broker reachable", "start Redis or fix MCVAE_BROKER_URL")
+    report(bool(status.get("workers")), "at least one worker answers",
+           "start one with 'mcvae worker' (or 'mcvae serve' with no broker configured)")
+    root = settings.data_dir.expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free / 2**30
+    report(free > 5, f"disk: {free:.1f} GiB free under {root}", "free space or move MCVAE_DATA_DIR")
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available()
+        name = torch.cuda.get_device_name(0) if gpu else "none"
+        print(f"[ok] torch {torch.__version__}; CUDA GPU: {name}")
+        if settings.device.startswith("cuda") and not gpu:
+            report(False, f"MCVAE_DEVICE={settings.device} but no CUDA GPU is visible",
+                   "install the NVIDIA container toolkit / driver, or set MCVAE_DEVICE=cpu")
+    except ImportError:
+        print("[ok] torch not installed (gateway-only install: training runs on workers)")
+    if problems:
+        print("\nto fix:")
+        for p in problems:
+            print(f"  - {p}")
+        return 1
+    print("\nall checks passed")
+    return 0
+
+
+def add_ops_commands(sub) -> None:
+    p = sub.add_parser("serve", help="start the REST gateway (plus an embedded worker when no broker is set)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn processes")
+    p.add_argument("--no-embedded-worker", action="store_true", help="never start a worker beside the gateway")
+    p.add_argument("--concurrency", type=int, default=1, help="embedded worker's processes")
+    p.add_argument("--device", default=None, help="embedded worker's device")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("db", help="database administration")
+    db_sub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="apply schema migrations (jobs and gateway tables)").set_defaults(
+        func=cmd_db_upgrade)
+
+    p = sub.add_parser("keys", help="API keys per lab (stored hashed)")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    k = keys_sub.add_parser("create", help="make a key for a lab and print it once")
+    k.add_argument("--lab", required=True)
+    k.set_defaults(func=cmd_keys)
+    k = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    k.add_argument("key_id")
+    k.set_defaults(func=cmd_keys)
+    k = keys_sub.add_parser("list", help="list keys (ids and labs, never secrets)")
+    k.add_argument("--lab", default=None)
+    k.add_argument("--all", action="store_true", help="include revoked keys")
+    k.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("worker-ping", help="exit 0 if a worker on this machine answers (health check)")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(func=cmd_worker_ping)
+
+    p = sub.add_parser("doctor", help="check settings, database, broker, workers, GPU and disk space")
+    p.add_argument("--timeout", type=float, default=2.0)
+    p.set_defaults(func=cmd_doctor)

@@ -1,0 +1,131 @@
+"""Typed configuration for models, samplers and training: the one place their knobs live.
+
+Configs are pydantic models, so a bad value raises ``pydantic.ValidationError`` (a subclass of
+``ValueError``) whose message names the offending field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Config):
+    """A VAE: data shape (channel first), networks, latent layers, likelihood.
+
+    ``latent_dims`` lists one size per latent layer, bottom (closest to the data) first:
+    ``[8]`` is a plain VAE and ``[16, 8, 4]`` a three-layer hierarchy whose top layer has 4 units.
+    """
+
+    data_shape: tuple[int, ...] = Field(description="channel-first shape of one item, e.g. (1, 32, 32, 32)")
+    arch: Literal["linear", "mlp", "conv"] = "conv"
+    latent_dims: list[int] = Field(default_factory=lambda: [16])
+    likelihood: Literal["gaussian", "logistic", "bernoulli"] = "gaussian"
+    parameterization: Literal["centered", "noncentered"] = "noncentered"
+    # conv: channels per down-sampling stage (each halves every spatial size).
+    channels: tuple[int, ...] = (16, 32, 64)
+    # mlp: hidden widths; also the width of the hierarchical VAE's per-layer networks.
+    hidden: tuple[int, ...] = (256,)
+    # gaussian / logistic: initial global log-variance (log-scale for logistic) of p(x | z).
+    obs_log_var: float = -3.0
+    learn_obs_var: bool = True
+
+    @field_validator("data_shape")
+    @classmethod
+    def _shape(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) < 2 or any(s < 1 for s in v):
+            raise ValueError("data_shape must be (channels, *spatial) with positive sizes")
+        return v
+
+    @field_validator("latent_dims")
+    @classmethod
+    def _latents(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("latent_dims must list at least one latent layer size")
+        if any(d < 1 for d in v):
+            raise ValueError("latent_dims entries must be positive")
+        return v
+
+    @field_validator("channels", "hidden")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(c < 1 for c in v):
+            raise ValueError("must be a non-empty list of positive widths")
+        return v
+
+    @model_validator(mode="after")
+    def _conv_fits(self) -> "ModelConfig":
+        if self.arch == "conv":
+            spatial = self.data_shape[1:]
+            if len(spatial) not in (2, 3):
+                raise ValueError(
+                    f"data_shape: conv networks need 2-D or 3-D data, got {len(spatial)} spatial dims"
+                )
+            factor = 2 ** len(self.channels)
+            if any(s % factor for s in spatial):
+                raise ValueError(
+                    f"data_shape: spatial sizes {spatial} must be divisible by {factor} "
+                    f"(2 ** len(channels)) for the conv networks"
+                )
+        return self
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.data_shape) - 1
+
+    @property
+    def latent_dim(self) -> int:
+        return sum(self.latent_dims)
+
+
+class SamplerConfig(_Config):
+    """An MCMC kernel that refines encoder draws, and how its proposal is tuned."""
+
+    kind: Literal["none", "mala", "hmc"] = "mala"
+    adaptation: Literal["entropy", "dual_averaging", "fixed"] = "entropy"
+    preconditioner: Literal["diag", "full", "lowrank"] = "diag"
+    rank: int = Field(4, ge=1, description="rank of the low-rank part (lowrank preconditioner)")
+    n_steps: int = Field(5, ge=0, description="MCMC steps per encoder draw")
+    n_leapfrog: int = Field(5, ge=1, description="leapfrog steps per HMC proposal")
+    step_size: float = Field(0.1, gt=0, description="initial (or fixed) step size h")
+    target_accept: float | None = Field(
+        None, gt=0, lt=1, description="target mean acceptance; default 0.574 (MALA), 0.65 (HMC)"
+    )
+    beta_init: float = Field(1.0, gt=0)
+    beta_min: float = Field(1e-3, gt=0)
+    beta_max: float = Field(100.0, gt=0)
+    beta_rate: float = Field(0.02, ge=0, description="rho in beta <- beta (1 + rho (alpha - target))")
+
+    @model_validator(mode="after")
+    def _beta_bounds(self) -> "SamplerConfig":
+        if self.beta_min > self.beta_max:
+            raise ValueError("beta_min must not exceed beta_max")
+        if not self.beta_min <= self.beta_init <= self.beta_max:
+            raise ValueError("beta_init must lie within [beta_min, beta_max]")
+        return self
+
+    @property
+    def accept_target(self) -> float:
+        if self.target_accept is not None:
+            return self.target_accept
+        return 0.65 if self.kind == "hmc" else 0.574
+
+
+class TrainConfig(_Config):
+    """Two-phase training (DESIGN.md section 2)."""
+
+    pretrain_epochs: int = Field(10, ge=0, description="phase 1: plain ELBO for encoder and decoder")
+    epochs: int = Field(10, ge=0, description="phase 2: encoder ELBO, decoder on MCMC end states")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0, description="encoder and decoder learning rate")
+    sampler_lr: float = Field(1e-2, gt=0, description="learning rate of the sampler's (h, C)")
+    device: str = "cpu"
+    amp: bool = Field(False, description="bf16 autocast for network passes on CUDA")
+    seed: int = 0
+    grad_clip: float | None = Field(100.0, gt=0)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")

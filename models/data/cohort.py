@@ -1,0 +1,227 @@
+"""A cohort: which scans, which class each belongs to, and (optionally) which split.
+
+Read from a folder with one sub-folder per class, or from a CSV manifest ``path,label[,split]``.
+Reading lists files only; ``summarize`` opens every scan (and so validates it).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CohortError
+from .io import load_scan, scan_format
+
+MANIFEST_NAME = "manifest.csv"
+
+
+@dataclass(frozen=True)
+class CohortItem:
+    path: Path
+    label: str
+    split: str | None = None
+
+
+@dataclass
+class Cohort:
+    items: list[CohortItem]
+    source: Path | None = None
+    # Things noticed while listing (ignored files, empty class folders); summarize() repeats them.
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({item.label for item in self.items})
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = Counter(item.label for item in self.items)
+        return {label: counts[label] for label in self.classes}
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for PNG/JPEG slices, 3 for volumes (read_cohort refuses a mix)."""
+        return _spatial_dims(self.items, self.source)
+
+    def of_class(self, label: str) -> Cohort:
+        return Cohort([i for i in self.items if i.label == label], self.source, list(self.notes))
+
+
+def read_cohort(source: str | Path) -> Cohort:
+    """List a cohort from a class-per-folder tree or a CSV manifest.
+
+    A folder that holds ``manifest.csv`` at its top is read through that manifest. In a class
+    folder every scan file is one scan, and every sub-folder holding ``.dcm`` files is one DICOM
+    series. Hidden files and folders are skipped; files of unknown type are skipped and noted.
+    One class only is not an error here: whether that is usable is for the caller to decide.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise CohortError(f"{source}: no such file or folder")
+    if source.is_file():
+        cohort = _read_manifest(source)
+    elif (source / MANIFEST_NAME).is_file():
+        cohort = _read_manifest(source / MANIFEST_NAME)
+    else:
+        cohort = _read_folder(source)
+    if not cohort.items:
+        raise CohortError(
+            f"{source}: no scans found (expected class sub-folders holding .nii, .nii.gz, .mgz, "
+            ".png, .jpg files or DICOM series folders, or a CSV manifest path,label[,split])"
+        )
+    _spatial_dims(cohort.items, source)  # refuse a mix of 2-D slices and volumes now
+    return cohort
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith((".", "__MACOSX"))
+
+
+def _read_folder(root: Path) -> Cohort:
+    items: list[CohortItem] = []
+    notes: list[str] = []
+    loose = [p.name for p in sorted(root.iterdir()) if _visible(p) and p.is_file()]
+    if loose:
+        notes.append(f"ignored {len(loose)} file(s) outside class folders: {', '.join(loose[:5])}")
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and _visible(p)):
+        found, ignored = [], []
+        for entry in sorted(p for p in class_dir.iterdir() if _visible(p)):
+            fmt = scan_format(entry)
+            if fmt is None:
+                ignored.append(entry.name)
+            elif fmt == "dicom" and entry.is_file():
+                # Loose .dcm files in a class folder are slices of one series, not scans each.
+                ignored.append(entry.name)
+            else:
+                found.append(CohortItem(entry, class_dir.name))
+        if ignored:
+            notes.append(
+                f"class '{class_dir.name}': ignored {len(ignored)} entr(y/ies) that are not scans "
+                f"(DICOM slices belong in one sub-folder per series): {', '.join(ignored[:5])}"
+            )
+        if not found:
+            notes.append(f"class folder '{class_dir.name}' holds no scans")
+        items.extend(found)
+    return Cohort(items, root, notes)
+
+
+def _read_manifest(manifest: Path) -> Cohort:
+    base = manifest.parent
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CohortError(f"{manifest}: unreadable CSV manifest ({exc})") from exc
+    if not rows:
+        raise CohortError(f"{manifest}: empty manifest; expected rows path,label[,split]")
+
+    first = [c.strip().lower() for c in rows[0]]
+    if "path" in first and "label" in first:
+        columns, start = first, 1
+    else:
+        columns, start = ["path", "label", "split"][: max(2, len(first))], 0
+    extra = [c for c in columns if c not in ("path", "label", "split", "")]
+    if extra:
+        raise CohortError(f"{manifest}: unknown column(s) {extra}; expected path,label[,split]")
+
+    items: list[CohortItem] = []
+    first_row_of: dict[Path, int] = {}
+    for line, row in enumerate(rows[start:], start=start + 1):
+        if not any(c.strip() for c in row):
+            continue  # blank lines are harmless
+        cells = dict(zip(columns, (c.strip() for c in row)))
+        where = f"{manifest}, row {line}"
+        if len(row) < 2 or not cells.get("path") or not cells.get("label"):
+            raise CohortError(f"{where}: expected path,label[,split], got {row}")
+        path = Path(cells["path"])
+        resolved = path if path.is_absolute() else (base / path)
+        if not resolved.exists():
+            raise CohortError(f"{where}: scan '{cells['path']}' not found (looked at {resolved})")
+        if scan_format(resolved) is None:
+            raise CohortError(f"{where}: '{cells['path']}' is not a supported scan type")
+        key = resolved.resolve()
+        if key in first_row_of:
+            raise CohortError(
+                f"{where}: '{cells['path']}' is listed twice (also row {first_row_of[key]})"
+            )
+        first_row_of[key] = line
+        items.append(CohortItem(resolved, cells["label"], cells.get("split") or None))
+    return Cohort(items, manifest)
+
+
+def _spatial_dims(items: list[CohortItem], source: Path | None) -> int:
+    dims = {2 if scan_format(i.path) == "image" else 3 for i in items}
+    if len(dims) > 1:
+        raise CohortError(f"{source}: mixes 2-D slices (PNG/JPEG) with 3-D volumes; use one kind")
+    return dims.pop() if dims else 3
+
+
+def summarize(cohort: Cohort) -> dict[str, Any]:
+    """Open every scan and describe the cohort; problems a user should see go in ``warnings``.
+
+    Raises ``ScanError`` for the first unreadable scan. Keys: ``n_scans``, ``classes`` (counts),
+    ``splits``, ``spatial_dims``, ``shapes``, ``spacings``, ``orientations`` (counts of each),
+    ``intensity`` (per class min/max), ``warnings``.
+    """
+    dims = cohort.spatial_dims
+    shapes, spacings, orientations = Counter(), Counter(), Counter()
+    ranges: dict[str, list[float]] = {}
+    for item in cohort:
+        data, _, meta = load_scan(item.path, spatial_dims=dims)
+        shapes["x".join(map(str, meta["shape"]))] += 1
+        spacings["x".join(f"{s:.3g}" for s in meta["spacing"])] += 1
+        orientations[meta["axcodes"] or "n/a"] += 1
+        lo, hi = float(np.min(data)), float(np.max(data))
+        cur = ranges.setdefault(item.label, [lo, hi])
+        cur[0], cur[1] = min(cur[0], lo), max(cur[1], hi)
+
+    warnings = list(cohort.notes)
+    counts = cohort.counts
+    if len(counts) == 1:
+        warnings.append(f"only one class ('{cohort.classes[0]}'): nothing to balance against")
+    warnings += [f"class '{c}' has {n} scan(s); at least 2 are needed to fit a model"
+                 for c, n in counts.items() if n < 2]
+    if len(spacings) > 1:
+        warnings.append(f"mixed voxel spacings {dict(spacings)}: scans will be resampled")
+    if len(shapes) > 1:
+        warnings.append(f"mixed shapes {dict(shapes)}: scans will be cropped/padded to one shape")
+    if len(orientations) > 1:
+        warnings.append(f"mixed orientations {dict(orientations)}: scans will be reoriented to RAS")
+    return {
+        "source": str(cohort.source) if cohort.source else None,
+        "n_scans": len(cohort),
+        "classes": counts,
+        "splits": dict(Counter(i.split for i in cohort if i.split)),
+        "spatial_dims": dims,
+        "shapes": dict(shapes),
+        "spacings": dict(spacings),
+        "orientations": dict(orientations),
+        "intensity": {c: {"min": r[0], "max": r[1]} for c, r in sorted(ranges.items())},
+        "warnings": warnings,
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a few lines of text for the CLI and job reports."""
+    dims = f"{summary['spatial_dims']}-D"
+    lines = [f"{summary['n_scans']} {dims} scans from {summary['source'] or '(in memory)'}"]
+    lines.append("classes: " + ", ".join(f"{c} {n}" for c, n in summary["classes"].items()))
+    if summary["splits"]:
+        lines.append("splits: " + ", ".join(f"{s} {n}" for s, n in summary["splits"].items()))
+    for key in ("shapes", "spacings", "orientations"):
+        lines.append(f"{key}: " + ", ".join(f"{k} ({n})" for k, n in summary[key].items()))
+    lines.append("intensity: " + ", ".join(
+        f"{c} [{r['min']:.4g}, {r['max']:.4g}]" for c, r in summary["intensity"].items()))
+    lines += [f"warning: {w}" for w in summary["warnings"]]
+    return "\n".join(lines)

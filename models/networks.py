@@ -1,0 +1,113 @@
+"""Encoder and decoder networks: ``linear``, ``mlp`` and MONAI ``conv`` (2-D and 3-D).
+
+Encoders map x (B, *data_shape) to a feature vector (B, F); decoders map a latent vector (B, d)
+to the likelihood's parameter tensor ``out`` (B, *data_shape).
+
+Two rules hold for every network here:
+- no batch norm (nor anything else that mixes batch items): each MCMC chain targets one scan's
+  posterior, which must not depend on the other scans in the batch;
+- smooth activations (SiLU / MONAI's SWISH): MALA and HMC follow grad log p(x | z), which is
+  then continuous in z.
+"""
+
+from __future__ import annotations
+
+import math
+
+from monai.networks.blocks import Convolution
+from torch import nn
+
+from .config import ModelConfig
+
+ACTIVATION = nn.SiLU
+MONAI_ACTIVATION = "SWISH"  # x * sigmoid(x), the same function as nn.SiLU
+
+
+def mlp(
+    in_dim: int, widths: tuple[int, ...] | list[int], out_dim: int, final_activation: bool = False
+) -> nn.Sequential:
+    """Linear layers through ``widths`` to ``out_dim``, SiLU between (and after, if asked)."""
+    layers: list[nn.Module] = []
+    for width in widths:
+        layers += [nn.Linear(in_dim, width), ACTIVATION()]
+        in_dim = width
+    layers.append(nn.Linear(in_dim, out_dim))
+    if final_activation:
+        layers.append(ACTIVATION())
+    return nn.Sequential(*layers)
+
+
+def _n_voxels(cfg: ModelConfig) -> int:
+    return math.prod(cfg.data_shape)
+
+
+def _bottleneck_spatial(cfg: ModelConfig) -> tuple[int, ...]:
+    factor = 2 ** len(cfg.channels)
+    return tuple(s // factor for s in cfg.data_shape[1:])
+
+
+def _conv(cfg: ModelConfig, c_in: int, c_out: int, **kwargs) -> Convolution:
+    return Convolution(
+        spatial_dims=cfg.spatial_dims,
+        in_channels=c_in,
+        out_channels=c_out,
+        kernel_size=3,
+        act=MONAI_ACTIVATION,
+        norm=None,
+        **kwargs,
+    )
+
+
+def build_encoder(cfg: ModelConfig) -> tuple[nn.Module, int]:
+    """The encoder network and its feature size F."""
+    if cfg.arch == "linear":
+        # The features are x itself, so whatever affine head follows keeps the encoder affine.
+        return nn.Flatten(), _n_voxels(cfg)
+    if cfg.arch == "mlp":
+        widths = cfg.hidden
+        return nn.Sequential(
+            nn.Flatten(), mlp(_n_voxels(cfg), widths[:-1], widths[-1], True)
+        ), widths[-1]
+    if cfg.arch == "conv":
+        stages, c_in = [], cfg.data_shape[0]
+        for c_out in cfg.channels:
+            stages.append(_conv(cfg, c_in, c_out, strides=2))  # halves every spatial size
+            c_in = c_out
+        features = cfg.channels[-1] * math.prod(_bottleneck_spatial(cfg))
+        return nn.Sequential(*stages, nn.Flatten()), features
+    raise ValueError(f"arch: unknown kind {cfg.arch!r}")
+
+
+def build_decoder(cfg: ModelConfig, in_dim: int) -> nn.Module:
+    """The decoder from a (B, in_dim) latent to ``out`` (B, *data_shape)."""
+    shape = tuple(cfg.data_shape)
+    if cfg.arch == "linear":
+        # Exactly out = W z + b: the probabilistic-PCA model when the likelihood is gaussian.
+        return nn.Sequential(nn.Linear(in_dim, _n_voxels(cfg)), nn.Unflatten(1, shape))
+    if cfg.arch == "mlp":
+        return nn.Sequential(
+            mlp(in_dim, tuple(reversed(cfg.hidden)), _n_voxels(cfg)), nn.Unflatten(1, shape)
+        )
+    if cfg.arch == "conv":
+        bottleneck = (cfg.channels[-1], *_bottleneck_spatial(cfg))
+        layers: list[nn.Module] = [
+            nn.Linear(in_dim, math.prod(bottleneck)),
+            ACTIVATION(),
+            nn.Unflatten(1, bottleneck),
+        ]
+        # Mirror of the encoder: each transposed conv doubles every spatial size.
+        widths = list(reversed(cfg.channels))
+        for c_in, c_out in zip(widths, widths[1:] + [cfg.channels[0]]):
+            layers.append(_conv(cfg, c_in, c_out, strides=2, is_transposed=True))
+        # A 1x1 conv with no activation, so ``out`` can take any real value (mean, logits).
+        layers.append(
+            Convolution(
+                spatial_dims=cfg.spatial_dims,
+                in_channels=cfg.channels[0],
+                out_channels=shape[0],
+                kernel_size=1,
+                conv_only=True,
+            )
+        )
+        return nn.Sequential(*layers)
+    raise ValueError(f"arch: unknown kind {cfg.arch!r}")

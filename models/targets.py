@@ -1,0 +1,80 @@
+"""How many synthetic scans each class gets: ``balance``, a ratio, or explicit counts."""
+
+from __future__ import annotations
+
+import math
+
+from .data.errors import CohortError
+
+# A request beyond this many synthetic scans of one class is refused: it is almost surely a
+# typo, and would fill the disk (about 130 KB per 32^3 scan) long before it finished.
+MAX_SYNTHETIC_PER_CLASS = 10_000
+
+
+def parse_target(spec: str | float | dict[str, int]) -> str | float | dict[str, int]:
+    """'balance' | '0.5' / 'ratio:0.5' | 'AD=40,CN=0' (or the already-parsed forms)."""
+    if isinstance(spec, dict):
+        return {str(k): int(v) for k, v in spec.items()}
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return float(spec)
+    text = str(spec).strip()
+    if text.lower() == "balance":
+        return "balance"
+    if "=" in text:
+        counts: dict[str, int] = {}
+        for part in text.split(","):
+            label, _, number = part.partition("=")
+            try:
+                counts[label.strip()] = int(number)
+            except ValueError:
+                raise CohortError(f"target: '{part.strip()}' is not CLASS=COUNT") from None
+        return counts
+    try:
+        return float(text.removeprefix("ratio:"))
+    except ValueError:
+        raise CohortError(
+            f"target: '{text}' is not 'balance', a ratio such as 0.5, or counts such as AD=40"
+        ) from None
+
+
+def synthetic_counts(
+    counts: dict[str, int], spec: str | float | dict[str, int], limit: int = MAX_SYNTHETIC_PER_CLASS
+) -> dict[str, int]:
+    """Synthetic scans to make per class, given the real counts.
+
+    ``balance``: every class up to the majority count. A ratio r: every class up to r times the
+    majority count (1.0 is balance). Counts: exactly those, for the classes named.
+    """
+    target = parse_target(spec)
+    if len(counts) < 2:
+        only = next(iter(counts), "none")
+        raise CohortError(f"the cohort has one class only ('{only}'): nothing to balance against")
+    majority = max(counts.values())
+    if target == "balance":
+        target = 1.0
+    if isinstance(target, float):
+        if not 0 < target <= 100 or math.isnan(target):
+            raise CohortError(f"target: ratio must be in (0, 100], got {target}")
+        wanted = {c: max(0, math.ceil(target * majority) - n) for c, n in counts.items()}
+    else:
+        unknown = sorted(set(target) - set(counts))
+        if unknown:
+            raise CohortError(
+                f"target: unknown class {', '.join(repr(u) for u in unknown)} "
+                f"(classes: {', '.join(sorted(counts))})"
+            )
+        negative = [c for c, n in target.items() if n < 0]
+        if negative:
+            raise CohortError(f"target: negative count for class '{negative[0]}'")
+        wanted = {c: target.get(c, 0) for c in counts}
+    for label, n in wanted.items():
+        if n > limit:
+            raise CohortError(
+                f"target: {n} synthetic scans of class '{label}' exceeds the limit of {limit} per class"
+            )
+    for label, n in wanted.items():
+        if n > 0 and counts[label] < 2:
+            raise CohortError(
+                f"class '{label}' has {counts[label]} scan(s); at least 2 are needed to fit a model"
+            )
+    return wanted

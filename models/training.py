@@ -1,0 +1,270 @@
+"""Two-phase training of an MCMC-refined VAE (DESIGN.md section 2).
+
+Phase 1 (``pretrain_epochs``): the plain ELBO for encoder and generative model.
+Phase 2 (``epochs``), per minibatch, three optimisers:
+- encoder phi on the ELBO at the encoder draw z0;
+- sampler (h, C) on the speed-measure loss of the chain started at z0 (beta by its rule);
+- generative theta on -log p_theta(x, stopgrad(z_K)) at the chain's end state.
+With sampler kind ``none`` phase 2 is plain ELBO training: the no-MCMC baseline.
+
+The loop is a small ``Trainer`` whose ``state_dict`` (weights, optimisers, position in the
+epoch) lets a job resume from a checkpoint at any step and continue exactly as it would
+have, since every minibatch order and random draw is a function of (seed, epoch, step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .config import TrainConfig
+
+
+class TrainingCancelled(Exception):
+    """Raised by a step hook to stop training cooperatively (the last checkpoint stays)."""
+
+
+@dataclass
+class EpochRecord:
+    phase: int
+    epoch: int  # counted over both phases, from 1
+    loss: float  # negative ELBO per item, nats
+    elbo: float  # ELBO per item, nats
+    bits_per_dim: float  # -ELBO in bits per data dimension
+    accept: float | None = None  # phase 2: mean acceptance over chains and steps
+    beta: float | None = None
+    step_size: float | None = None
+    log_det_c: float | None = None
+    seconds: float = 0.0
+    progress: float = 0.0  # fraction of all steps done
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class TrainHistory:
+    records: list[EpochRecord] = field(default_factory=list)
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in self.records]
+
+
+def as_dataset(data: Tensor | Dataset) -> Dataset:
+    return TensorDataset(data) if isinstance(data, Tensor) else data
+
+
+def _batch_tensor(batch: Any) -> Tensor:
+    """Minibatches may come as tensors, 1-tuples (TensorDataset) or MONAI-style dicts."""
+    if isinstance(batch, dict):
+        return batch["image"]
+    if isinstance(batch, (list, tuple)):
+        return batch[0]
+    return batch
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, sampler: nn.Module, data: Tensor | Dataset, cfg: TrainConfig):
+        self.model, self.sampler, self.cfg = model, sampler, cfg
+        self.device = torch.device(cfg.device)
+        self.dataset = as_dataset(data)
+        if len(self.dataset) == 0:
+            raise ValueError("data: the training set is empty")
+        first = _batch_tensor(self.dataset[0])
+        expected = tuple(model.cfg.data_shape)
+        if tuple(first.shape) != expected:
+            raise ValueError(f"data_shape: items have shape {tuple(first.shape)}, model expects {expected}")
+        self.model.to(self.device)
+        self.sampler.to(self.device)
+        self.mcmc = getattr(sampler, "cfg", None) is not None and sampler.cfg.kind != "none"
+        self.encoder_params = list(model.encoder_parameters())
+        self.generative_params = list(model.generative_parameters())
+        self.sampler_params = [p for p in sampler.parameters() if p.requires_grad]
+        self.opt_encoder = torch.optim.Adam(self.encoder_params, lr=cfg.lr)
+        self.opt_generative = torch.optim.Adam(self.generative_params, lr=cfg.lr)
+        self.opt_sampler = (
+            torch.optim.Adam(self.sampler_params, lr=cfg.sampler_lr) if self.sampler_params else None
+        )
+        self.steps_per_epoch = math.ceil(len(self.dataset) / cfg.batch_size)
+        self.total_epochs = cfg.pretrain_epochs + cfg.epochs
+        self.total_steps = self.steps_per_epoch * self.total_epochs
+        self.global_step = 0  # steps completed
+        if hasattr(model, "initialize_from_data"):
+            # Before any step (a resumed run overwrites it with the checkpoint's weights).
+            model.initialize_from_data(self._data_mean())
+        self.history = TrainHistory()
+
+    def _data_mean(self) -> Tensor:
+        """Mean training item (first 256 items: enough for an initial offset)."""
+        items = [_batch_tensor(self.dataset[i]) for i in range(min(len(self.dataset), 256))]
+        return torch.stack([torch.as_tensor(i).float() for i in items]).to(self.device)
+
+    # -- state for checkpoints -----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """A snapshot (deep copy: optimiser steps must not change a checkpoint already taken)."""
+        return copy.deepcopy({
+            "model": self.model.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "opt_encoder": self.opt_encoder.state_dict(),
+            "opt_generative": self.opt_generative.state_dict(),
+            "opt_sampler": self.opt_sampler.state_dict() if self.opt_sampler else None,
+            "global_step": self.global_step,
+            "history": self.history.as_dicts(),
+        })
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.opt_encoder.load_state_dict(state["opt_encoder"])
+        self.opt_generative.load_state_dict(state["opt_generative"])
+        if self.opt_sampler is not None and state.get("opt_sampler") is not None:
+            self.opt_sampler.load_state_dict(state["opt_sampler"])
+        self.global_step = int(state["global_step"])
+        self.history = TrainHistory([EpochRecord(**r) for r in state.get("history", [])])
+
+    # -- the loop ------------------------------------------------------------------------
+    def _loader(self, epoch: int) -> DataLoader:
+        order = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            generator=order,
+            num_workers=self.cfg.num_workers,
+            drop_last=False,
+        )
+
+    def _autocast(self):
+        if self.cfg.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _clip(self, params: list[Tensor]) -> None:
+        if self.cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+
+    def _elbo(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Per-item ELBO at a reparameterised encoder draw, and that draw."""
+        with self._autocast():
+            u, log_q = self.model.rsample(x, generator=generator)
+            return (self.model.log_joint(x, u) - log_q).float(), u
+
+    def _pretrain_step(self, x: Tensor, generator) -> dict[str, float]:
+        elbo, _ = self._elbo(x, generator)
+        loss = -elbo.mean()
+        self.opt_encoder.zero_grad(set_to_none=True)
+        self.opt_generative.zero_grad(set_to_none=True)
+        loss.backward()
+        self._clip(self.encoder_params + self.generative_params)
+        self.opt_encoder.step()
+        self.opt_generative.step()
+        return {"elbo": float(elbo.detach().mean())}
+
+    def _mcmc_step(self, x: Tensor, generator) -> dict[str, float]:
+        model, sampler = self.model, self.sampler
+        elbo, u0 = self._elbo(x, generator)
+        self.opt_encoder.zero_grad(set_to_none=True)
+        (-elbo.mean()).backward(inputs=self.encoder_params)
+        self._clip(self.encoder_params)
+        self.opt_encoder.step()
+
+        # The same encoder draw starts the chains (run() detaches it).
+        sampler.train()
+        u_end, infos = sampler.run(u0.float(), lambda u: model.log_joint(x, u), generator=generator)
+        if self.opt_sampler is not None and infos and infos[0].loss is not None:
+            self.opt_sampler.zero_grad(set_to_none=True)
+            torch.stack([i.loss for i in infos]).mean().backward()
+            self.opt_sampler.step()
+
+        with self._autocast():
+            decoder_loss = -model.log_joint(x, u_end.detach()).float().mean()
+        self.opt_generative.zero_grad(set_to_none=True)
+        decoder_loss.backward(inputs=self.generative_params)
+        self._clip(self.generative_params)
+        self.opt_generative.step()
+        diag = infos[-1].diagnostics if infos else {}
+        return {
+            "elbo": float(elbo.detach().mean()),
+            "accept": sum(i.diagnostics["accept"] for i in infos) / max(len(infos), 1),
+            "beta": diag.get("beta", float("nan")),
+            "step_size": diag.get("step_size", float("nan")),
+            "log_det_c": diag.get("log_det_c", float("nan")),
+        }
+
+    def fit(
+        self,
+        callback: Callable[[EpochRecord], None] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        checkpoint_every: int | None = None,
+        on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    ) -> TrainHistory:
+        """Train from ``global_step`` to the end.
+
+        ``on_step(done, total)`` runs after every step and may raise TrainingCancelled;
+        ``on_checkpoint(state_dict)`` runs every ``checkpoint_every`` steps.
+        """
+        self.model.train()
+        n_dims = math.prod(self.model.cfg.data_shape)
+        start_epoch, skip = divmod(self.global_step, self.steps_per_epoch)
+        for epoch in range(start_epoch, self.total_epochs):
+            phase = 1 if epoch < self.cfg.pretrain_epochs or not self.mcmc else 2
+            started, sums, count = time.perf_counter(), {}, 0
+            for index, batch in enumerate(self._loader(epoch)):
+                if epoch == start_epoch and index < skip:
+                    continue  # resumed mid-epoch: these batches were done before the checkpoint
+                x = _batch_tensor(batch).to(self.device, non_blocking=True)
+                step_seed = self.cfg.seed * 1_000_003 + epoch * 10_007 + index
+                gen = torch.Generator(device=self.device).manual_seed(step_seed)
+                stats = self._pretrain_step(x, gen) if phase == 1 else self._mcmc_step(x, gen)
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value * len(x)
+                count += len(x)
+                self.global_step += 1
+                due = bool(checkpoint_every and on_checkpoint and self.global_step % checkpoint_every == 0)
+                # A checkpoint on an epoch's last step waits for that epoch's record (below).
+                if due and index < self.steps_per_epoch - 1:
+                    on_checkpoint(self.state_dict())
+                if on_step is not None:
+                    on_step(self.global_step, self.total_steps)
+            means = {k: v / max(count, 1) for k, v in sums.items()}
+            record = EpochRecord(
+                phase=phase,
+                epoch=epoch + 1,
+                loss=-means.get("elbo", float("nan")),
+                elbo=means.get("elbo", float("nan")),
+                bits_per_dim=-means.get("elbo", float("nan")) / (n_dims * math.log(2)),
+                accept=means.get("accept"),
+                beta=means.get("beta"),
+                step_size=means.get("step_size"),
+                log_det_c=means.get("log_det_c"),
+                seconds=time.perf_counter() - started,
+                progress=self.global_step / max(self.total_steps, 1),
+            )
+            self.history.records.append(record)
+            if checkpoint_every and on_checkpoint and self.global_step % checkpoint_every == 0:
+                on_checkpoint(self.state_dict())
+            if callback is not None:
+                callback(record)
+        self.model.eval()
+        self.sampler.eval()
+        return self.history
+
+
+def train(
+    model: nn.Module,
+    sampler: nn.Module,
+    data: Tensor | Dataset,
+    cfg: TrainConfig,
+    callback: Callable[[EpochRecord], None] | None = None,
+) -> TrainHistory:
+    """Train ``model`` and ``sampler`` in place on ``data`` ((N, *data_shape) or a Dataset)."""
+    torch.manual_seed(cfg.seed)
+    return Trainer(model, sampler, data, cfg).fit(callback=callback)

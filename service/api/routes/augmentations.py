@@ -1,0 +1,87 @@
+"""Augmentations: balance a dataset with synthetic scans. The job trains a model per minority
+class, samples to the target and packages scans, sidecars, a manifest and a report."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import APIRouter, Query
+
+import workers
+
+from ... import resources, views
+from ...deps import IdPath, LabDep, SettingsDep, StoreDep
+from ...errors import ApiError
+from ...schemas import Augmentation, AugmentationList, AugmentRequest
+from . import COMMON, errors
+from .models import ready_dataset
+
+log = logging.getLogger("service.augmentations")
+router = APIRouter(prefix="/v1/augmentations", tags=["augmentations"], responses=COMMON)
+
+
+def check_target(target, counts: dict[str, int], limit: int) -> None:
+    """The checks of models.targets that need only the class counts, so that a bad target is a
+    422 now rather than a failed job later (the worker checks again, authoritatively)."""
+    if len(counts) < 2:
+        raise ApiError(422, f"target: the dataset has {len(counts)} class(es); nothing to balance against")
+    majority = max(counts.values())
+    if isinstance(target, dict):
+        unknown = sorted(set(target) - set(counts))
+        if unknown:
+            raise ApiError(422, f"target: unknown class {', '.join(map(repr, unknown))} "
+                                f"(classes: {', '.join(sorted(counts))})")
+        wanted = {c: target.get(c, 0) for c in counts}
+    else:
+        ratio = 1.0 if target == "balance" else float(target)
+        wanted = {c: max(0, math.ceil(ratio * majority) - n) for c, n in counts.items()}
+    for label, n in wanted.items():
+        if n > limit:
+            raise ApiError(422, f"target: {n} synthetic scans of class {label!r} exceeds the limit of "
+                                f"{limit} per class")
+        if n > 0 and counts[label] < 2:
+            raise ApiError(422, f"target: class {label!r} has {counts[label]} scan(s); at least 2 are "
+                                "needed to fit a model")
+
+
+def _owned_augment(lab: str, job_id: str) -> workers.Job:
+    job = workers.get(job_id, owner=lab)
+    if job.kind != "augment":
+        raise ApiError(404, f"no augmentation {job_id!r}")
+    return job
+
+
+@router.post("", status_code=202, response_model=Augmentation, responses=errors(404, 409, 503),
+             summary="Start an augmentation; the result is a zip of synthetic scans and a report")
+def start_augmentation(body: AugmentRequest, lab: LabDep, settings: SettingsDep,
+                       store: StoreDep) -> Augmentation:
+    summary = ready_dataset(lab.name, body.dataset, store)
+    check_target(body.target, summary.get("classes") or {}, settings.max_synthetic_per_class)
+    job = workers.submit("augment", {"dataset": body.dataset, "target": body.target, "config": body.config},
+                         owner=lab.name)
+    resources.add(lab.name, f"augmentation-{job.id}", "augmentation", job.id, name=body.name,
+                  dataset=body.dataset)
+    log.info("augmentation submitted", extra={"job_id": job.id, "dataset": body.dataset})
+    rec = resources.find(lab.name, f"augmentation-{job.id}", "augmentation")
+    return views.augmentation(job, rec, store)
+
+
+@router.get("", response_model=AugmentationList, summary="The lab's augmentations, newest first")
+def list_augmentations(lab: LabDep, store: StoreDep, limit: int = Query(50, ge=1, le=500),
+                       offset: int = Query(0, ge=0, le=10**9)) -> AugmentationList:
+    resources.reconcile(lab.name, store)
+    found = workers.list_jobs(owner=lab.name, kind="augment", limit=limit + 1, offset=offset)
+    names = resources.by_job(lab.name, "augmentation", [j.id for j in found])
+    return AugmentationList(items=[views.augmentation(j, names.get(j.id), store) for j in found[:limit]],
+                            limit=limit, offset=offset,
+                            next_offset=offset + limit if len(found) > limit else None)
+
+
+@router.get("/{augmentation_id}", response_model=Augmentation, responses=errors(404),
+            summary="State, counts, models and result of an augmentation")
+def get_augmentation(augmentation_id: IdPath, lab: LabDep, store: StoreDep) -> Augmentation:
+    job = _owned_augment(lab.name, augmentation_id)
+    resources.reconcile(lab.name, store)
+    rec = resources.find(lab.name, f"augmentation-{job.id}", "augmentation")
+    return views.augmentation(job, rec, store)

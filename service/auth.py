@@ -1,0 +1,56 @@
+"""Who is calling: an API key (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``) names
+a lab. Every route but health depends on ``current_lab``; the lab scopes every lookup, so
+another lab's resources are simply not found (404, never 403: their existence is not leaked).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from . import keys
+from .errors import ApiError
+
+log = logging.getLogger("service.auth")
+
+bearer = HTTPBearer(auto_error=False, scheme_name="bearer",
+                    description="Authorization: Bearer mcvae_<id>_<secret> (from `mcvae keys create`)")
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey",
+                              description="the same key in an X-API-Key header")
+
+
+@dataclass(frozen=True)
+class Lab:
+    name: str
+    key_id: str
+
+
+def current_lab(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    api_key: Annotated[str | None, Depends(api_key_header)],
+) -> Lab:
+    token = credentials.credentials if credentials else api_key
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if not token:
+        raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                       headers=challenge)
+    settings = request.app.state.settings
+    found = keys.verify_key(token.strip(), settings.key_cache_seconds)
+    if found is None:
+        raise ApiError(401, "invalid or revoked API key", headers=challenge)
+    key_id, lab = found
+    request.state.lab, request.state.key_id = lab, key_id  # for the request log
+    wait = request.app.state.limiter.take(key_id)
+    if wait > 0:
+        retry = max(1, math.ceil(wait))
+        log.warning("rate limited", extra={"key_id": key_id, "lab": lab})
+        raise ApiError(429, f"rate limit of {settings.rate_limit_per_minute:g} requests per minute "
+                            f"for this key exceeded; retry in {retry} s",
+                       headers={"Retry-After": str(retry)})
+    return Lab(lab, key_id)

@@ -1,0 +1,83 @@
+"""Every error the gateway returns is JSON: ``{"detail": "<what was wrong>", "code": ..., ...}``.
+
+``detail`` is one sentence a person can act on (it names the field, file or limit); ``code``
+is a stable word a program can branch on. Handlers here turn FastAPI's, Starlette's and the
+job API's exceptions into that shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from workers import ArtifactNotFound, BrokerUnavailable, InvalidParams, JobNotFound
+
+from .logs import request_id
+from .schemas import ErrorBody
+
+log = logging.getLogger("service.errors")
+
+CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
+         405: "method_not_allowed", 409: "conflict", 413: "too_large", 415: "unsupported_media_type",
+         422: "invalid", 429: "rate_limited", 500: "internal", 503: "unavailable"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, code: str | None = None,
+                 headers: dict[str, str] | None = None, **extra):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+        self.code = code or CODES.get(status, "error")
+        self.headers, self.extra = headers or {}, extra
+
+
+def error_response(status: int, detail: str, code: str | None = None,
+                   headers: dict[str, str] | None = None, **extra) -> JSONResponse:
+    body = ErrorBody(detail=detail, code=code or CODES.get(status, "error"),
+                     request_id=request_id.get(), **extra)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+def _loc(parts) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError):
+        return error_response(exc.status, exc.detail, exc.code, exc.headers, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError):
+        errors = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+                  for e in exc.errors()]
+        detail = "; ".join(f"{_loc(e['loc'])}: {e['msg']}" for e in errors) or "invalid request"
+        return error_response(422, detail, "invalid", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    # The job API's exceptions, wherever a route lets them through.
+    @app.exception_handler(JobNotFound)
+    async def job_not_found(_: Request, exc: JobNotFound):
+        return error_response(404, str(exc).strip("'\""))
+
+    @app.exception_handler(ArtifactNotFound)
+    async def artifact_not_found(_: Request, exc: ArtifactNotFound):
+        return error_response(404, str(exc).strip("'\""))
+
+    @app.exception_handler(InvalidParams)
+    async def invalid_params(_: Request, exc: InvalidParams):
+        return error_response(422, str(exc))
+
+    @app.exception_handler(BrokerUnavailable)
+    async def broker_down(_: Request, exc: BrokerUnavailable):
+        log.error("broker unavailable", extra={"error": str(exc)})
+        return error_response(503, "the job queue is unreachable; the job was not started, try again later",
+                              headers={"Retry-After": "10"})

@@ -1,0 +1,106 @@
+"""Readiness: can the gateway do its job right now? The job database answers, the broker
+accepts connections, and at least one worker is alive to take what is queued.
+
+Worker liveness: over Redis, Celery's remote-control ping (workers answer within a second).
+The embedded SQLite broker has no broadcast channel, so there ``mcvae serve`` names the
+worker process it started (MCVAE_EMBEDDED_WORKER_PID) and that process must be alive.
+Results are kept for a few seconds: a probe every second must not ping every worker each time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from sqlalchemy import func, select, text
+
+from workers import db, get_settings
+from workers.app import get_app
+from workers.records import JobRecord
+from workers.settings import QUEUES
+
+from . import schemas
+
+log = logging.getLogger("service.readiness")
+EMBEDDED_PID_ENV = "MCVAE_EMBEDDED_WORKER_PID"
+CACHE_SECONDS = 5.0
+
+_cache: dict[str, tuple[float, schemas.Check]] = {}
+_lock = threading.Lock()
+
+
+def _cached(name: str, probe) -> schemas.Check:
+    now = time.monotonic()
+    with _lock:
+        hit = _cache.get(name)
+        if hit and now - hit[0] < CACHE_SECONDS:
+            return hit[1]
+    try:
+        result = probe()
+    except Exception as err:  # noqa: BLE001 - a failed probe is the answer, not a gateway error
+        result = schemas.Check(ok=False, detail=f"{type(err).__name__}: {str(err)[:200]}")
+    with _lock:
+        _cache[name] = (time.monotonic(), result)
+    return result
+
+
+def _database() -> schemas.Check:
+    with db.session() as s:
+        s.execute(text("SELECT 1"))
+    return schemas.Check(ok=True, detail=db.engine().dialect.name)
+
+
+def _broker() -> schemas.Check:
+    with get_app().connection_for_write(connect_timeout=2) as conn:
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=3)
+        return schemas.Check(ok=True, detail=conn.transport.driver_type)
+
+
+def _workers() -> schemas.Check:
+    if get_settings().embedded:
+        pid = os.environ.get(EMBEDDED_PID_ENV, "")
+        if not pid.isdigit():
+            return schemas.Check(ok=False, detail="embedded broker and no worker started by `mcvae serve`; "
+                                                  "start one with `mcvae worker`")
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return schemas.Check(ok=False, detail="the embedded worker has exited")
+        except PermissionError:
+            pass  # exists, owned by someone else
+        return schemas.Check(ok=True, detail="1 embedded worker")
+    replies = get_app().control.ping(timeout=1.0) or []
+    if not replies:
+        return schemas.Check(ok=False, detail="no worker answered a ping within 1 s")
+    return schemas.Check(ok=True, detail=f"{len(replies)} worker(s) answered")
+
+
+def readiness() -> schemas.Readiness:
+    checks = {"database": _cached("database", _database), "broker": _cached("broker", _broker),
+              "workers": _cached("workers", _workers)}
+    ok = all(c.ok for c in checks.values())
+    return schemas.Readiness(status="ready" if ok else "not ready", checks=checks)
+
+
+# -- figures for /metrics ---------------------------------------------------------------------------
+def jobs_by_state() -> dict[tuple[str, str], int]:
+    with db.session() as s:
+        rows = s.execute(select(JobRecord.state, JobRecord.kind, func.count())
+                         .group_by(JobRecord.state, JobRecord.kind))
+        return {(state, kind): n for state, kind, n in rows}
+
+
+def queue_depths() -> dict[str, int]:
+    """Messages waiting in each queue of the broker (not counting those a worker holds)."""
+    settings, depths = get_settings(), {}
+    with get_app().connection_for_read(connect_timeout=2) as conn:
+        channel = conn.default_channel
+        for logical in QUEUES:
+            name = settings.queue_name(logical)
+            try:
+                depths[logical] = channel.queue_declare(queue=name, passive=True).message_count
+            except Exception:  # noqa: BLE001 - never declared (nothing sent yet): nothing waiting
+                depths[logical] = 0
+    return depths

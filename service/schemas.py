@@ -1,0 +1,216 @@
+"""Request and response bodies of the REST API (pydantic), apart from the database records.
+
+Responses never carry server paths, key digests or patient data: ids, counts, states,
+configurations and metrics only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobKind = Literal["ingest", "train", "sample", "augment", "evaluate"]
+Config = dict[str, Any]
+MAX_SEED = 2**63 - 1
+
+# Ids are checked for shape before any lookup: a NUL or a control character must be a 422 here,
+# not a database error later.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # no control characters (names end up in logs of others)
+ResourceId = Annotated[str, Field(max_length=200, pattern=ID_PATTERN)]
+Name = Annotated[str, Field(max_length=200, pattern=TEXT_PATTERN)]
+Label = Annotated[str, Field(max_length=128, pattern=TEXT_PATTERN)]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- errors -------------------------------------------------------------------------------------
+class FieldError(_Out):
+    loc: list[str] = Field(description="where: body, query, path or header, then the field")
+    msg: str
+    type: str
+
+
+class ErrorBody(_Out):
+    """Every 4xx and 5xx body."""
+
+    detail: str = Field(description="what was wrong, naming the field, file or limit")
+    code: str = Field(description="stable machine-readable kind, e.g. not_found, invalid, too_large")
+    request_id: str | None = Field(None, description="the X-Request-ID of the request, for support")
+    errors: list[FieldError] | None = Field(None, description="each invalid field (422 only)")
+    job_id: str | None = Field(None, description="the job concerned, when there is one")
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+class Job(_Out):
+    id: str
+    kind: JobKind
+    state: JobState
+    stage: str = Field(description="what it is doing now, e.g. 'training AD'")
+    progress: float = Field(ge=0, le=1)
+    params: Config = Field(description="what the job was asked to do")
+    metrics: Config = Field(description="figures so far (training curves, counts, timings)")
+    artifacts: list[str] = Field(description="ids of what it produced")
+    error: str | None = Field(description="why it failed, when it did")
+    attempts: int = Field(description="runs so far (a lost worker's job is resumed elsewhere)")
+    cancel_requested: bool
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    updated_at: dt.datetime
+    result_url: str | None = Field(description="where to download the result, once it succeeded")
+    events_url: str
+
+
+class JobList(_Out):
+    items: list[Job]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="offset of the next page; null on the last")
+
+
+class JobEvent(_Out):
+    """The data of one Server-Sent Event of ``GET /v1/jobs/{id}/events``."""
+
+    id: int
+    at: dt.datetime
+    level: str
+    stage: str
+    progress: float | None
+    message: str
+    state: JobState | None = Field(None, description="set on the final ('end') event")
+
+
+# -- datasets -----------------------------------------------------------------------------------
+DatasetState = Literal["ingesting", "ready", "failed", "cancelled"]
+
+
+class Dataset(_Out):
+    id: str
+    name: str | None
+    state: DatasetState
+    job_id: str = Field(description="the ingest job")
+    created_at: dt.datetime
+    n_scans: int | None
+    classes: dict[str, int] = Field(description="scans per class")
+    spatial_dims: int | None
+    summary: Config | None = Field(description="shapes, spacings, orientations, intensity ranges")
+    warnings: list[str]
+    error: str | None = Field(description="why ingest failed (names the file)")
+
+
+class DatasetList(_Out):
+    items: list[Dataset]
+    limit: int
+    offset: int
+    total: int
+
+
+# -- models ---------------------------------------------------------------------------------------
+ModelState = Literal["training", "ready", "failed", "cancelled"]
+
+
+class TrainRequest(_In):
+    """Train one MCMC-refined VAE on a dataset (optionally one class of it)."""
+
+    dataset: ResourceId = Field(examples=["dataset-3f2a..."])
+    label: Label | None = Field(None, description="train on this class only")
+    name: Name | None = None
+    preprocess: Config = Field(default_factory=dict, description="models.data.PreprocessConfig")
+    model: Config = Field(default_factory=dict, description="models.ModelConfig, less data_shape")
+    sampler: Config = Field(default_factory=dict, description="models.SamplerConfig")
+    train: Config = Field(default_factory=dict, description="models.TrainConfig, less device")
+    checkpoint_every: int | None = Field(None, ge=1, le=1_000_000)
+
+
+class Model(_Out):
+    id: str
+    name: str | None
+    state: ModelState
+    progress: float = Field(ge=0, le=1)
+    job_id: str = Field(description="the train or augment job that made it")
+    dataset: str | None
+    label: str | None = Field(description="the class it was trained on")
+    created_at: dt.datetime
+    config: Config = Field(description="model, sampler, preprocess and train configuration")
+    metrics: Config = Field(description="final figures of training")
+    curves: list[Config] = Field(description="one record per epoch: loss, elbo, acceptance, ...")
+    error: str | None
+
+
+class ModelList(_Out):
+    items: list[Model]
+    limit: int
+    offset: int
+    total: int
+
+
+class SampleRequest(_In):
+    n: int = Field(1, ge=1, description="how many scans; small n is answered with the scans")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    wait: bool = Field(True, description="false: always answer 202 with the job")
+
+
+# -- augmentations ------------------------------------------------------------------------------------
+Target = (Literal["balance"]
+          | Annotated[float, Field(gt=0, le=100, description="ratio of the majority count")]
+          | dict[Label, Annotated[int, Field(ge=0)]])
+
+
+class AugmentRequest(_In):
+    dataset: ResourceId
+    target: Target = Field("balance", description=(
+        "'balance', a ratio of the majority class count (0.5: every class up to half of it), "
+        "or counts per class"))
+    config: Config = Field(default_factory=dict, description="models.augment.AugmentConfig")
+    name: Name | None = None
+
+
+class Augmentation(_Out):
+    id: str = Field(description="the augment job's id")
+    name: str | None
+    dataset: str | None
+    target: Any
+    state: JobState
+    stage: str
+    progress: float = Field(ge=0, le=1)
+    real_counts: dict[str, int] | None
+    synthetic_counts: dict[str, int] | None
+    models: dict[str, str] = Field(description="class -> model id, once trained")
+    metrics: Config
+    error: str | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    result_url: str | None
+    events_url: str
+
+
+class AugmentationList(_Out):
+    items: list[Augmentation]
+    limit: int
+    offset: int
+    next_offset: int | None
+
+
+# -- health -------------------------------------------------------------------------------------------
+class Health(_Out):
+    status: Literal["ok"]
+
+
+class Check(_Out):
+    ok: bool
+    detail: str
+
+
+class Readiness(_Out):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, Check]

@@ -1,0 +1,88 @@
+"""``mcvae serve``: the gateway under uvicorn, plus a local worker when there is no broker.
+
+With MCVAE_BROKER_URL unset (the embedded SQLite broker), one command gives a working service
+on one machine: a worker process for both queues is started beside the gateway and stopped
+with it. With a broker configured, workers run elsewhere (``mcvae worker``) and this serves
+the gateway only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+
+from workers import get_settings, reset_settings, start_worker_process
+from workers.settings import QUEUES
+
+from .logs import configure_logging
+from .readiness import EMBEDDED_PID_ENV
+from .settings import get_service_settings
+
+log = logging.getLogger("service.serve")
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          embedded_worker: bool | None = None, worker_concurrency: int = 1,
+          device: str | None = None, log_level: str | None = None) -> None:
+    """Serve the gateway until interrupted (blocks).
+
+    ``workers``: uvicorn processes. ``embedded_worker``: start a job worker beside the gateway;
+    default: when no broker is configured. ``worker_concurrency`` and ``device`` are that
+    worker's. The listen address defaults to loopback: expose it on purpose (``host="0.0.0.0"``)
+    behind the hospital's TLS proxy.
+    """
+    import uvicorn
+
+    if workers < 1:
+        raise ValueError(f"workers: expected >= 1, got {workers}")
+    reset_settings()
+    settings = get_settings()
+    level = (log_level or get_service_settings().log_level).upper()
+    configure_logging(level)
+    start_worker = settings.embedded if embedded_worker is None else embedded_worker
+    worker: subprocess.Popen | None = None
+    if start_worker:
+        settings.data_dir.expanduser().mkdir(parents=True, exist_ok=True)
+        log_path = settings.data_dir.expanduser() / "worker.log"
+        worker = start_worker_process(QUEUES, concurrency=worker_concurrency, device=device,
+                                      log_path=str(log_path))
+        # The gateway's readiness probe looks for this process (the embedded broker cannot be pinged).
+        os.environ[EMBEDDED_PID_ENV] = str(worker.pid)
+        log.info("embedded worker started", extra={"pid": worker.pid, "worker_log": str(log_path)})
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with Python's default
+    # handler that ends the process before the finally below could stop the worker. Raising
+    # SystemExit instead unwinds through it (SIGINT already does, as KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    try:
+        uvicorn.run("service.app:create_app", factory=True, host=host, port=port, workers=workers,
+                    log_config=None, access_log=False, log_level=level.lower(),
+                    proxy_headers=True, server_header=False, timeout_graceful_shutdown=10)
+    finally:
+        if worker is not None:
+            _stop(worker)
+
+
+def _exit_cleanly(*_) -> None:
+    raise SystemExit(0)
+
+
+def _stop(worker: subprocess.Popen) -> None:
+    """Warm shutdown first (a short job may finish), then kill: an interrupted job is taken up
+    again from its last checkpoint when a worker next starts."""
+
+    def hurry(*_):  # a second Ctrl-C / SIGTERM while waiting: kill now rather than orphan it
+        os.killpg(worker.pid, signal.SIGKILL)
+
+    signal.signal(signal.SIGINT, hurry)
+    signal.signal(signal.SIGTERM, hurry)
+    try:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+    log.info("embedded worker stopped", extra={"pid": worker.pid})

@@ -1,0 +1,206 @@
+"""The mcvae command line, end to end on real files: outputs read back with nibabel and MONAI."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.transforms import LoadImage
+
+from mcvae_cli.main import main
+from models.data import make_demo_cohort, make_demo_slices, write_scan
+
+TINY = """
+preprocess: {spatial_dims: 3, target_shape: [16, 16, 16], target_spacing: 12.0}
+model: {channels: [4, 8], latent_dims: [4]}
+sampler: {kind: mala, n_steps: 2}
+train: {batch_size: 4}
+pretrain_steps: 12
+mcmc_steps: 4
+"""
+TINY_2D = TINY.replace("{spatial_dims: 3, target_shape: [16, 16, 16], target_spacing: 12.0}",
+                       "{spatial_dims: 2, target_shape: [16, 16]}")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cohort")
+    make_demo_cohort(root, n_control=6, n_ad=3, shape=(16, 16, 16), seed=1)
+    return root
+
+
+@pytest.fixture()
+def tiny_config(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def _fails_with(capsys, argv, *words) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("mcvae: error: "), err
+    for word in words:
+        assert word in err[0], err[0]
+    return err[0]
+
+
+def test_augment_balances_a_3d_cohort_with_readable_outputs(cohort, tiny_config, tmp_path, capsys):
+    out = tmp_path / "balanced"
+    assert main(["augment", str(cohort), "--out", str(out), "--config", str(tiny_config)]) == 0
+    assert "balanced cohort: AD 3 -> 6, CN 6 -> 6" in capsys.readouterr().out
+
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    counts = {}
+    for row in rows:
+        counts[(row["label"], row["synthetic"])] = counts.get((row["label"], row["synthetic"]), 0) + 1
+    assert counts == {("CN", "false"): 6, ("AD", "false"): 3, ("AD", "true"): 3}
+
+    synthetic = sorted((out / "synthetic" / "AD").glob("*.nii.gz"))
+    assert len(synthetic) == 3
+    expected_affine = np.diag([12.0, 12.0, 12.0, 1.0])
+    expected_affine[:3, 3] = -12.0 * 15 / 2
+    loader = LoadImage(image_only=True)
+    for path in synthetic:
+        img = nib.load(path)
+        assert img.shape == (16, 16, 16) and img.get_data_dtype() == np.float32
+        np.testing.assert_allclose(img.affine, expected_affine)
+        assert np.isfinite(img.get_fdata()).all()
+        for field in ("descrip", "aux_file", "db_name", "intent_name"):
+            assert bytes(img.header[field]).strip(b"\x00") == b""
+        monai_img = loader(str(path))
+        assert tuple(monai_img.shape) == (16, 16, 16)
+        sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["synthetic"] is True and sidecar["class"] == "AD" and sidecar["sampler"].startswith("mala")
+    report = out / "report"
+    for name in ("montage_AD.png", "curves_AD.png", "metrics.json"):
+        assert (report / name).stat().st_size > 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["final_counts"] == {"AD": 6, "CN": 6}
+    assert "flagged" in metrics["classes"]["AD"]["memorisation"]
+    assert (out / "models" / "AD" / "weights.safetensors").is_file()
+    assert not list(tmp_path.glob(".balanced.partial-*")), "staging folder left behind"
+
+
+def test_train_then_sample_writes_scans_in_target_space(cohort, tiny_config, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    assert main(["train", str(cohort), "--class", "AD", "--out", str(model_dir), "--config", str(tiny_config)]) == 0
+    assert (model_dir / "curves.png").is_file()
+    assert main(["sample", str(model_dir), "-n", "3", "--out", str(tmp_path / "s"), "--seed", "5"]) == 0
+    first = sorted((tmp_path / "s").glob("*.nii.gz"))
+    assert len(first) == 3 and nib.load(first[0]).shape == (16, 16, 16)
+    assert main(["sample", str(model_dir), "-n", "3", "--out", str(tmp_path / "t"), "--seed", "5"]) == 0
+    again = sorted((tmp_path / "t").glob("*.nii.gz"))
+    assert np.array_equal(nib.load(first[1]).get_fdata(), nib.load(again[1]).get_fdata())
+    _fails_with(capsys, ["sample", str(model_dir), "-n", str(10**9), "--out", str(tmp_path / "u")], "-n", "10000")
+    assert not (tmp_path / "u").exists()
+
+
+def test_augment_takes_a_2d_png_cohort(tmp_path, capsys):
+    make_demo_slices(tmp_path / "slices", n_control=5, n_ad=2, shape=(32, 32), seed=0)
+    config = tmp_path / "tiny2d.yaml"
+    config.write_text(TINY_2D)
+    out = tmp_path / "out"
+    assert main(["augment", str(tmp_path / "slices"), "--out", str(out), "--config", str(config)]) == 0
+    scans = sorted((out / "synthetic" / "AD").glob("*.nii.gz"))
+    assert len(scans) == 3 and nib.load(scans[0]).shape == (16, 16)
+
+
+def test_inspect_and_demo_cohort(tmp_path, capsys):
+    assert main(["demo-cohort", str(tmp_path / "c"), "--n-control", "3", "--n-ad", "2", "--size", "16"]) == 0
+    assert main(["inspect", str(tmp_path / "c"), "--json"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[out.index("{"):])
+    assert summary["classes"] == {"AD": 2, "CN": 3} and summary["spatial_dims"] == 3
+
+
+def _cohort_with(tmp_path: Path, cohort: Path, bad_name: str, write) -> Path:
+    """A copy of the small cohort with one bad AD scan added."""
+    import shutil
+
+    root = tmp_path / "bad"
+    shutil.copytree(cohort, root)
+    write(root / "AD" / bad_name)
+    return root
+
+
+def _good_bytes(cohort: Path) -> bytes:
+    return sorted((cohort / "AD").glob("*.nii.gz"))[0].read_bytes()
+
+
+@pytest.mark.parametrize(
+    "name,write,problem",
+    [
+        ("trunc.nii.gz", lambda p, good: p.write_bytes(good[: len(good) // 2]), ""),
+        ("text.nii", lambda p, good: p.write_text("not an image at all\n" * 20), ""),
+        ("empty.nii.gz", lambda p, good: p.write_bytes(b""), "empty"),
+        ("four_d.nii.gz", lambda p, good: nib.save(nib.Nifti1Image(np.ones((8, 8, 8, 3), np.float32), np.eye(4)), p), "4-D"),
+        ("nan.nii.gz", lambda p, good: write_nan(p), "NaN"),
+    ],
+    ids=["truncated", "not-an-image", "zero-size", "4d", "nan"],
+)
+def test_bad_scans_fail_with_one_line_naming_the_file(cohort, tiny_config, tmp_path, capsys, name, write, problem):
+    good = _good_bytes(cohort)
+    root = _cohort_with(tmp_path, cohort, name, lambda p: write(p, good))
+    out = tmp_path / "out"
+    line = _fails_with(capsys, ["augment", str(root), "--out", str(out), "--config", str(tiny_config)], name, problem)
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*")), line
+
+
+def write_nan(path: Path) -> None:
+    data = np.ones((8, 8, 8), np.float32)
+    data[2, 3, 4] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+
+
+def test_cohort_level_errors(cohort, tiny_config, tmp_path, capsys):
+    import shutil
+
+    one_class = tmp_path / "one"
+    shutil.copytree(cohort / "CN", one_class / "CN")
+    _fails_with(capsys, ["augment", str(one_class), "--out", str(tmp_path / "o1"), "--config", str(tiny_config)],
+                "one class")
+    _fails_with(capsys, ["augment", str(cohort), "--out", str(tmp_path / "o2"), "--target", "MCI=4",
+                         "--config", str(tiny_config)], "unknown class", "MCI")
+    _fails_with(capsys, ["augment", str(cohort), "--out", str(tmp_path / "o3"), "--target", f"AD={10**9}",
+                         "--config", str(tiny_config)], "exceeds the limit")
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text(f"path,label\n{sorted((cohort / 'CN').iterdir())[0]},CN\nmissing/scan.nii.gz,AD\n")
+    _fails_with(capsys, ["augment", str(manifest), "--out", str(tmp_path / "o4"), "--config", str(tiny_config)],
+                "missing/scan.nii.gz")
+    bad_config = tmp_path / "bad.yaml"
+    bad_config.write_text("sampler: {kind: gibbs}\n")
+    _fails_with(capsys, ["augment", str(cohort), "--out", str(tmp_path / "o5"), "--config", str(bad_config)],
+                "sampler.kind")
+    for n in range(1, 6):
+        assert not (tmp_path / f"o{n}").exists()
+
+
+def test_console_script_exits_non_zero_with_one_line(tmp_path):
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(gzip.compress(b"garbage" * 10))
+    proc = subprocess.run([sys.executable, "-m", "mcvae_cli.main", "inspect", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "mcvae: error:" in proc.stderr
+
+
+def test_demo_builds_and_balances_the_embedded_cohort(tmp_path, tiny_config, capsys):
+    """`mcvae demo`, small: the full-size run is timed by bench/demo_time.py."""
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--n-control", "4", "--n-ad", "2", "--size", "16",
+            "--config", str(tiny_config)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "balanced cohort: AD 2 -> 4, CN 4 -> 4" in printed and str(out / "balanced") in printed
+    assert len(list((out / "cohort" / "CN").glob("*.nii.gz"))) == 4
+    assert len(list((out / "balanced" / "synthetic" / "AD").glob("*.nii.gz"))) == 2
+    _fails_with(capsys, argv, "exists already")

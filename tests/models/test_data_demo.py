@@ -1,0 +1,138 @@
+"""The embedded demo cohort: real files, deterministic, and AD differs from CN as it should."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.transforms import LoadImage
+from PIL import Image
+
+from models.data import (
+    PreprocessConfig,
+    load_scan,
+    load_tensors,
+    make_demo_cohort,
+    make_demo_slices,
+    read_cohort,
+)
+from models.data.demo import HIPPOCAMPI_MM, VENTRICLE_CENTRE_MM, _template_path
+
+pytestmark = pytest.mark.filterwarnings("ignore:NvImgCodecPydicomReader")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The default demo (20 CN, 2 AD at 32^3), generated once for this module."""
+    return make_demo_cohort(tmp_path_factory.mktemp("demo"))
+
+
+def world_grid(shape, affine):
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    return idx @ affine[:3, :3].T + affine[:3, 3]
+
+
+def test_default_demo_is_ten_to_one_and_readable(demo):
+    assert demo.counts == {"AD": 2, "CN": 20}
+    assert read_cohort(demo.source).counts == demo.counts
+    for item in (demo.items[0], demo.items[-1]):
+        assert item.path.parent.name == item.label and item.path.name.endswith(".nii.gz")
+        img = nib.load(item.path)
+        assert img.shape == (32, 32, 32) and img.get_data_dtype() == np.float32
+        assert nib.aff2axcodes(img.affine) == ("R", "A", "S")
+        assert img.header["descrip"].item() == b""
+        monai_img = LoadImage(image_only=True)(str(item.path))
+        np.testing.assert_array_equal(np.asarray(monai_img), img.get_fdata(dtype=np.float32))
+        data = img.get_fdata()
+        assert np.isfinite(data).all() and data.min() >= 0 and data.max() > 100
+
+
+def test_template_comes_from_the_nilearn_package():
+    package = Path(next(iter(importlib.util.find_spec("nilearn").submodule_search_locations)))
+    assert _template_path("t1").is_relative_to(package)
+
+
+def test_same_seed_same_bytes_different_seed_different_bytes(demo, tmp_path):
+    # Subject k depends only on (seed, class, k): a smaller cohort repeats the first subjects.
+    again = make_demo_cohort(tmp_path / "again", n_control=2, n_ad=1, seed=0)
+    for item in again:
+        twin = demo.source / item.label / item.path.name
+        assert item.path.read_bytes() == twin.read_bytes(), item.path.name
+    other = make_demo_cohort(tmp_path / "other", n_control=2, n_ad=1, seed=1)
+    for item in other:
+        assert item.path.read_bytes() != (demo.source / item.label / item.path.name).read_bytes()
+
+
+def test_subjects_differ_from_each_other(demo):
+    a, b = (load_scan(demo.items[i].path)[0] for i in (2, 3))
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] < 0.99
+
+
+def _normalised(path):
+    data, affine, _ = load_scan(path)
+    return data / np.percentile(data, 99), world_grid(data.shape, affine)
+
+
+def test_ad_has_more_csf_near_the_ventricles_than_any_control(demo):
+    def dark_near_ventricles(path):
+        x, world = _normalised(path)
+        near = np.linalg.norm(world - VENTRICLE_CENTRE_MM, axis=-1) < 20
+        return int(((x < 0.45) & near).sum())
+
+    counts = {label: [dark_near_ventricles(i.path) for i in demo.of_class(label)]
+              for label in ("CN", "AD")}
+    assert min(counts["AD"]) > max(counts["CN"]), counts
+
+
+def test_ad_medial_temporal_lobes_are_darker(demo):
+    def mtl_mean(path):
+        x, world = _normalised(path)
+        near = np.min([np.linalg.norm(world - h, axis=-1) for h in HIPPOCAMPI_MM], 0) < 12
+        return float(x[near].mean())
+
+    cn = [mtl_mean(i.path) for i in demo.of_class("CN")]
+    ad = [mtl_mean(i.path) for i in demo.of_class("AD")]
+    assert np.mean(ad) < np.mean(cn) - 0.05, (ad, cn)
+
+
+def test_native_grid_and_bad_counts(tmp_path):
+    cohort = make_demo_cohort(tmp_path, n_control=1, n_ad=0, shape=None)
+    img = nib.load(cohort.items[0].path)
+    np.testing.assert_allclose(img.header.get_zooms(), (2.0, 2.0, 2.0))
+    assert min(img.shape) > 70
+    with pytest.raises(ValueError, match="at least one scan"):
+        make_demo_cohort(tmp_path, n_control=0, n_ad=0)
+
+
+def test_demo_slices_are_png_cohort_with_larger_ad_ventricles(tmp_path):
+    cohort = make_demo_slices(tmp_path, n_control=6, n_ad=2, shape=(64, 64))
+    again = make_demo_slices(tmp_path / "again", n_control=1, n_ad=0, shape=(64, 64))
+    assert again.items[0].path.read_bytes() == cohort.items[0].path.read_bytes()
+    assert read_cohort(tmp_path).spatial_dims == 2
+    with Image.open(cohort.items[0].path) as img:
+        assert img.mode == "L" and img.size == (64, 64)
+
+    def dark_centre(path):
+        x = load_scan(path, spatial_dims=2)[0]  # [x, row], rows run anterior to posterior
+        return int((x[24:40, 20:40] < 0.35 * np.percentile(x, 99)).sum())
+
+    ad = [dark_centre(i.path) for i in cohort.of_class("AD")]
+    cn = [dark_centre(i.path) for i in cohort.of_class("CN")]
+    assert np.mean(ad) > 1.5 * np.mean(cn), (ad, cn)
+
+
+def test_demo_preprocesses_with_default_config_without_cutting_the_brain(demo, tmp_path):
+    x = load_tensors(demo, PreprocessConfig(), cache_dir=tmp_path / "cache")
+    assert x.shape == (22, 1, 32, 32, 32)
+    inner = x[:, :, 1:-1, 1:-1, 1:-1]
+    border = x.sum() - inner.sum()
+    assert float(border) < 0.02 * float(x.sum())  # the head fits inside the 192 mm box
+
+
+def test_demo_slices_preprocess_with_default_2d_config(tmp_path):
+    cohort = make_demo_slices(tmp_path, n_control=2, n_ad=1, shape=(48, 40))
+    x = load_tensors(cohort, PreprocessConfig(spatial_dims=2))
+    assert x.shape == (3, 1, 32, 32) and float(x.max()) == 1.0

@@ -1,0 +1,238 @@
+"""The gateway over real HTTP (uvicorn on loopback) with a real Celery worker behind it:
+upload, augmentation followed over SSE, download, synchronous sampling, labs kept apart."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tempfile
+import time
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from .conftest import TINY_AUGMENT
+
+pytestmark = pytest.mark.slow
+
+
+def read_sse(response) -> list[tuple[str, dict]]:
+    """(event name, data) of every event of a text/event-stream response, to its end."""
+    events, name, data = [], "message", []
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif line == "" and data:
+            events.append((name, json.loads("\n".join(data))))
+            name, data = "message", []
+    return events
+
+
+def read_nifti(raw: bytes) -> nib.Nifti1Image:
+    with tempfile.NamedTemporaryFile(suffix=".nii.gz") as fh:
+        fh.write(raw)
+        fh.flush()
+        image = nib.load(fh.name)
+        return nib.Nifti1Image(np.asarray(image.dataobj), image.affine, image.header)
+
+
+@pytest.fixture(scope="module")
+def augmentation(deployment, dataset) -> dict:
+    """An augmentation of the demo dataset, followed over SSE to its end."""
+    with deployment.client() as c:
+        r = c.post("/v1/augmentations", json={"dataset": dataset["id"], "target": "balance",
+                                              "config": TINY_AUGMENT, "name": "demo balance"})
+        assert r.status_code == 202, r.text
+        started = r.json()
+        with c.stream("GET", started["events_url"], timeout=300) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            events = read_sse(stream)
+        final = c.get(f"/v1/augmentations/{started['id']}").json()
+    return {"started": started, "events": events, "final": final}
+
+
+def test_health_and_readiness_need_no_key(deployment):
+    with deployment.client(lab=None) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        r = c.get("/readyz")
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "ready"
+        assert set(r.json()["checks"]) == {"database", "broker", "workers"}
+
+
+def test_upload_is_ingested_with_class_counts(dataset):
+    assert dataset["state"] == "ready"
+    assert dataset["classes"] == {"AD": 3, "CN": 6}
+    assert dataset["n_scans"] == 9 and dataset["spatial_dims"] == 3
+    assert dataset["name"] == "demo"
+
+
+def test_augmentation_streams_progress_and_its_result_holds_readable_scans(deployment, augmentation):
+    events, final = augmentation["events"], augmentation["final"]
+    names = [name for name, _ in events]
+    assert names[-1] == "end" and names.count("end") == 1
+    assert events[-1][1]["state"] == "succeeded", events[-1]
+    progress = [d["progress"] for n, d in events if n == "progress" and d["progress"] is not None]
+    assert progress == sorted(progress) and len(set(progress)) >= 3, progress
+    assert any(d["stage"].startswith("training") for _, d in events)
+
+    assert final["state"] == "succeeded"
+    assert final["synthetic_counts"] == {"AD": 3, "CN": 0}
+    assert set(final["models"]) == {"AD"}
+
+    with deployment.client() as c:
+        r = c.get(final["result_url"])
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    zf = zipfile.ZipFile(io.BytesIO(r.content))
+    names = zf.namelist()
+    scans = [n for n in names if n.endswith(".nii.gz")]
+    assert len(scans) == 3 and all(n.startswith("synthetic/AD/") for n in scans)
+    for name in scans:
+        image = read_nifti(zf.read(name))
+        assert image.shape == (16, 16, 16) and np.isfinite(image.get_fdata()).all()
+        sidecar = json.loads(zf.read(name.replace(".nii.gz", ".json")))
+        assert sidecar["synthetic"] is True and sidecar["class"] == "AD"
+    manifest = zf.read("manifest.csv").decode()
+    assert manifest.count(",true") == 3 and manifest.count(",false") == 9
+    assert str(deployment.data_dir) not in manifest  # real scans by their place, not server paths
+    assert any(n.startswith("report/") and n.endswith(".png") for n in names)
+    assert "report/metrics.json" in names
+    assert not any(n.startswith("models/") for n in names)
+
+
+def test_augmentation_models_are_listed_with_config_and_curves(deployment, augmentation):
+    model_id = augmentation["final"]["models"]["AD"]
+    with deployment.client() as c:
+        listed = c.get("/v1/models").json()
+        model = c.get(f"/v1/models/{model_id}").json()
+    assert model_id in [m["id"] for m in listed["items"]]
+    assert model["state"] == "ready" and model["label"] == "AD"
+    assert model["config"]["preprocess"]["target_shape"] == [16, 16, 16]
+    assert model["config"]["model"]["latent_dims"] == [4]
+    assert len(model["curves"]) >= 1 and "loss" in model["curves"][-1]
+
+
+def test_synchronous_sampling_returns_nifti_and_zip(deployment, augmentation):
+    model_id = augmentation["final"]["models"]["AD"]
+    with deployment.client() as c:
+        one = c.post(f"/v1/models/{model_id}/samples", json={"n": 1, "seed": 7})
+        assert one.status_code == 200, one.text
+        assert one.headers["content-type"] == "application/gzip"
+        assert gzip.decompress(one.content)[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")
+        image = read_nifti(one.content)
+        assert image.shape == (16, 16, 16) and np.isfinite(image.get_fdata()).all()
+        again = c.post(f"/v1/models/{model_id}/samples", json={"n": 1, "seed": 7})
+        assert np.array_equal(read_nifti(again.content).get_fdata(), image.get_fdata())  # seeded
+
+        three = c.post(f"/v1/models/{model_id}/samples", json={"n": 3})
+        assert three.status_code == 200 and three.headers["content-type"] == "application/zip"
+        zf = zipfile.ZipFile(io.BytesIO(three.content))
+        assert len([n for n in zf.namelist() if n.endswith(".nii.gz")]) == 3
+        assert "manifest.csv" in zf.namelist()
+
+        queued = c.post(f"/v1/models/{model_id}/samples", json={"n": 50, "wait": True})
+        assert queued.status_code == 202 and queued.json()["kind"] == "sample"
+        c.post(f"/v1/jobs/{queued.json()['id']}/cancel")
+
+        huge = c.post(f"/v1/models/{model_id}/samples", json={"n": 10**9})
+        assert huge.status_code == 422 and "at most" in huge.json()["detail"]
+
+
+def test_another_labs_key_finds_nothing(deployment, dataset, augmentation):
+    job_id = augmentation["started"]["id"]
+    model_id = augmentation["final"]["models"]["AD"]
+    with deployment.client("lab-b") as c:
+        paths = (f"/v1/datasets/{dataset['id']}", f"/v1/models/{model_id}", f"/v1/jobs/{job_id}",
+                 f"/v1/augmentations/{job_id}", f"/v1/jobs/{job_id}/result",
+                 f"/v1/jobs/{job_id}/events")
+        for path in paths:
+            r = c.get(path)
+            assert r.status_code == 404, (path, r.text)
+            assert r.json()["code"] == "not_found"
+        assert c.post(f"/v1/models/{model_id}/samples", json={"n": 1}).status_code == 404
+        assert c.post(f"/v1/jobs/{job_id}/cancel").status_code == 404
+        assert c.delete(f"/v1/datasets/{dataset['id']}").status_code == 404
+        assert c.post("/v1/augmentations", json={"dataset": dataset["id"]}).status_code == 404
+        assert c.get("/v1/datasets").json()["items"] == []
+        assert c.get("/v1/models").json()["items"] == []
+        assert c.get("/v1/jobs").json()["items"] == []
+    with deployment.client() as c:  # and lab-a still sees all of it
+        assert c.get(f"/v1/datasets/{dataset['id']}").status_code == 200
+        assert c.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"
+
+
+def test_jobs_are_listed_with_filters_and_pages(deployment, augmentation):
+    with deployment.client() as c:
+        augments = c.get("/v1/jobs", params={"kind": "augment"}).json()
+        assert [j["id"] for j in augments["items"]] == [augmentation["started"]["id"]]
+        first = c.get("/v1/jobs", params={"limit": 1}).json()
+        second = c.get("/v1/jobs", params={"limit": 1, "offset": first["next_offset"]}).json()
+        assert first["items"][0]["id"] != second["items"][0]["id"]
+        assert c.get("/v1/jobs", params={"state": "bogus"}).status_code == 422
+
+
+def test_metrics_count_requests_jobs_and_queues(deployment, augmentation):
+    with deployment.client() as c:
+        assert c.get("/metrics").status_code == 200
+        text = c.get("/metrics").text
+    assert 'mcvae_http_requests_total{method="GET",route="/metrics",status="200"}' in text
+    assert 'mcvae_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/metrics"}' in text
+    assert 'mcvae_jobs{kind="augment",state="succeeded"} 1.0' in text
+    assert 'mcvae_queue_depth{queue="gpu"}' in text
+    with deployment.client(lab=None) as c:
+        assert c.get("/metrics").status_code == 401
+
+
+def test_deleting_a_dataset_removes_it(deployment, demo_cohort):
+    from .conftest import zip_folder
+
+    with deployment.client() as c:
+        r = c.post("/v1/datasets", params={"wait": 60}, content=zip_folder(demo_cohort, wrap=None),
+                   headers={"Content-Type": "application/zip"})
+        assert r.status_code == 201, r.text
+        dataset_id = r.json()["id"]
+        assert c.delete(f"/v1/datasets/{dataset_id}").status_code == 204
+        assert c.get(f"/v1/datasets/{dataset_id}").status_code == 404
+        assert dataset_id not in [d["id"] for d in c.get("/v1/datasets").json()["items"]]
+    assert not (deployment.data_dir / "artifacts" / "datasets" / dataset_id).exists()
+    uploads = list((deployment.data_dir / "artifacts" / "datasets").glob("dataset-upload-*"))
+    assert uploads == [], "uploads are removed once ingested"
+
+
+TINY_TRAIN = {"label": "AD", "preprocess": TINY_AUGMENT["preprocess"], "model": TINY_AUGMENT["model"],
+              "sampler": {"kind": "mala", "n_steps": 2},
+              "train": {"pretrain_epochs": 3, "epochs": 2, "batch_size": 4}}
+
+
+def test_training_a_model_then_deleting_it(deployment, dataset):
+    with deployment.client() as c:
+        r = c.post("/v1/models", json={"dataset": dataset["id"], "name": "tiny AD", **TINY_TRAIN})
+        assert r.status_code == 202, r.text
+        model = r.json()
+        assert model["state"] == "training" and model["label"] == "AD"
+        deadline = time.monotonic() + 120
+        while model["state"] == "training" and time.monotonic() < deadline:
+            time.sleep(0.3)
+            model = c.get(f"/v1/models/{model['id']}").json()
+        assert model["state"] == "ready", model
+        assert model["metrics"]["steps"] == 5 and len(model["curves"]) == 5
+        assert model["config"]["model"]["latent_dims"] == [4] and model["name"] == "tiny AD"
+        assert c.get("/v1/models", params={"dataset": dataset["id"]}).json()["total"] >= 1
+
+        long = c.post("/v1/models", json={"dataset": dataset["id"], **TINY_TRAIN,
+                                          "train": {**TINY_TRAIN["train"], "epochs": 100_000}}).json()
+        for doomed in (model, long):  # a trained model, and one still training (cancelled)
+            assert c.delete(f"/v1/models/{doomed['id']}").status_code == 204
+            assert c.get(f"/v1/models/{doomed['id']}").status_code == 404
+        deadline = time.monotonic() + 60
+        while (job := c.get(f"/v1/jobs/{long['job_id']}").json())["state"] not in ("cancelled", "failed"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.3)
+        assert job["state"] == "cancelled"
+    assert not (deployment.data_dir / "artifacts" / "models" / model["id"]).exists()

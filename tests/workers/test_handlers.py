@@ -1,0 +1,132 @@
+"""Job handlers run in-process (no queue): what each kind produces, and resuming training."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from workers import ArtifactStore, Settings
+from workers.context import JobCancelled, JobContext
+from workers.handlers import HANDLERS
+from workers.params import SCHEMAS, InvalidParams
+
+from .conftest import TINY_PREPROCESS, tiny_train_params
+
+
+class StopAfter(JobContext):
+    """Asks the job to stop after ``steps`` should_stop() calls (one per training step)."""
+
+    def __init__(self, *args, steps: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.steps = 0, steps
+
+    def should_stop(self) -> bool:
+        self.calls += 1
+        return self.calls > self.steps
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ArtifactStore(tmp_path / "store")
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(data_dir=tmp_path, checkpoint_every=4)
+
+
+@pytest.fixture
+def dataset(store, demo_cohort):
+    return store.put_dir("dataset", demo_cohort).id
+
+
+def run(kind, params, ctx):
+    return HANDLERS[kind](ctx, SCHEMAS[kind].model_validate(params))
+
+
+def test_training_resumed_from_a_checkpoint_ends_as_an_uninterrupted_run(store, settings, dataset):
+    params = tiny_train_params(dataset, epochs=3, checkpoint_every=4)  # 9 scans, batch 4: 18 steps
+    whole = run("train", params, JobContext("job-a", store, settings=settings))
+
+    stopped = StopAfter("job-b", store, settings=settings, steps=10)
+    with pytest.raises(JobCancelled, match="stopped at step 11; last checkpoint at step 8"):
+        run("train", params, stopped)
+    assert store.list("checkpoint", "checkpoint-job-b") == ["checkpoint-job-b-000000004", "checkpoint-job-b-000000008"]
+
+    again = JobContext("job-b", store, settings=settings)
+    resumed = run("train", params, again)
+    assert "resumed from step 8 of 18" in [e["message"] for e in again.events]
+    assert resumed.metrics["resumed_from"] == 8 and resumed.metrics["steps"] == 18
+    assert [r["epoch"] for r in resumed.metrics["history"]] == [1, 2, 3, 4, 5, 6]
+    # Every step after the checkpoint replays exactly: same later epochs, same final weights.
+    # (Epoch 3, cut at step 8, averages only its batches after the resume.)
+    for a, b in list(zip(whole.metrics["history"], resumed.metrics["history"]))[3:]:
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    from models import load
+
+    (model_a, _, _), (model_b, _, _) = load(store.path("model-job-a")), load(store.path("model-job-b"))
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+    assert resumed.obsolete == store.list("checkpoint", "checkpoint-job-b")  # dropped once recorded
+    assert resumed.artifacts == ["model-job-b"] and store.verify("model-job-b")
+
+
+def test_sample_and_evaluate_a_trained_model(store, settings, dataset):
+    run("train", tiny_train_params(dataset, epochs=1, label="AD"), JobContext("t", store, settings=settings))
+
+    sampled = run("sample", {"model": "model-t", "n": 5, "seed": 1, "batch_size": 2},
+                  JobContext("s", store, settings=settings))
+    out = store.path("output-s")
+    assert np.load(out / "samples.npy").shape == (5, 1, 8, 8)
+    sidecar = json.loads((out / "scans" / "syn_AD_00004.json").read_text())
+    assert sidecar["synthetic"] is True and sidecar["class"] == "AD" and sidecar["model_id"] == "model-t"
+    import nibabel as nib
+
+    assert nib.load(out / "scans" / "syn_AD_00000.nii.gz").shape == (8, 8)
+    assert (out / "manifest.csv").read_text().count("true") == 5
+    assert sampled.metrics["n"] == 5 and store.verify("output-s")
+
+    evaluated = run("evaluate", {"model": "model-t", "dataset": dataset, "n_particles": 8},
+                    JobContext("e", store, settings=settings))
+    m = evaluated.metrics
+    assert m["label"] == "AD" and m["n_items"] == 3 and np.isfinite(m["log_px"])
+    assert m["bits_per_dim"] == pytest.approx(-m["log_px"] / (64 * np.log(2)))
+    assert json.loads(store.path("report-e").read_text())["log_px"] == m["log_px"]
+
+
+def test_ingest_copies_an_uploaded_archive_into_a_self_contained_dataset(store, settings, demo_cohort, tmp_path):
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in demo_cohort.rglob("*.png"):
+            zf.write(path, f"cohort/{path.relative_to(demo_cohort)}")
+    upload = store.put_file("dataset", archive).id
+    outcome = run("ingest", {"source": upload, "name": "demo"}, JobContext("i", store, settings=settings))
+    summary = outcome.metrics["summary"]
+    assert summary["classes"] == {"AD": 3, "CN": 6} and summary["spatial_dims"] == 2
+    assert summary["source"] == "demo"
+    lines = (store.path("dataset-i") / "manifest.csv").read_text().splitlines()
+    assert lines[0] == "path,label,split" and "AD/AD_000.png,AD," in lines
+    assert store.get("dataset-i").meta["summary"]["n_scans"] == 9
+
+
+def test_bad_input_is_reported_with_the_field_named(store, settings, dataset, tmp_path):
+    ctx = JobContext("x", store, settings=settings)
+    with pytest.raises(InvalidParams, match=r"model.latent_dims: .*positive"):
+        run("train", {**tiny_train_params(dataset), "model": {"arch": "mlp", "latent_dims": [0]}}, ctx)
+    with pytest.raises(InvalidParams, match="preprocess.target_shape"):
+        run("train", {**tiny_train_params(dataset), "preprocess": {**TINY_PREPROCESS, "target_shape": "big"}}, ctx)
+    with pytest.raises(InvalidParams, match="dataset: no dataset 'dataset-missing'"):
+        run("train", tiny_train_params("dataset-missing"), ctx)
+    with pytest.raises(ValueError, match="no scans of class 'MCI'"):
+        run("train", tiny_train_params(dataset, label="MCI"), ctx)
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../../escape.png", b"x")
+    with pytest.raises(InvalidParams, match="escapes the archive"):
+        run("ingest", {"source": str(evil)}, ctx)
+    with pytest.raises(InvalidParams, match="source: .*no such file"):
+        run("ingest", {"source": str(tmp_path / "nowhere")}, ctx)

@@ -1,0 +1,159 @@
+"""What each job kind accepts, checked when a job is submitted.
+
+These schemas cover the job itself (which artifacts, how many scans, which class). The nested
+library configs (``model``, ``sampler``, ``train``, ``preprocess``, augmentation ``config``)
+travel as plain dicts and are validated by the library's own pydantic models when the job
+starts on a worker: the gateway must not import torch, and those models live beside it.
+A bad nested config therefore fails the job at once, with the field named, and is not retried.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .artifacts import kind_of
+from .settings import Settings
+
+KINDS = ("ingest", "train", "sample", "augment", "evaluate")
+
+
+class InvalidParams(ValueError):
+    """Bad job input; the message names the field."""
+
+
+def _artifact(kind: str):
+    def check(value: str | None) -> str | None:
+        if value is not None and kind_of(value) != kind:
+            raise ValueError(f"expected a {kind} artifact id, got {value!r}")
+        return value
+
+    return check
+
+
+def _is_id(value: str) -> bool:
+    try:
+        kind_of(value)
+    except ValueError:
+        return False
+    return True
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestParams(_Params):
+    """Validate a cohort and store it as a dataset artifact."""
+
+    source: str = Field(description="dataset artifact id of an upload, or a path the worker can read: "
+                                    "a class-per-folder tree, a CSV manifest, a .zip or .tar.gz")
+    name: str | None = Field(None, max_length=200, description="a label for people")
+
+
+class TrainParams(_Params):
+    """Fit one MCMC-refined VAE on the scans of a dataset (optionally of one class)."""
+
+    dataset: str
+    label: str | None = Field(None, description="train on this class only; None: every scan")
+    preprocess: dict[str, Any] = Field(default_factory=dict, description="models.data.PreprocessConfig")
+    model: dict[str, Any] = Field(default_factory=dict, description="models.ModelConfig less data_shape")
+    sampler: dict[str, Any] = Field(default_factory=dict, description="models.SamplerConfig")
+    train: dict[str, Any] = Field(default_factory=dict, description="models.TrainConfig less device")
+    checkpoint_every: int | None = Field(None, ge=1, description="steps; None: MCVAE_CHECKPOINT_EVERY")
+
+    _dataset = field_validator("dataset")(_artifact("dataset"))
+
+    @field_validator("train")
+    @classmethod
+    def _no_device(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "device" in v:
+            raise ValueError("device is chosen by the worker (MCVAE_DEVICE), not per job")
+        return v
+
+
+class SampleParams(_Params):
+    """Draw scans from a trained model's prior."""
+
+    model: str
+    n: int = Field(16, ge=1)
+    seed: int = 0
+    batch_size: int = Field(256, ge=1, le=4096)
+
+    _model = field_validator("model")(_artifact("model"))
+
+
+class EvaluateParams(_Params):
+    """Held-out log-likelihood of a trained model on one class of a dataset."""
+
+    model: str
+    dataset: str
+    label: str | None = Field(None, description="None: the class the model was trained on")
+    split: str | None = Field(None, description="None: the 'test' split if the dataset has one, else all")
+    n_particles: int = Field(100, ge=1, le=100_000)
+    proposal: Literal["encoder", "mcmc"] = "encoder"
+    max_items: int = Field(256, ge=1, le=100_000)
+    seed: int = 0
+
+    _model = field_validator("model")(_artifact("model"))
+    _dataset = field_validator("dataset")(_artifact("dataset"))
+
+
+class AugmentParams(_Params):
+    """Balance a dataset with synthetic minority-class scans (models.augment.augment)."""
+
+    dataset: str
+    target: str | float | dict[str, int] = Field(
+        "balance", description="'balance', a ratio of the majority count, or counts per class")
+    config: dict[str, Any] = Field(default_factory=dict, description="models.augment.AugmentConfig")
+
+    _dataset = field_validator("dataset")(_artifact("dataset"))
+
+
+SCHEMAS: dict[str, type[_Params]] = {
+    "ingest": IngestParams,
+    "train": TrainParams,
+    "sample": SampleParams,
+    "augment": AugmentParams,
+    "evaluate": EvaluateParams,
+}
+
+
+def describe(err: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line that names each field: 'n: Input should be ...; ...'."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def validate(kind: str, params: dict[str, Any] | None, settings: Settings) -> _Params:
+    if kind not in SCHEMAS:
+        raise InvalidParams(f"kind: unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if params is not None and not isinstance(params, dict):
+        raise InvalidParams(f"params: expected an object, got {type(params).__name__}")
+    try:
+        parsed = SCHEMAS[kind].model_validate(params or {})
+    except ValidationError as err:
+        raise InvalidParams(describe(err)) from None
+    if isinstance(parsed, IngestParams) and not settings.allow_path_sources and not _is_id(parsed.source):
+        raise InvalidParams("source: expected the artifact id of an upload; paths on the workers "
+                            "are not accepted here (MCVAE_ALLOW_PATH_SOURCES=false)")
+    if isinstance(parsed, SampleParams) and parsed.n > settings.max_sample_n:
+        raise InvalidParams(
+            f"n: at most {settings.max_sample_n} scans per sampling job (MCVAE_MAX_SAMPLE_N), got {parsed.n}")
+    return parsed
+
+
+def queue_for(kind: str, params: _Params, settings: Settings) -> str:
+    """gpu: training and large sampling; cpu: ingest, evaluation and small sampling."""
+    if kind in ("train", "augment"):
+        logical = "gpu"
+    elif isinstance(params, SampleParams):
+        logical = "gpu" if params.n >= settings.gpu_sample_min else "cpu"
+    else:
+        logical = "cpu"
+    return settings.queue_name(logical)

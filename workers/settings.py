@@ -1,0 +1,107 @@
+"""Worker and job settings, read from the environment (prefix ``MCVAE_``).
+
+One object describes a deployment: where the broker, the job database and the artifact store
+are, which queues exist, and the limits jobs run under. Unset URLs fall back to files under
+``MCVAE_DATA_DIR``, so a laptop needs no server at all (the "embedded" mode).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+QUEUES = ("gpu", "cpu")  # logical queue names; the broker sees settings.queue_name(...)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MCVAE_", extra="ignore")
+
+    data_dir: Path = Field(Path.home() / ".mcvae", description="root for every default location")
+    broker_url: str | None = Field(
+        None, description="redis://host:6379/0; unset: embedded SQLite broker under data_dir"
+    )
+    result_backend: str | None = Field(
+        None, description="Celery result backend; unset: none (the job record is the result)"
+    )
+    database_url: str | None = Field(None, description="job records; unset: SQLite under data_dir")
+    artifact_root: Path | None = Field(None, description="artifact store; unset: data_dir/artifacts")
+
+    queue_prefix: str = Field("", description="prepended to the queue names gpu and cpu")
+    # kombu's global_keyprefix: lets several deployments (or test runs) share one Redis.
+    redis_key_prefix: str = ""
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+
+    soft_time_limit: int = Field(12 * 3600, ge=1, description="seconds; the job then fails cleanly")
+    time_limit: int = Field(12 * 3600 + 600, ge=1, description="seconds; the task is then killed")
+    # Redis only. A message taken by a worker that dies comes back after this many seconds.
+    # Shorter: faster recovery, but a job running longer than this gets a duplicate delivery,
+    # which the job record's lease turns into a cheap deferral (see runner.py), not a second run.
+    visibility_timeout: int = Field(3600, ge=1)
+    # A running job's worker refreshes its heartbeat every heartbeat_seconds; a job whose
+    # heartbeat is older than lease_seconds is considered orphaned and may be taken over.
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    lease_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(5, ge=1, description="runs of one job (worker deaths, transient errors)")
+    max_retries: int = Field(8, ge=0, description="retries of a task after transient errors")
+    retry_backoff_max: int = Field(300, ge=1, description="seconds, cap of exponential backoff")
+
+    # Ingest jobs may name a folder or archive on the workers' filesystem. A gateway serving
+    # several labs sets this false, so that users can ingest only what they uploaded.
+    allow_path_sources: bool = True
+    torch_threads: int = Field(0, ge=0, description="torch threads per worker process; 0: cores / concurrency")
+    checkpoint_every: int = Field(200, ge=1, description="training steps between checkpoints")
+    progress_interval: float = Field(1.0, ge=0, description="min seconds between progress writes")
+    max_sample_n: int = Field(10_000, ge=1, description="largest n a sampling job may ask for")
+    gpu_sample_min: int = Field(512, ge=1, description="sampling jobs this large go to the gpu queue")
+
+    @model_validator(mode="after")
+    def _limits(self) -> Settings:
+        if self.time_limit < self.soft_time_limit:
+            raise ValueError("time_limit must not be below soft_time_limit")
+        if self.lease_seconds <= self.heartbeat_seconds:
+            raise ValueError("lease_seconds must exceed heartbeat_seconds")
+        return self
+
+    # -- resolved locations ----------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        """True when no broker URL is set: kombu's SQLAlchemy transport on a local SQLite file."""
+        return not self.broker_url
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir.expanduser() / 'broker.sqlite'}"
+
+    @property
+    def database(self) -> str:
+        url = self.database_url or f"sqlite:///{self.data_dir.expanduser() / 'jobs.sqlite'}"
+        # Plain postgresql:// means psycopg2 to SQLAlchemy; we ship psycopg 3.
+        if url.startswith(("postgresql://", "postgres://")):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return url
+
+    @property
+    def artifacts(self) -> Path:
+        return (self.artifact_root or self.data_dir / "artifacts").expanduser()
+
+    def queue_name(self, logical: str) -> str:
+        if logical not in QUEUES:
+            raise ValueError(f"queue: expected one of {', '.join(QUEUES)}, got {logical!r}")
+        return f"{self.queue_prefix}{logical}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings (and what was built from them) after the environment changed."""
+    get_settings.cache_clear()
+    from . import app, db  # local: both import this module
+
+    app.get_app.cache_clear()
+    db.dispose_engines()
