@@ -10,6 +10,8 @@ class-weighted cross-entropy) learns AD vs CN from
   duplicates     + random duplicates of real AD scans (random oversampling)
   plain-VAE      + scans from a VAE trained on the real AD scans without MCMC (sampler "none")
   MCMC-VAE       + scans from the same VAE trained with MALA refinement (default AugmentConfig)
+  ... prior      the same two trained models, latents drawn from the prior N(0, I) instead of the
+                 aggregate-posterior Gaussian (ModelConfig.sampling; "aggregate" is the default)
 
 with 1x, 2x, 5x the minority count of extra AD scans. Each generative model is trained once per
 seed (same init seed, same step budget) and sampled once at the largest count; smaller counts
@@ -44,7 +46,11 @@ from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort, target_affine
 from models.report import memorisation_audit
 
-METHODS = ["classical", "duplicates", "plain-VAE", "MCMC-VAE"]
+METHODS = ["classical", "duplicates", "plain-VAE prior", "MCMC-VAE prior", "plain-VAE", "MCMC-VAE"]
+VAES = ["plain-VAE", "MCMC-VAE"]
+COLOURS = {"real AD to real AD": "k", "classical": "tab:green", "duplicates": "tab:gray",
+           "plain-VAE prior": "lightsteelblue", "MCMC-VAE prior": "lightsalmon", "plain-VAE": "tab:blue",
+           "MCMC-VAE": "tab:red"}
 METRICS = ["balanced_accuracy", "ad_recall", "auroc"]
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "ad_recall": "AD recall", "auroc": "AUROC"}
 
@@ -89,12 +95,15 @@ def vae_scans(x_ad: torch.Tensor, cfg: AugmentConfig, pre: PreprocessConfig, n: 
     model.eval()
     scans, _ = write_synthetic(model, n, out, "AD", target_affine(pre), seed=seed + 1, model_id="bench",
                                sampler_name=cfg.sampler.kind)
+    model.cfg = model.cfg.model_copy(update={"sampling": "prior"})  # same model, prior latents
+    prior_scans, _ = write_synthetic(model, n, out / "prior", "AD", target_affine(pre), seed=seed + 1,
+                                     model_id="bench", sampler_name=cfg.sampler.kind)
     last = history.records[-1] if history.records else None
     info = {"train_seconds": round(train_s, 1), "final_elbo": getattr(last, "elbo", None),
             "final_accept": getattr(last, "accept", None),
             "pretrain_epochs": train_cfg.pretrain_epochs, "epochs": train_cfg.epochs,
             "batch_size": train_cfg.batch_size}
-    return scans.float().clamp(0, 1), info
+    return scans.float().clamp(0, 1), prior_scans.float().clamp(0, 1), info
 
 
 # ----------------------------------------------------------------------------- classifier
@@ -184,17 +193,15 @@ def plot_utility(summary: dict, counts: list[int], n_ad: int, path: Path, title:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
-    colours = {"classical": "tab:green", "duplicates": "tab:gray", "plain-VAE": "tab:blue",
-               "MCMC-VAE": "tab:red"}
     for ax, metric in zip(axes, METRICS):
         base = summary["real"][metric]
         ax.axhline(base["mean"], color="k", lw=1, ls="--", label="real only")
         ax.axhspan(base["mean"] - base["sd"], base["mean"] + base["sd"], color="k", alpha=0.07)
         for k, method in enumerate(METHODS):
-            xs = np.array(counts) + (k - 1.5) * 0.08
+            xs = np.array(counts) + (k - (len(METHODS) - 1) / 2) * 0.06
             stats = [summary[f"{method} {c}x"][metric] for c in counts]
             ax.errorbar(xs, [s["mean"] for s in stats], yerr=[s["sd"] for s in stats], marker="o", ms=4,
-                        capsize=2, lw=1, color=colours[method], label=method)
+                        capsize=2, lw=1, color=COLOURS[method], label=method)
         ax.set_xticks(counts)
         ax.set_xticklabels([f"{c}x ({c * n_ad})" for c in counts])
         ax.set_xlabel("extra AD scans (x minority count)")
@@ -214,10 +221,8 @@ def plot_memorisation(dist: dict[str, list[float]], threshold: float, path: Path
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     finite = [d for v in dist.values() for d in v]
     bins = np.linspace(0, max(finite) * 1.05, 40)
-    colours = {"real AD to real AD": "k", "classical": "tab:green", "plain-VAE": "tab:blue",
-               "MCMC-VAE": "tab:red"}
     for name, values in dist.items():
-        ax.hist(values, bins=bins, histtype="step", lw=1.5, color=colours.get(name), label=f"{name} (n={len(values)})",
+        ax.hist(values, bins=bins, histtype="step", lw=1.5, color=COLOURS.get(name), label=f"{name} (n={len(values)})",
                 density=True)
     ax.axvline(threshold, color="k", ls=":", lw=1, label="copy threshold (smallest over seeds)")
     ax.set_xlabel("RMS distance per voxel to the nearest real training AD scan")
@@ -272,7 +277,7 @@ def main() -> None:
         "MCMC-VAE": AugmentConfig(pretrain_steps=args.pretrain_steps, mcmc_steps=args.mcmc_steps),
     }
     runs, generators, memo = [], {}, {}
-    dist_pool: dict[str, list[float]] = {"real AD to real AD": [], "classical": [], "plain-VAE": [], "MCMC-VAE": []}
+    dist_pool: dict[str, list[float]] = {k: [] for k in ["real AD to real AD", *METHODS] if k != "duplicates"}
     thresholds, montage_rows = [], None
     done_seeds: list[int] = []
     for seed in args.seeds:
@@ -291,13 +296,16 @@ def main() -> None:
             extras = {"classical": classical_copies(x_ad, n_max, seed), "duplicates": duplicate_copies(x_ad, n_max, seed)}
             print(f"seed {seed}: data {time.perf_counter() - t0:.1f}s", flush=True)
             for name, cfg in vae_cfgs.items():
-                extras[name], info = vae_scans(x_ad, cfg, pre, n_max, seed * 1009, tmp / name)
+                extras[name], extras[f"{name} prior"], info = vae_scans(x_ad, cfg, pre, n_max, seed * 1009, tmp / name)
                 generators.setdefault(name, []).append({"seed": seed, **info})
                 print(f"seed {seed}: {name} trained in {info['train_seconds']}s "
                       f"(final ELBO {info['final_elbo']}, accept {info['final_accept']})", flush=True)
             if montage_rows is None:
                 montage_rows = [("real AD (training)", x_ad), ("classical (MONAI affine+elastic)", extras["classical"]),
-                                ("plain VAE", extras["plain-VAE"]), ("MCMC VAE (MALA entropy)", extras["MCMC-VAE"])]
+                                ("plain VAE, prior latents", extras["plain-VAE prior"]),
+                                ("MCMC VAE (MALA entropy), prior latents", extras["MCMC-VAE prior"]),
+                                ("plain VAE, aggregate latents", extras["plain-VAE"]),
+                                ("MCMC VAE, aggregate latents", extras["MCMC-VAE"])]
 
             # Experiment 5: memorisation, at the largest count.
             memo[seed] = {}

@@ -47,6 +47,7 @@ class ModelChoice(BaseModel):
     channels: tuple[int, ...] = (8, 16, 32)
     hidden: tuple[int, ...] = (256,)
     obs_log_var: float = -4.0
+    sampling: str = "aggregate"
 
 
 class AugmentConfig(BaseModel):
@@ -173,6 +174,7 @@ def write_synthetic(model, n: int, out_dir: Path, label: str, affine, seed: int,
             path = write_scan(out_dir / name, scan[0].numpy(), affine)
             sidecar = {"synthetic": True, "class": label, "model_id": model_id, "job_id": job_id,
                        "seed": seed, "index": i, "sampler": sampler_name,
+                       "latent_source": model.cfg.sampling if model.sampling_fitted else "prior",
                        "shape": list(scan.shape[1:]), "affine": [list(map(float, r)) for r in affine]}
             path.with_name(name.replace(".nii.gz", ".json")).write_text(json.dumps(sidecar, indent=2))
             names.append(name)

@@ -34,6 +34,12 @@ class ModelConfig(_Config):
     # gaussian / logistic: initial global log-variance (log-scale for logistic) of p(x | z).
     obs_log_var: float = -3.0
     learn_obs_var: bool = True
+    # Where new scans' latents come from. "prior": u ~ p(u). "aggregate": a Gaussian moment-matched
+    # to the aggregate posterior (1/N) sum_i q(u | x_i) of the training scans, fitted when training
+    # ends (ex-post density estimation). With few training scans the posteriors sit far outside
+    # the prior's typical set (the KL term is weak against thousands of voxels), so prior draws
+    # decode to near-identical average scans; aggregate draws vary as much as real scans do.
+    sampling: Literal["prior", "aggregate"] = "aggregate"
 
     @field_validator("data_shape")
     @classmethod

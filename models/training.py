@@ -255,7 +255,17 @@ class Trainer:
                 callback(record)
         self.model.eval()
         self.sampler.eval()
+        if hasattr(self.model, "fit_sampling_distribution") and self.global_step >= self.total_steps:
+            self.model.fit_sampling_distribution(
+                self._sampling_batches(), generator=torch.Generator(device=self.device).manual_seed(self.cfg.seed))
         return self.history
+
+    def _sampling_batches(self, limit: int = 2048):
+        """The training items (at most ``limit``) in batches, for the sampling distribution."""
+        n = min(len(self.dataset), limit)
+        for start in range(0, n, self.cfg.batch_size):
+            items = [_batch_tensor(self.dataset[i]) for i in range(start, min(start + self.cfg.batch_size, n))]
+            yield torch.stack([torch.as_tensor(i).float() for i in items]).to(self.device)
 
 
 def train(

@@ -105,6 +105,11 @@ class VAE(nn.Module):
         # brighten its output through large latents, and training drives the encoder's scales
         # to their bound before the decoder's biases catch up: prior draws then decode to noise.
         self.output_offset = nn.Parameter(torch.zeros(cfg.data_shape))
+        # The sampling distribution for cfg.sampling == "aggregate" (chain space), set by
+        # fit_sampling_distribution; until then sample() draws from the prior.
+        self.register_buffer("sampling_loc", torch.zeros(self.latent_dim))
+        self.register_buffer("sampling_scale_tril", torch.eye(self.latent_dim))
+        self.register_buffer("sampling_is_fitted", torch.zeros((), dtype=torch.bool))
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -304,10 +309,49 @@ class VAE(nn.Module):
             return eps
         return torch.cat(self._eps_to_z(self.split_layers(eps)), dim=-1)
 
+    @property
+    def sampling_fitted(self) -> bool:
+        return bool(self.sampling_is_fitted)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n chain-space draws from the sampling distribution that cfg.sampling names."""
+        if self.cfg.sampling == "aggregate" and self.sampling_fitted:
+            eps = _randn((n, self.latent_dim), generator, self._a_parameter())
+            return self.sampling_loc + eps @ self.sampling_scale_tril.T
+        return self.sample_prior(n, generator)
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n mean scans from the prior, (n, *data_shape)."""
-        return self.decode(self.sample_prior(n, generator))
+        """n mean scans, (n, *data_shape), from latents of sample_latent()."""
+        return self.decode(self.sample_latent(n, generator))
+
+    @torch.no_grad()
+    def fit_sampling_distribution(self, batches, draws: int = 16, generator: torch.Generator | None = None) -> None:
+        """Moment-match a Gaussian to the aggregate posterior of the scans in ``batches``.
+
+        ``batches`` is a tensor (B, *data_shape) or an iterable of them. Each scan contributes
+        ``draws`` draws from q(u | x), so the covariance holds both the spread between scans
+        and each posterior's own width.
+        """
+        batches = [batches] if isinstance(batches, torch.Tensor) else batches
+        d = self.latent_dim
+        total = torch.zeros(d, dtype=torch.float64, device=self.sampling_loc.device)
+        outer = torch.zeros(d, d, dtype=torch.float64, device=self.sampling_loc.device)
+        count = 0
+        for x in batches:
+            u, _ = self.rsample(x.to(self.sampling_loc.device).float(), n=draws, generator=generator)
+            u = u.double()
+            total += u.sum(0)
+            outer += u.T @ u
+            count += u.shape[0]
+        if count == 0:
+            raise ValueError("fit_sampling_distribution: no scans given")
+        mean = total / count
+        cov = outer / count - torch.outer(mean, mean)
+        cov = 0.5 * (cov + cov.T) + 1e-6 * torch.eye(d, dtype=torch.float64, device=cov.device)
+        self.sampling_loc.copy_(mean.float())
+        self.sampling_scale_tril.copy_(torch.linalg.cholesky(cov).float())
+        self.sampling_is_fitted.fill_(True)
 
     # --------------------------------------------------------------- parameters
     def encoder_parameters(self) -> list[nn.Parameter]:

@@ -216,3 +216,19 @@ def test_trainer_starts_the_decoder_at_the_data_mean():
     Trainer(model, build_sampler(SamplerConfig(kind="none"), 4), x, TrainConfig(epochs=1))
     assert torch.allclose(model.output_offset, x.mean(0))
     assert model.output_offset in [p for p in model.generative_parameters()]
+
+
+def test_training_ends_by_fitting_the_sampling_distribution_to_the_training_scans():
+    torch.manual_seed(0)
+    cfg = ModelConfig(data_shape=(1, 8, 8), arch="mlp", latent_dims=[3], hidden=(16,))
+    model = build_model(cfg)
+    x = torch.rand(24, *cfg.data_shape, generator=torch.Generator().manual_seed(0))
+    assert not model.sampling_fitted
+    train(model, build_sampler(SamplerConfig(kind="none"), 3), x, TrainConfig(pretrain_epochs=2, epochs=0, batch_size=8))
+    assert model.sampling_fitted
+    # 16 draws from each of the 24 posteriors: the fitted mean is the mean encoder mean, up to
+    # the draws' noise (posterior std / sqrt(384), far below 0.05 here).
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+    tolerance = 5 * float(logvar.exp().mean(0).max().sqrt()) / math.sqrt(16 * 24)
+    assert (model.sampling_loc - mu.mean(0)).abs().max() < tolerance

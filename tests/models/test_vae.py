@@ -349,3 +349,56 @@ def test_wrong_shapes_raise_value_error_naming_the_field(arch):
             call()
     with pytest.raises(ValueError, match="multiple"):
         model.log_q(x, torch.randn(3, 5))
+
+
+# ------------------------------------------------------------- aggregate-posterior sampling
+@pytest.mark.parametrize("parameterization", PARAMS)
+def test_sampling_distribution_matches_the_aggregate_posterior_moments(parameterization):
+    # One latent layer: q(u | x_i) = N(mu_i, diag s_i^2) exactly, so the aggregate posterior has
+    # mean m = mean_i mu_i and covariance mean_i (diag s_i^2 + mu_i mu_i^T) - m m^T.
+    model = _model(arch="mlp", latent_dims=[3], parameterization=parameterization)
+    x = _x(model, 5)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+    mu, var = mu.double(), logvar.double().exp()
+    m = mu.mean(0)
+    cov = torch.diag(var.mean(0)) + (mu.T @ mu) / len(mu) - torch.outer(m, m)
+    draws = 4000
+    model.fit_sampling_distribution(x, draws=draws, generator=torch.Generator().manual_seed(0))
+    n = draws * len(x)
+    loc, tril = model.sampling_loc.double(), model.sampling_scale_tril.double()
+    assert model.sampling_fitted
+    assert torch.all((loc - m).abs() < 5 * torch.sqrt(cov.diagonal() / n))
+    std_err = torch.sqrt((torch.outer(cov.diagonal(), cov.diagonal()) + cov**2) / n)
+    assert torch.all((tril @ tril.T - cov).abs() < 5 * std_err + 1e-5)
+
+
+def test_aggregate_sampling_draws_from_the_fitted_gaussian_and_prior_sampling_ignores_it():
+    model = _model(arch="mlp", latent_dims=[2])
+    with torch.no_grad():
+        model.sampling_loc.copy_(torch.tensor([6.0, -4.0]))
+        model.sampling_scale_tril.copy_(torch.tensor([[0.5, 0.0], [0.3, 0.2]]))
+        model.sampling_is_fitted.fill_(True)
+    n = 20000
+    u = model.sample_latent(n, generator=torch.Generator().manual_seed(1)).double()
+    cov = torch.tensor([[0.25, 0.15], [0.15, 0.13]], dtype=torch.float64)
+    assert torch.all((u.mean(0) - torch.tensor([6.0, -4.0], dtype=torch.float64)).abs()
+                     < 5 * torch.sqrt(cov.diagonal() / n))
+    std_err = torch.sqrt((torch.outer(cov.diagonal(), cov.diagonal()) + cov**2) / n)
+    assert torch.all((torch.cov(u.T) - cov).abs() < 5 * std_err)
+    # the same weights with sampling="prior": N(0, I) draws
+    prior = VAE(model.cfg.model_copy(update={"sampling": "prior"}))
+    prior.load_state_dict(model.state_dict())
+    v = prior.sample_latent(n, generator=torch.Generator().manual_seed(1))
+    assert v.mean(0).abs().max() < 5 / math.sqrt(n) and (v.var(0) - 1).abs().max() < 5 * math.sqrt(2 / n)
+    assert torch.equal(prior.sample(2, generator=torch.Generator().manual_seed(2)),
+                       prior.decode(prior.sample_prior(2, generator=torch.Generator().manual_seed(2))))
+
+
+def test_an_unfitted_model_samples_from_its_prior():
+    model = _model(arch="mlp", latent_dims=[3])
+    assert model.cfg.sampling == "aggregate" and not model.sampling_fitted
+    a = model.sample_latent(4, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, model.sample_prior(4, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="no scans"):
+        model.fit_sampling_distribution([])
