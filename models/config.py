@@ -102,6 +102,9 @@ class SamplerConfig(_Config):
     target_accept: float | None = Field(
         None, gt=0, lt=1, description="target mean acceptance; default 0.574 (MALA), 0.65 (HMC)"
     )
+    warmup_steps: int = Field(
+        30, ge=0, description="entropy adaptation: transitions of a search that sets h once, on the "
+        "first batch of phase 2, before the speed measure takes over (0: start from step_size)")
     beta_init: float = Field(1.0, gt=0)
     beta_min: float = Field(1e-3, gt=0)
     beta_max: float = Field(100.0, gt=0)

@@ -177,8 +177,11 @@ class Trainer:
         self.opt_encoder.step()
 
         # The same encoder draw starts the chains (run() detaches it).
+        target = lambda u: model.log_joint(x, u)  # noqa: E731
+        if hasattr(sampler, "warm_start"):
+            sampler.warm_start(target, u0.float(), generator=generator)  # once, on phase 2's first batch
         sampler.train()
-        u_end, infos = sampler.run(u0.float(), lambda u: model.log_joint(x, u), generator=generator)
+        u_end, infos = sampler.run(u0.float(), target, generator=generator)
         if self.opt_sampler is not None and infos and infos[0].loss is not None:
             self.opt_sampler.zero_grad(set_to_none=True)
             torch.stack([i.loss for i in infos]).mean().backward()

@@ -45,6 +45,7 @@ class MCMCSampler(nn.Module):
         log_h = torch.tensor(math.log(cfg.step_size))
         self.log_step = nn.Parameter(log_h) if self.learns_proposal else nn.Buffer(log_h)
         self.register_buffer("beta", torch.tensor(cfg.beta_init))
+        self.register_buffer("warmed_up", torch.zeros((), dtype=torch.bool))  # see warm_start
         self.dual_averaging = DualAveraging(cfg.step_size) if cfg.adaptation == "dual_averaging" else None
 
     # -- the proposal --------------------------------------------------------------------
@@ -157,6 +158,49 @@ class MCMCSampler(nn.Module):
             state = info.state
             infos.append(info)
         return z, infos
+
+    @torch.no_grad()
+    def warm_start(
+        self,
+        log_prob_fn: LogProbFn,
+        z0: Tensor,
+        n_steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Entropy adaptation only, once: set h by a bracketing search on the mean acceptance
+        over n_steps transitions (default cfg.warmup_steps), C and beta as they are; returns
+        the final states.
+
+        The speed measure moves log h by small optimiser steps, so from a poor initial h it needs
+        hundreds of updates to reach a useful step (acceptance near 1 or 0 all the while). The
+        search doubles or halves h until the acceptance target is bracketed, then bisects in
+        log h: about log2(h* / h0) + 8 transitions put h within a few percent of the target's
+        step, and the speed measure tunes (h, C) from there.
+        """
+        n_steps = self.cfg.warmup_steps if n_steps is None else n_steps
+        if not self.learns_proposal or bool(self.warmed_up) or n_steps <= 0:
+            return z0.detach()
+        was_training = self.training
+        self.eval()  # no beta rule, no loss: only h changes
+        target = self.cfg.accept_target
+        log_h, too_small, too_large = self.log_step.detach().clone(), None, None
+        z, state = z0.detach(), None
+        for _ in range(n_steps):
+            self.log_step.copy_(log_h)
+            z, info = self.step(z, log_prob_fn, state, generator)
+            state = info.state
+            if info.diagnostics["accept"] > target:
+                too_small = log_h.clone()
+            else:
+                too_large = log_h.clone()
+            if too_small is not None and too_large is not None:
+                log_h = 0.5 * (too_small + too_large)
+            else:
+                log_h = log_h + (math.log(2.0) if too_large is None else -math.log(2.0))
+        self.log_step.copy_(log_h)
+        self.warmed_up.fill_(True)
+        self.train(was_training)
+        return z
 
     def adapt(
         self,

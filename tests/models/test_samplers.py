@@ -194,3 +194,33 @@ def test_none_sampler_returns_encoder_draw():
 def test_bad_sampler_config_names_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
         SamplerConfig(**bad)
+
+
+@pytest.mark.parametrize("kind,start", [("mala", 1e-3), ("mala", 5.0), ("hmc", 1e-3)])
+def test_warm_start_brings_entropy_adaptation_near_its_acceptance_target_once(kind, start):
+    # From a far-off h (acceptance ~1 or ~0), 30 transitions of bracketing search on 256 chains
+    # put h where the acceptance is near the target; C and beta stay as they were.
+    target = correlated_target()
+    cfg = SamplerConfig(kind=kind, adaptation="entropy", step_size=start, n_leapfrog=3, warmup_steps=30)
+    sampler = build_sampler(cfg, target.dim)
+    gen = torch.Generator().manual_seed(5)
+    c_before, beta_before = sampler.preconditioner.dense().clone(), float(sampler.beta)
+    z = sampler.warm_start(target.log_prob, target.sample(256, gen), generator=gen)
+    assert bool(sampler.warmed_up) and sampler.training
+    assert torch.equal(sampler.preconditioner.dense(), c_before) and float(sampler.beta) == beta_before
+    sampler.eval()
+    _, infos = sampler.run(z, target.log_prob, n_steps=50, generator=gen)
+    accept = sum(i.diagnostics["accept"] for i in infos) / len(infos)
+    assert abs(accept - cfg.accept_target) < 0.1, (accept, sampler.step_size)  # seen: within 0.04
+    h = sampler.step_size
+    sampler.train()
+    sampler.warm_start(target.log_prob, z, generator=gen)  # already warmed: a no-op
+    assert sampler.step_size == h
+
+
+def test_warm_start_leaves_other_adaptations_alone():
+    target = correlated_target()
+    for adaptation in ("dual_averaging", "fixed"):
+        sampler = build_sampler(SamplerConfig(kind="mala", adaptation=adaptation, step_size=1e-3), target.dim)
+        sampler.warm_start(target.log_prob, target.sample(8, torch.Generator().manual_seed(0)), n_steps=10)
+        assert sampler.step_size == pytest.approx(1e-3) and not bool(sampler.warmed_up)
