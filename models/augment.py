@@ -138,7 +138,8 @@ def _relocate(result: AugmentResult, old: Path, new: Path) -> AugmentResult:
     return result
 
 
-def _sampler_name(cfg: SamplerConfig) -> str:
+def sampler_label(cfg: SamplerConfig) -> str:
+    """How a trained model's chains were tuned, for sidecars: "mala-entropy-diag", "none"."""
     return "none" if cfg.kind == "none" else f"{cfg.kind}-{cfg.adaptation}-{cfg.preconditioner}"
 
 
@@ -218,7 +219,7 @@ def _generate(cohort, real, wanted, pre, config, staging, report, should_stop, j
         report(f"sampling {label}", base + 0.8 * span)
         synthetic, names = write_synthetic(model, wanted[label], staging / "synthetic" / label, label, affine,
                                            seed=seed + 1, model_id=f"{job_id}/{label}", job_id=job_id,
-                                           sampler_name=_sampler_name(config.sampler))
+                                           sampler_name=sampler_label(config.sampler))
         manifest_rows += [{"path": f"synthetic/{label}/{name}", "label": label, "split": "",
                            "synthetic": "true"} for name in names]
 

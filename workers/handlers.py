@@ -232,11 +232,11 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
     import numpy as np
 
     from models import load
-    from models.augment import write_synthetic
+    from models.augment import sampler_label, write_synthetic
     from models.data import PreprocessConfig, target_affine
 
     ctx.progress(0.0, "loading model")
-    model, _, meta = load(_model_path(ctx, p.model), device=ctx.device)
+    model, sampler, meta = load(_model_path(ctx, p.model), device=ctx.device)
     label = meta.get("label") or meta.get("class") or "all"
     # Without a recorded preprocessing (a model trained on tensors) there is no scanner space.
     affine = target_affine(PreprocessConfig(**meta["preprocess"])) if meta.get("preprocess") else np.eye(4)
@@ -249,7 +249,7 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
     with ctx.store.writer("output", output_id, replace=True,
                           meta={"job": ctx.job_id, "model": p.model, "n": p.n, "seed": p.seed}) as out:
         scans, names = write_synthetic(model, p.n, out / "scans", label, affine, seed=p.seed,
-                                       model_id=p.model, job_id=ctx.job_id, sampler_name="prior",
+                                       model_id=p.model, job_id=ctx.job_id, sampler_name=sampler_label(sampler.cfg),
                                        batch=p.batch_size, on_batch=on_batch)
         np.save(out / "samples.npy", scans.numpy())
         with open(out / "manifest.csv", "w", newline="") as fh:

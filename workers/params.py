@@ -74,7 +74,7 @@ class TrainParams(_Params):
 
 
 class SampleParams(_Params):
-    """Draw scans from a trained model's prior."""
+    """Draw scans from a trained model (latents from its sampling distribution: ModelConfig.sampling)."""
 
     model: str
     n: int = Field(16, ge=1)

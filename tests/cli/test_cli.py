@@ -80,6 +80,7 @@ def test_augment_balances_a_3d_cohort_with_readable_outputs(cohort, tiny_config,
         assert tuple(monai_img.shape) == (16, 16, 16)
         sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
         assert sidecar["synthetic"] is True and sidecar["class"] == "AD" and sidecar["sampler"].startswith("mala")
+        assert sidecar["latent_source"] == "aggregate"
     report = out / "report"
     for name in ("montage_AD.png", "curves_AD.png", "metrics.json"):
         assert (report / name).stat().st_size > 0

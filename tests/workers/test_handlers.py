@@ -84,6 +84,8 @@ def test_sample_and_evaluate_a_trained_model(store, settings, dataset):
     assert np.load(out / "samples.npy").shape == (5, 1, 8, 8)
     sidecar = json.loads((out / "scans" / "syn_AD_00004.json").read_text())
     assert sidecar["synthetic"] is True and sidecar["class"] == "AD" and sidecar["model_id"] == "model-t"
+    # a trained model samples from the aggregate posterior it fitted; the sidecar says so
+    assert sidecar["latent_source"] == "aggregate" and sidecar["sampler"] == "mala-entropy-diag"
     import nibabel as nib
 
     assert nib.load(out / "scans" / "syn_AD_00000.nii.gz").shape == (8, 8)
