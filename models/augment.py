@@ -70,6 +70,17 @@ class AugmentConfig(BaseModel):
 
 
 @dataclass
+class ClassCheckpoints:
+    """Where a caller keeps training state per class, so that a rerun of a stopped augmentation
+    resumes each class model from its last checkpoint instead of from scratch (the workers store
+    them as artifacts). ``load(label)`` returns the last saved Trainer state or None."""
+
+    every: int
+    save: Callable[[str, dict[str, Any]], None]
+    load: Callable[[str], dict[str, Any] | None]
+
+
+@dataclass
 class AugmentResult:
     out_dir: Path
     manifest: Path
@@ -98,6 +109,7 @@ def augment(
     should_stop: Callable[[], bool] | None = None,
     cache_dir: str | Path | None = None,
     job_id: str | None = None,
+    checkpoints: ClassCheckpoints | None = None,
 ) -> AugmentResult:
     config = config or AugmentConfig()
     out_dir = Path(out_dir)
@@ -116,7 +128,7 @@ def augment(
         # Every scan is read (and so validated) before any training starts.
         real = {label: load_tensors(cohort, pre, cache, label) for label in cohort.classes}
         report("validating", 0.05)
-        result = _generate(cohort, real, wanted, pre, config, staging, report, should_stop, job_id)
+        result = _generate(cohort, real, wanted, pre, config, staging, report, should_stop, job_id, checkpoints)
         if cache_dir is None:
             shutil.rmtree(cache, ignore_errors=True)
         report("packaging", 0.97)
@@ -144,8 +156,10 @@ def sampler_label(cfg: SamplerConfig) -> str:
 
 
 def fit_class_model(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConfig, seed: int,
-                    on_step: Callable[[int, int], None] | None = None):
-    """Train one model on one class's scans with the step budget of ``config``.
+                    on_step: Callable[[int, int], None] | None = None,
+                    checkpoints: ClassCheckpoints | None = None, label: str = ""):
+    """Train one model on one class's scans with the step budget of ``config``; with
+    ``checkpoints``, resume from the class's last saved state and save as it goes (and at the end).
 
     Returns (model, sampler, history, the TrainConfig used).
     """
@@ -158,7 +172,16 @@ def fit_class_model(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConf
         "seed": seed, "batch_size": batch,
         "pretrain_epochs": -(-config.pretrain_steps // steps_per_epoch),
         "epochs": -(-config.mcmc_steps // steps_per_epoch)})
-    history = Trainer(model, sampler, x, train_cfg).fit(on_step=on_step)
+    trainer = Trainer(model, sampler, x, train_cfg)
+    if checkpoints is None:
+        return model, sampler, trainer.fit(on_step=on_step), train_cfg
+    state = checkpoints.load(label)
+    if state is not None:
+        trainer.load_state_dict(state)
+    history = trainer.fit(on_step=on_step, checkpoint_every=checkpoints.every,
+                          on_checkpoint=lambda snapshot: checkpoints.save(label, snapshot))
+    if trainer.global_step % checkpoints.every:  # the final state, so a rerun skips this class
+        checkpoints.save(label, trainer.state_dict())
     return model, sampler, history, train_cfg
 
 
@@ -185,7 +208,8 @@ def write_synthetic(model, n: int, out_dir: Path, label: str, affine, seed: int,
     return (torch.cat(scans) if scans else torch.empty(0, *model.cfg.data_shape)), names
 
 
-def _generate(cohort, real, wanted, pre, config, staging, report, should_stop, job_id) -> AugmentResult:
+def _generate(cohort, real, wanted, pre, config, staging, report, should_stop, job_id,
+              checkpoints: ClassCheckpoints | None) -> AugmentResult:
     affine = target_affine(pre)
     classes = [c for c, n in wanted.items() if n > 0]
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
@@ -207,7 +231,8 @@ def _generate(cohort, real, wanted, pre, config, staging, report, should_stop, j
 
         started = time.perf_counter()
         try:
-            model, sampler, history, train_cfg = fit_class_model(x, model_cfg, config, seed, on_step)
+            model, sampler, history, train_cfg = fit_class_model(x, model_cfg, config, seed, on_step,
+                                                                 checkpoints=checkpoints, label=label)
         except TrainingCancelled as stop:
             raise Cancelled(str(stop)) from None
         train_seconds = time.perf_counter() - started

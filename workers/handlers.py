@@ -306,7 +306,7 @@ def evaluate(ctx: JobContext, p: EvaluateParams) -> Outcome:
 
 # -- augment ---------------------------------------------------------------------------------------
 def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
-    from models.augment import AugmentConfig, Cancelled
+    from models.augment import AugmentConfig, Cancelled, ClassCheckpoints
     from models.augment import augment as run_augment
 
     config = library_config(AugmentConfig, p.config, "config")
@@ -314,12 +314,29 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
     source = _dataset_path(ctx, p.dataset)
     output_id = f"output-{ctx.job_id}"
     meta: dict[str, Any] = {"job": ctx.job_id, "dataset": p.dataset, "target": p.target}
+    # One checkpoint series per class model (named by a digest: labels are free text); a
+    # redelivered job resumes each class where it stopped, and finished classes are not retrained.
+    series = lambda label: Checkpoints(ctx.store, f"{ctx.job_id}-{_digest(label)}")  # noqa: E731
+    resumed: dict[str, int] = {}
+
+    def load(label: str) -> dict[str, Any] | None:
+        latest = series(label).latest()
+        if latest is None:
+            return None
+        state = series(label).load(latest, ctx.device)
+        resumed[label] = int(state["global_step"])
+        ctx.log(f"class {label}: resumed from step {resumed[label]}")
+        return state
+
+    checkpoints = ClassCheckpoints(every=ctx.settings.checkpoint_every,
+                                   save=lambda label, state: series(label).save(state), load=load)
     try:
         with ctx.store.writer("output", output_id, meta=meta, replace=True) as out:
             result = run_augment(
                 source, out, target=p.target, config=config,
                 progress=lambda stage, fraction: ctx.progress(0.95 * fraction, stage),
-                should_stop=ctx.should_stop, cache_dir=ctx.cache_dir(p.dataset), job_id=ctx.job_id)
+                should_stop=ctx.should_stop, cache_dir=ctx.cache_dir(p.dataset), job_id=ctx.job_id,
+                checkpoints=checkpoints)
             meta["synthetic_counts"] = result.synthetic_counts
     except Cancelled as stop:
         raise JobCancelled(str(stop)) from None
@@ -333,10 +350,17 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
                           meta={"job": ctx.job_id, "label": label})
         artifacts.append(model_id)
     metrics = json_safe({**result.metrics, "real_counts": result.real_counts,
-                         "synthetic_counts": result.synthetic_counts,
+                         "synthetic_counts": result.synthetic_counts, "resumed_from": resumed,
                          "models": dict(zip(sorted(result.models), artifacts[1:]))})
     made = sum(result.synthetic_counts.values())
-    return Outcome(metrics=metrics, artifacts=artifacts, message=f"made {made} synthetic scans")
+    obsolete = ctx.store.list("checkpoint", f"checkpoint-{ctx.job_id}-")  # superseded by the models
+    return Outcome(metrics=metrics, artifacts=artifacts, obsolete=obsolete, message=f"made {made} synthetic scans")
+
+
+def _digest(label: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(label.encode()).hexdigest()[:10]
 
 
 HANDLERS = {"ingest": ingest, "train": train, "sample": sample, "evaluate": evaluate, "augment": augment}

@@ -132,3 +132,38 @@ def test_bad_input_is_reported_with_the_field_named(store, settings, dataset, tm
         run("ingest", {"source": str(evil)}, ctx)
     with pytest.raises(InvalidParams, match="source: .*no such file"):
         run("ingest", {"source": str(tmp_path / "nowhere")}, ctx)
+
+
+def test_a_stopped_augmentation_resumes_its_class_model_from_the_last_checkpoint(store, settings, dataset):
+    # AD has 3 scans, batch 3: one step per epoch, 20 + 10 steps; checkpoints every 4 steps.
+    params = {"dataset": dataset, "target": "balance", "config": {
+        "preprocess": TINY_PREPROCESS, "model": {"arch": "mlp", "latent_dims": [4], "hidden": [32]},
+        "sampler": {"kind": "mala", "n_steps": 2}, "train": {"batch_size": 4},
+        "pretrain_steps": 20, "mcmc_steps": 10}}
+    whole = run("augment", params, JobContext("aug-a", store, settings=settings))
+
+    stopped = StopAfter("aug-b", store, settings=settings, steps=14)
+    with pytest.raises(JobCancelled, match="cancelled while training class 'AD'"):
+        run("augment", params, stopped)
+    kept = store.list("checkpoint", "checkpoint-aug-b-")
+    assert [c.rsplit("-", 1)[1] for c in kept] == ["000000008", "000000012"]
+    assert not store.exists("output-aug-b")  # nothing half-written
+
+    again = JobContext("aug-b", store, settings=settings)
+    resumed = run("augment", params, again)
+    assert "class AD: resumed from step 12" in [e["message"] for e in again.events]
+    assert resumed.metrics["resumed_from"] == {"AD": 12}
+    assert sorted(resumed.obsolete) == sorted(store.list("checkpoint", "checkpoint-aug-b-"))
+    assert store.list("checkpoint", "checkpoint-aug-b-")[-1].endswith("000000030")  # the final state
+    from models import load
+
+    (model_a, _, _), (model_b, _, _) = load(store.path(whole.artifacts[1])), load(store.path(resumed.artifacts[1]))
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+    scans_a = sorted((store.path(whole.artifacts[0]) / "synthetic" / "AD").glob("*.nii.gz"))
+    scans_b = sorted((store.path(resumed.artifacts[0]) / "synthetic" / "AD").glob("*.nii.gz"))
+    import nibabel as nib
+
+    assert len(scans_a) == len(scans_b) == 3
+    for a, b in zip(scans_a, scans_b):
+        np.testing.assert_allclose(nib.load(a).get_fdata(), nib.load(b).get_fdata(), atol=1e-4)
