@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,7 +47,7 @@ class ModelChoice(BaseModel):
     channels: tuple[int, ...] = (8, 16, 32)
     hidden: tuple[int, ...] = (256,)
     obs_log_var: float = -4.0
-    sampling: str = "aggregate"
+    sampling: Literal["prior", "aggregate"] = "aggregate"
 
 
 class AugmentConfig(BaseModel):
@@ -78,6 +78,10 @@ class ClassCheckpoints:
     every: int
     save: Callable[[str, dict[str, Any]], None]
     load: Callable[[str], dict[str, Any] | None]
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"checkpoints.every: must be a positive number of steps, got {self.every}")
 
 
 @dataclass

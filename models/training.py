@@ -264,10 +264,13 @@ class Trainer:
         return self.history
 
     def _sampling_batches(self, limit: int = 2048):
-        """The training items (at most ``limit``) in batches, for the sampling distribution."""
-        n = min(len(self.dataset), limit)
-        for start in range(0, n, self.cfg.batch_size):
-            items = [_batch_tensor(self.dataset[i]) for i in range(start, min(start + self.cfg.batch_size, n))]
+        """The training items in batches, for the sampling distribution: all of them, or a
+        seeded random ``limit`` of them (not the first ones: a cohort may be sorted by site)."""
+        n = len(self.dataset)
+        order = torch.arange(n) if n <= limit else torch.randperm(
+            n, generator=torch.Generator().manual_seed(self.cfg.seed))[:limit]
+        for start in range(0, len(order), self.cfg.batch_size):
+            items = [_batch_tensor(self.dataset[int(i)]) for i in order[start:start + self.cfg.batch_size]]
             yield torch.stack([torch.as_tensor(i).float() for i in items]).to(self.device)
 
 

@@ -18,6 +18,7 @@ Every density here (prior, q, joint) is a density in chain space.
 from __future__ import annotations
 
 import math
+import warnings
 from itertools import chain as chained
 
 import torch
@@ -326,32 +327,57 @@ class VAE(nn.Module):
         return self.decode(self.sample_latent(n, generator))
 
     @torch.no_grad()
-    def fit_sampling_distribution(self, batches, draws: int = 16, generator: torch.Generator | None = None) -> None:
-        """Moment-match a Gaussian to the aggregate posterior of the scans in ``batches``.
+    def fit_sampling_distribution(self, batches, draws: int = 16, generator: torch.Generator | None = None) -> bool:
+        """Moment-match a Gaussian to the aggregate posterior (1/N) sum_i q(u | x_i) of the scans
+        in ``batches`` (a tensor (B, *data_shape) or an iterable of them); returns whether it did.
 
-        ``batches`` is a tensor (B, *data_shape) or an iterable of them. Each scan contributes
-        ``draws`` draws from q(u | x), so the covariance holds both the spread between scans
-        and each posterior's own width.
+        One latent layer: q is Gaussian, so the moments are exact (law of total covariance:
+        the spread of the posterior means plus the mean posterior variance), full rank even for
+        a single scan. Several layers: from max(draws, 4 d) draws of q per scan. If the
+        covariance is not positive definite (non-finite latents), the model keeps sampling from
+        its prior.
         """
         batches = [batches] if isinstance(batches, torch.Tensor) else batches
-        d = self.latent_dim
-        total = torch.zeros(d, dtype=torch.float64, device=self.sampling_loc.device)
-        outer = torch.zeros(d, d, dtype=torch.float64, device=self.sampling_loc.device)
+        d, device = self.latent_dim, self.sampling_loc.device
+        total = torch.zeros(d, dtype=torch.float64, device=device)
+        outer = torch.zeros(d, d, dtype=torch.float64, device=device)
         count = 0
         for x in batches:
-            u, _ = self.rsample(x.to(self.sampling_loc.device).float(), n=draws, generator=generator)
-            u = u.double()
-            total += u.sum(0)
-            outer += u.T @ u
-            count += u.shape[0]
+            x = x.to(device).float()
+            if len(self.latent_dims) == 1:
+                mu, logvar = (t.double() for t in self.encode(x))
+                total += mu.sum(0)
+                outer += mu.T @ mu + torch.diag(logvar.exp().sum(0))
+                count += mu.shape[0]
+            else:
+                u, _ = self.rsample(x, n=max(draws, 4 * d), generator=generator)
+                u = u.double()
+                total += u.sum(0)
+                outer += u.T @ u
+                count += u.shape[0]
         if count == 0:
             raise ValueError("fit_sampling_distribution: no scans given")
         mean = total / count
         cov = outer / count - torch.outer(mean, mean)
-        cov = 0.5 * (cov + cov.T) + 1e-6 * torch.eye(d, dtype=torch.float64, device=cov.device)
+        cov = 0.5 * (cov + cov.T) + 1e-6 * torch.eye(d, dtype=torch.float64, device=device)
+        tril, info = torch.linalg.cholesky_ex(cov)
+        if int(info) != 0 or not torch.isfinite(tril).all():
+            warnings.warn("the aggregate posterior's covariance is not positive definite; "
+                          "this model samples from its prior", RuntimeWarning, stacklevel=2)
+            self.sampling_is_fitted.fill_(False)
+            return False
         self.sampling_loc.copy_(mean.float())
-        self.sampling_scale_tril.copy_(torch.linalg.cholesky(cov).float())
+        self.sampling_scale_tril.copy_(tril.float())
         self.sampling_is_fitted.fill_(True)
+        return True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # States saved before the sampling distribution existed: load them as unfitted (prior).
+        defaults = {"sampling_loc": self.sampling_loc, "sampling_scale_tril": self.sampling_scale_tril,
+                    "sampling_is_fitted": torch.zeros((), dtype=torch.bool)}
+        for name, value in defaults.items():
+            state_dict.setdefault(prefix + name, value.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --------------------------------------------------------------- parameters
     def encoder_parameters(self) -> list[nn.Parameter]:

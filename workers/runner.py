@@ -177,8 +177,9 @@ class RecordedContext(JobContext):
         self._last_poll = time.monotonic()
 
     def should_stop(self) -> bool:
-        # Every step loop asks this, so the deadline is enforced here (raising, like the signal).
-        if time.monotonic() > self._deadline:
+        # Every step loop asks this, so the deadline is enforced here (raising, like the signal);
+        # a cancellation already asked for wins.
+        if time.monotonic() > self._deadline and not self._cancel.is_set():
             raise SoftTimeLimitExceeded("the job's soft time limit")
         stopping = self._cancel.is_set() or self.lost.is_set()
         if not stopping and time.monotonic() - self._last_poll >= CANCEL_POLL_SECONDS:

@@ -185,22 +185,29 @@ class MCMCSampler(nn.Module):
         target = self.cfg.accept_target
         log_h, too_small, too_large = self.log_step.detach().clone(), None, None
         z, state = z0.detach(), None
-        for _ in range(n_steps):
+        try:
+            for _ in range(n_steps):
+                self.log_step.copy_(log_h)
+                z, info = self.step(z, log_prob_fn, state, generator)
+                state = info.state
+                if info.diagnostics["accept"] > target:
+                    too_small = log_h.clone()
+                else:
+                    too_large = log_h.clone()
+                if too_small is not None and too_large is not None:
+                    log_h = 0.5 * (too_small + too_large)
+                else:
+                    log_h = log_h + (math.log(2.0) if too_large is None else -math.log(2.0))
             self.log_step.copy_(log_h)
-            z, info = self.step(z, log_prob_fn, state, generator)
-            state = info.state
-            if info.diagnostics["accept"] > target:
-                too_small = log_h.clone()
-            else:
-                too_large = log_h.clone()
-            if too_small is not None and too_large is not None:
-                log_h = 0.5 * (too_small + too_large)
-            else:
-                log_h = log_h + (math.log(2.0) if too_large is None else -math.log(2.0))
-        self.log_step.copy_(log_h)
-        self.warmed_up.fill_(True)
-        self.train(was_training)
+            self.warmed_up.fill_(True)
+        finally:
+            self.train(was_training)
         return z
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # States saved before the warm start existed were adapting already: never warm them.
+        state_dict.setdefault(prefix + "warmed_up", torch.ones((), dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def adapt(
         self,

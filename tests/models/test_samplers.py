@@ -218,6 +218,14 @@ def test_warm_start_brings_entropy_adaptation_near_its_acceptance_target_once(ki
     assert sampler.step_size == h
 
 
+def test_sampler_states_saved_before_the_warm_start_load_as_warmed():
+    cfg = SamplerConfig(kind="mala", adaptation="entropy")
+    old = {k: v for k, v in build_sampler(cfg, 4).state_dict().items() if k != "warmed_up"}
+    sampler = build_sampler(cfg, 4)
+    sampler.load_state_dict(old)  # an adapting sampler of an older run must not be re-warmed
+    assert bool(sampler.warmed_up)
+
+
 def test_warm_start_leaves_other_adaptations_alone():
     target = correlated_target()
     for adaptation in ("dual_averaging", "fixed"):

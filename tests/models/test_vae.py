@@ -355,7 +355,7 @@ def test_wrong_shapes_raise_value_error_naming_the_field(arch):
 @pytest.mark.parametrize("parameterization", PARAMS)
 def test_sampling_distribution_matches_the_aggregate_posterior_moments(parameterization):
     # One latent layer: q(u | x_i) = N(mu_i, diag s_i^2) exactly, so the aggregate posterior has
-    # mean m = mean_i mu_i and covariance mean_i (diag s_i^2 + mu_i mu_i^T) - m m^T.
+    # mean m = mean_i mu_i and covariance mean_i (diag s_i^2 + mu_i mu_i^T) - m m^T: fitted exactly.
     model = _model(arch="mlp", latent_dims=[3], parameterization=parameterization)
     x = _x(model, 5)
     with torch.no_grad():
@@ -363,14 +363,51 @@ def test_sampling_distribution_matches_the_aggregate_posterior_moments(parameter
     mu, var = mu.double(), logvar.double().exp()
     m = mu.mean(0)
     cov = torch.diag(var.mean(0)) + (mu.T @ mu) / len(mu) - torch.outer(m, m)
-    draws = 4000
-    model.fit_sampling_distribution(x, draws=draws, generator=torch.Generator().manual_seed(0))
-    n = draws * len(x)
-    loc, tril = model.sampling_loc.double(), model.sampling_scale_tril.double()
+    assert model.fit_sampling_distribution([x[:2], x[2:]])  # in batches, as Trainer passes them
+    tril = model.sampling_scale_tril.double()
     assert model.sampling_fitted
-    assert torch.all((loc - m).abs() < 5 * torch.sqrt(cov.diagonal() / n))
+    torch.testing.assert_close(model.sampling_loc.double(), m, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tril @ tril.T, cov, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("parameterization", PARAMS)
+def test_hierarchical_sampling_distribution_matches_draws_of_the_aggregate_posterior(parameterization):
+    # Several layers: q is not Gaussian; the fit uses max(16, 4 d) draws per scan. Compare with
+    # the moments of many independent draws, within 5 standard errors of the fit's own draws.
+    model = _model(arch="mlp", latent_dims=[3, 2], parameterization=parameterization)
+    x = _x(model, 4)
+    reference, _ = model.rsample(x, n=20000, generator=torch.Generator().manual_seed(1))
+    reference = reference.detach().double()
+    m, cov = reference.mean(0), torch.cov(reference.T)
+    assert model.fit_sampling_distribution(x, generator=torch.Generator().manual_seed(2))
+    n = 4 * max(16, 4 * model.latent_dim)
+    assert torch.all((model.sampling_loc.double() - m).abs() < 5 * torch.sqrt(cov.diagonal() / n))
+    tril = model.sampling_scale_tril.double()
     std_err = torch.sqrt((torch.outer(cov.diagonal(), cov.diagonal()) + cov**2) / n)
     assert torch.all((tril @ tril.T - cov).abs() < 5 * std_err + 1e-5)
+
+
+def test_one_scan_gives_a_full_rank_sampling_distribution():
+    # A class of one scan still varies in every latent direction, by its posterior's own width.
+    model = _model(arch="mlp", latent_dims=[16])
+    x = _x(model, 1)
+    assert model.fit_sampling_distribution(x)
+    tril = model.sampling_scale_tril.double()
+    with torch.no_grad():
+        _, logvar = model.encode(x)
+    eigenvalues = torch.linalg.eigvalsh(tril @ tril.T)
+    assert eigenvalues.min() >= 0.99 * float(logvar.exp().min())
+
+
+def test_states_saved_before_the_sampling_distribution_still_load():
+    model = _model(arch="mlp", latent_dims=[3])
+    model.fit_sampling_distribution(_x(model, 4))
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith("sampling_")}
+    fresh = _model(arch="mlp", latent_dims=[3], seed=1)
+    fresh.load_state_dict(old)  # strict, yet the missing buffers are filled in: unfitted
+    assert not fresh.sampling_fitted
+    assert torch.equal(fresh.sample_latent(2, torch.Generator().manual_seed(0)),
+                       fresh.sample_prior(2, torch.Generator().manual_seed(0)))
 
 
 def test_aggregate_sampling_draws_from_the_fitted_gaussian_and_prior_sampling_ignores_it():

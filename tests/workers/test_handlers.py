@@ -142,17 +142,18 @@ def test_a_stopped_augmentation_resumes_its_class_model_from_the_last_checkpoint
         "pretrain_steps": 20, "mcmc_steps": 10}}
     whole = run("augment", params, JobContext("aug-a", store, settings=settings))
 
-    stopped = StopAfter("aug-b", store, settings=settings, steps=14)
+    # Stopped in phase 2 (after the sampler's warm start), resumed from step 24.
+    stopped = StopAfter("aug-b", store, settings=settings, steps=25)
     with pytest.raises(JobCancelled, match="cancelled while training class 'AD'"):
         run("augment", params, stopped)
     kept = store.list("checkpoint", "checkpoint-aug-b-")
-    assert [c.rsplit("-", 1)[1] for c in kept] == ["000000008", "000000012"]
+    assert [c.rsplit("-", 1)[1] for c in kept] == ["000000020", "000000024"]
     assert not store.exists("output-aug-b")  # nothing half-written
 
     again = JobContext("aug-b", store, settings=settings)
     resumed = run("augment", params, again)
-    assert "class AD: resumed from step 12" in [e["message"] for e in again.events]
-    assert resumed.metrics["resumed_from"] == {"AD": 12}
+    assert "class AD: resumed from step 24" in [e["message"] for e in again.events]
+    assert resumed.metrics["resumed_from"] == {"AD": 24}
     assert sorted(resumed.obsolete) == sorted(store.list("checkpoint", "checkpoint-aug-b-"))
     assert store.list("checkpoint", "checkpoint-aug-b-")[-1].endswith("000000030")  # the final state
     from models import load
