@@ -47,7 +47,6 @@ from models.data import PreprocessConfig, load_tensors, make_demo_cohort, target
 from models.report import memorisation_audit
 
 METHODS = ["classical", "duplicates", "plain-VAE prior", "MCMC-VAE prior", "plain-VAE", "MCMC-VAE"]
-VAES = ["plain-VAE", "MCMC-VAE"]
 COLOURS = {"real AD to real AD": "k", "classical": "tab:green", "duplicates": "tab:gray",
            "plain-VAE prior": "lightsteelblue", "MCMC-VAE prior": "lightsalmon", "plain-VAE": "tab:blue",
            "MCMC-VAE": "tab:red"}

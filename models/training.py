@@ -101,6 +101,7 @@ class Trainer:
             # Before any step (a resumed run overwrites it with the checkpoint's weights).
             model.initialize_from_data(self._data_mean())
         self.history = TrainHistory()
+        self._warm_start_asked = False
 
     def _data_mean(self) -> Tensor:
         """Mean training item (first 256 items: enough for an initial offset)."""
@@ -178,8 +179,11 @@ class Trainer:
 
         # The same encoder draw starts the chains (run() detaches it).
         target = lambda u: model.log_joint(x, u)  # noqa: E731
-        if hasattr(sampler, "warm_start"):
-            sampler.warm_start(target, u0.float(), generator=generator)  # once, on phase 2's first batch
+        if not self._warm_start_asked and hasattr(sampler, "warm_start"):
+            # Once per fit(), on its first MCMC step: the sampler's own flag (saved in checkpoints)
+            # makes it a no-op after a resume; asking only once keeps a device sync off every step.
+            sampler.warm_start(target, u0.float(), generator=generator)
+            self._warm_start_asked = True
         sampler.train()
         u_end, infos = sampler.run(u0.float(), target, generator=generator)
         if self.opt_sampler is not None and infos and infos[0].loss is not None:

@@ -316,14 +316,17 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
     meta: dict[str, Any] = {"job": ctx.job_id, "dataset": p.dataset, "target": p.target}
     # One checkpoint series per class model (named by a digest: labels are free text); a
     # redelivered job resumes each class where it stopped, and finished classes are not retrained.
-    series = lambda label: Checkpoints(ctx.store, f"{ctx.job_id}-{_digest(label)}")  # noqa: E731
     resumed: dict[str, int] = {}
 
+    def series(label: str) -> Checkpoints:
+        return Checkpoints(ctx.store, f"{ctx.job_id}-{_digest(label)}")
+
     def load(label: str) -> dict[str, Any] | None:
-        latest = series(label).latest()
+        checkpoints = series(label)
+        latest = checkpoints.latest()
         if latest is None:
             return None
-        state = series(label).load(latest, ctx.device)
+        state = checkpoints.load(latest, ctx.device)
         resumed[label] = int(state["global_step"])
         ctx.log(f"class {label}: resumed from step {resumed[label]}")
         return state
