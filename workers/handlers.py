@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from . import sources
 from .artifacts import ID_PATTERN, ArtifactNotFound
 from .checkpoints import Checkpoints
 from .context import JobCancelled, JobContext, Outcome, json_safe
@@ -86,19 +87,51 @@ def _extract(archive: Path, dest: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
 
 
-def _source_path(ctx: JobContext, source: str, scratch: Path) -> Path:
+def _owner(ctx: JobContext) -> str | None:
+    """Who submitted the job; None for an in-process run (tests, the CLI: the operator's own)."""
+    if not getattr(ctx, "token", None):  # only a recorded run (runner.RecordedContext) has one
+        return None
+    from .db import session
+    from .records import JobRecord
+
+    with session(ctx.settings.database) as s:
+        rec = s.get(JobRecord, ctx.job_id)
+        return rec.owner if rec is not None else None
+
+
+def _source_path(ctx: JobContext, source: str, scratch: Path) -> tuple[Path, bool]:
+    """The cohort to read, and whether it came from an upload (an archive: confined to itself)."""
     if ID_PATTERN.match(source):
         try:
             path = ctx.store.path(source)
         except ArtifactNotFound:
             raise InvalidParams(f"source: no artifact {source!r}") from None
-    elif not ctx.settings.allow_path_sources:
-        raise InvalidParams("source: paths on the workers are not accepted (MCVAE_ALLOW_PATH_SOURCES=false)")
+        uploaded = True
     else:
         path = Path(source).expanduser()
+        sources.check_server_path(path, ctx.settings, _owner(ctx))
         if not path.exists():
             raise InvalidParams(f"source: {source}: no such file or folder on the worker")
-    return _extract(path, scratch / "extracted") if _is_archive(path) else path
+        uploaded = False
+    if _is_archive(path):
+        return _extract(path, scratch / "extracted"), True
+    return path, uploaded
+
+
+def _read_source(ctx: JobContext, source: str, scratch: Path):
+    """List the cohort, reading nothing outside where this job may read (workers/sources.py)."""
+    from models.data import read_cohort
+
+    root, confined = _source_path(ctx, source, scratch)
+    if confined:
+        sources.confine(root)  # before listing: not even the existence of an outside path leaks
+    cohort = read_cohort(root)
+    paths = [item.path for item in cohort]
+    if confined:
+        sources.confine_items(paths, root)
+    else:
+        sources.check_server_items(paths, ctx.settings)
+    return cohort
 
 
 def ingest(ctx: JobContext, p: IngestParams) -> Outcome:
@@ -106,7 +139,7 @@ def ingest(ctx: JobContext, p: IngestParams) -> Outcome:
 
     ctx.progress(0.0, "reading")
     with ctx.store.scratch() as scratch:
-        cohort = read_cohort(_source_path(ctx, p.source, scratch))
+        cohort = _read_source(ctx, p.source, scratch)
         ctx.log(f"found {len(cohort)} scans in {len(cohort.classes)} classes")
         dataset_id = f"dataset-{ctx.job_id}"
         meta: dict[str, Any] = {"job": ctx.job_id, "name": p.name, "source": p.source}

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 import workers
+from workers import sources
 
 from ... import resources, uploads, views
 from ...deps import IdPath, LabDep, SettingsDep, StoreDep
@@ -34,6 +35,10 @@ def _store_upload(archive, store: workers.ArtifactStore, limits: uploads.Limits)
     """Unpack in scratch space; only a fully checked tree becomes an artifact (one rename)."""
     with store.scratch() as scratch:
         root = uploads.unpack(archive, scratch / "unpacked", limits)
+        try:
+            sources.confine(root)  # a manifest row naming a server path or '..' reads nothing
+        except sources.UnsafeSource as err:
+            raise ApiError(422, f"unsafe archive: {err}") from None
         upload_id = f"dataset-upload-{store.new_id('dataset').split('-', 1)[1]}"
         with store.writer("dataset", upload_id, meta={"upload": True}) as payload:
             uploads.move_tree(root, payload)
