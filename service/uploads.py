@@ -6,8 +6,10 @@ Order of defences:
    headers said (chunked uploads declare nothing).
 3. The archive type comes from its first bytes, not its name: zip, gzip'd tar or plain tar (415).
 4. Before any member is written: its name (no absolute paths, drive letters, '..' or NULs), its
-   type (regular files and folders only: no symlinks, hard links, devices), the member count
-   and the declared unpacked total (zip bombs declare little and inflate a lot, so:)
+   type (regular files and folders only: no symlinks, hard links, devices), the member count,
+   the declared unpacked total and the compression ratio (a zip member's declared size over its
+   compressed size; for a tar.gz, the sizes declared so far over the archive's size), so a bomb
+   is refused from its headers before a byte is inflated; headers can lie, so:
 5. while writing, bytes are counted against both the member's declared size and the total.
 Everything is unpacked into a scratch folder; the caller moves it into the artifact store only
 when all of it passed. Member names appear in error messages (the client sent them) but never
@@ -39,11 +41,17 @@ RAW_TYPES = ("application/zip", "application/x-zip-compressed", "application/gzi
 _JUNK = re.compile(r"(^|/)(__MACOSX(/|$)|\._[^/]*$|\.DS_Store$|Thumbs\.db$)")
 
 
+# Below this many unpacked bytes the ratio is not judged: small text files (a manifest) compress
+# far better than scans, and a bomb this small is harmless.
+RATIO_FLOOR = 1 << 20
+
+
 @dataclass
 class Limits:
     max_upload_bytes: int
     max_files: int
     max_unpacked_bytes: int
+    max_compression_ratio: float = 100.0
 
 
 @dataclass
@@ -203,6 +211,14 @@ class _Budget:
     def __init__(self, limits: Limits):
         self.limits, self.files, self.bytes = limits, 0, 0
 
+    def ratio(self, unpacked: int, packed: int, what: str) -> None:
+        """Refuse ``unpacked`` bytes made from ``packed``: a real scan deflates about 3-6:1, a
+        run of zeros about 1000:1 (MCVAE_MAX_COMPRESSION_RATIO)."""
+        limit = self.limits.max_compression_ratio
+        if unpacked > RATIO_FLOOR and unpacked > limit * max(packed, 1):
+            raise ApiError(413, f"{what} would unpack {unpacked} bytes from {packed} (a ratio above "
+                                f"{limit:g}:1, MCVAE_MAX_COMPRESSION_RATIO): refused as a decompression bomb")
+
     def member(self) -> None:
         self.files += 1
         if self.files > self.limits.max_files:
@@ -257,7 +273,9 @@ def _unzip(archive: Path, dest: Path, budget: _Budget) -> None:
                 if not info.is_dir():
                     budget.declare(info.file_size)
                     budget.bytes += info.file_size
+                    budget.ratio(info.file_size, info.compress_size, f"archive member {info.filename!r}")
                 plan.append((info, relative))
+            budget.ratio(budget.bytes, archive.stat().st_size, "the archive")
             budget.bytes = 0  # from here on: bytes actually written
             for info, relative in plan:
                 if info.is_dir():
@@ -276,6 +294,7 @@ def _untar(archive: Path, dest: Path, budget: _Budget) -> None:
     try:
         # Streaming mode: each header is checked before its data is read, so a lying or
         # enormous archive is stopped at the first bad member, not after decompressing it all.
+        packed, declared = archive.stat().st_size, 0
         with tarfile.open(archive, mode="r|*") as tf:
             for member in tf:
                 budget.member()
@@ -289,6 +308,8 @@ def _untar(archive: Path, dest: Path, budget: _Budget) -> None:
                     _target(dest, relative, member.name, directory=True)
                     continue
                 budget.declare(member.size)
+                declared += member.size
+                budget.ratio(declared, packed, f"the archive (at member {member.name!r})")
                 src = tf.extractfile(member)
                 budget.copy(src, _target(dest, relative, member.name), member.size, member.name)
     except ApiError:

@@ -7,6 +7,7 @@ problem, so an upload of 200 scans with one bad file says which one.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import tempfile
 import warnings
@@ -25,6 +26,27 @@ DICOM_SUFFIX = ".dcm"
 
 # Header text fields that may hold names, dates or site notes: never carried into outputs.
 FREE_TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
+
+# Largest scan read, judged from its header before any voxel is: 512^3 (134M voxels; 512 MiB as
+# float32) is above any whole-head MRI (0.5 mm isotropic is about 400x480x360 = 69M), while a
+# 1 MB .nii.gz can declare 640^3 zeros (1 GiB as float32). MCVAE_MAX_SCAN_VOXELS overrides it.
+DEFAULT_MAX_SCAN_VOXELS = 512**3
+
+
+def max_scan_voxels() -> int:
+    raw = os.environ.get("MCVAE_MAX_SCAN_VOXELS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_SCAN_VOXELS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"MCVAE_MAX_SCAN_VOXELS: expected a positive whole number, got {raw!r}")
+    return int(raw)
+
+
+def _check_voxels(path: Path, shape: tuple[int, ...]) -> None:
+    voxels, limit = math.prod(int(s) for s in shape), max_scan_voxels()
+    if voxels > limit:
+        raise ScanError(path, f"its header declares {voxels} voxels (shape {tuple(int(s) for s in shape)}), "
+                              f"more than the limit of {limit} (MCVAE_MAX_SCAN_VOXELS); not read")
 
 
 def scan_format(path: str | Path) -> str | None:
@@ -147,6 +169,7 @@ def _read_nibabel(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     except Exception as exc:  # nibabel raises many types for "this is not an image"
         problem = f"not a valid {kind} file: header unreadable ({_short(exc)})"
         raise ScanError(path, problem) from exc
+    _check_voxels(path, img.shape)  # from the header: a decompression bomb is never inflated
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)  # applies scl_slope / scl_inter
     except Exception as exc:  # EOFError, zlib.error, ValueError: the voxel data is cut short
@@ -158,11 +181,14 @@ def _read_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only
+            _check_voxels(path, img.size)
             img.load()
             if img.mode not in ("L", "I", "I;16", "F"):
                 img = img.convert("L")  # colour slices (common in Kaggle sets) carry grey values
             data = np.asarray(img, dtype=np.float32)
+    except ScanError:
+        raise
     except UnidentifiedImageError as exc:
         raise ScanError(path, "not a PNG/JPEG image (contents unrecognised)") from exc
     except Exception as exc:  # truncated files raise OSError on load()
@@ -188,9 +214,11 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ScanError(path, "folder holds no .dcm files")
     for file in files:  # headers only: cheap, and names the bad slice instead of the folder
         try:
-            pydicom.dcmread(file, stop_before_pixels=True)
+            header = pydicom.dcmread(file, stop_before_pixels=True)
         except Exception as exc:
             raise ScanError(file, f"not a readable DICOM file ({_short(exc)})") from exc
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    _check_voxels(path, (int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0), frames * len(files)))
     reader = PydicomReader()  # orders slices by position and returns a RAS affine
     try:
         with warnings.catch_warnings():

@@ -56,7 +56,7 @@ async def upload_dataset(request: Request, lab: LabDep, settings: SettingsDep, s
                          wait: float = Query(0, ge=0, le=3600, description=(
                              "seconds to wait for the ingest: a bad scan is then a 422 naming the file"))):
     limits = uploads.Limits(settings.max_upload_bytes, settings.max_archive_files,
-                            settings.max_unpacked_bytes)
+                            settings.max_unpacked_bytes, settings.max_compression_ratio)
     with store.scratch() as scratch:
         received = await uploads.receive(request, scratch / "upload", settings.max_upload_bytes)
         name = name or received.fields.get("name") or None
