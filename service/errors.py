@@ -8,6 +8,7 @@ job API's exceptions into that shape.
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +34,23 @@ class ApiError(Exception):
         self.status, self.detail = status, detail
         self.code = code or CODES.get(status, "error")
         self.headers, self.extra = headers or {}, extra
+
+
+# What a client must never read in a message: where the servers are and how they are laid out.
+_INTERNAL = [
+    (re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]+", re.I), "<address>"),  # broker URLs, DSNs
+    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?\b"), "<address>"),  # IPv4[:port]
+    (re.compile(r"\b(?:localhost|[a-z][\w.-]*):\d{2,5}\b", re.I), "<address>"),  # host:port
+    (re.compile(r"(?<![\w.>~])/(?:[\w.@+-]+/)+[\w.@+-]*"), "<server path>"),  # /srv/mcvae/...
+]
+
+
+def scrub(text: str) -> str:
+    """A message fit for clients: addresses and absolute server paths replaced by placeholders
+    (the full text belongs in the server's log)."""
+    for pattern, placeholder in _INTERNAL:
+        text = pattern.sub(placeholder, text)
+    return text
 
 
 def error_response(status: int, detail: str, code: str | None = None,

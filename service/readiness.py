@@ -22,6 +22,7 @@ from workers.records import JobRecord
 from workers.settings import QUEUES
 
 from . import schemas
+from .errors import scrub
 
 log = logging.getLogger("service.readiness")
 EMBEDDED_PID_ENV = "MCVAE_EMBEDDED_WORKER_PID"
@@ -40,7 +41,9 @@ def _cached(name: str, probe) -> schemas.Check:
     try:
         result = probe()
     except Exception as err:  # noqa: BLE001 - a failed probe is the answer, not a gateway error
-        result = schemas.Check(ok=False, detail=f"{type(err).__name__}: {str(err)[:200]}")
+        # /readyz needs no key: the full error, with its addresses, goes to the log only.
+        log.warning("readiness probe %s failed: %s", name, err)
+        result = schemas.Check(ok=False, detail=f"{type(err).__name__}: {scrub(str(err))[:200]}")
     with _lock:
         _cache[name] = (time.monotonic(), result)
     return result

@@ -23,7 +23,7 @@ from workers import ArtifactStore
 from workers.records import JobRecord
 
 from . import db
-from .errors import ApiError
+from .errors import ApiError, scrub
 from .records import ResourceRecord, utcnow
 
 log = logging.getLogger("service.resources")
@@ -144,4 +144,4 @@ def public_text(text: str | None, store: ArtifactStore) -> str | None:
     for root in {str(store.root), str(Path(store.root).resolve())}:
         text = re.sub(re.escape(root) + r"/(?:[^\s/]+/)*?data/", "", text)
         text = text.replace(root, "<store>")
-    return text
+    return scrub(text)  # and any other server path, URL or host:port (a broker's, a database's)

@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from . import db
 from .app import get_app, task_name
@@ -35,7 +35,7 @@ class JobNotFound(LookupError):
 
 
 class BrokerUnavailable(ConnectionError):
-    """The job was recorded but could not be queued (it is marked failed)."""
+    """The job could not be queued, so it was not recorded either; the message names no address."""
 
 
 class Job(BaseModel):
@@ -110,12 +110,14 @@ def submit(kind: str, params: dict[str, Any] | None = None, owner: str = "local"
     try:
         _publish(job_id, kind, queue)
     except Exception as exc:
-        # A job nobody will ever run must not look queued.
+        # Refused, not recorded: the caller is told to try again, and no job that never started
+        # lingers in its lists. Should the message have gone out after all, the worker finds no
+        # record and skips it (runner.claim). The broker's address stays in the server's log.
+        log.warning("job %s not queued, the broker is unreachable: %s", job_id, exc)
         with db.session() as s:
-            s.execute(update(JobRecord).where(JobRecord.id == job_id).values(
-                state="failed", stage="failed", finished_at=utcnow(), updated_at=utcnow(),
-                error=f"could not reach the broker: {exc}"))
-        raise BrokerUnavailable(f"job {job_id} could not be queued: {exc}") from exc
+            s.execute(delete(JobEventRecord).where(JobEventRecord.job_id == job_id))
+            s.execute(delete(JobRecord).where(JobRecord.id == job_id))
+        raise BrokerUnavailable("the job queue is unreachable; the job was not started") from exc
     return get(job_id)
 
 

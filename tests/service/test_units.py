@@ -101,6 +101,10 @@ def test_server_paths_are_scrubbed_from_messages(tmp_path):
     message = f"{tmp_path}/.staging/dataset-x.ab12/data/AD/sub-3.nii.gz: not a NIfTI file"
     assert public_text(message, store) == "AD/sub-3.nii.gz: not a NIfTI file"
     assert str(tmp_path) not in public_text(f"cannot write {tmp_path}/outputs", store)
+    leaky = ("gave up: Error 111 connecting to redis://:pw@10.0.0.7:6379/0 (redis:6379); "
+             "[Errno 28] No space left: '/srv/cache/x.pt'")
+    assert public_text(leaky, store) == ("gave up: Error 111 connecting to <address> (<address>); "
+                                         "[Errno 28] No space left: '<server path>'")
 
 
 @pytest.mark.slow

@@ -1,0 +1,75 @@
+"""The gateway when its surroundings fail (issue 10, items 6 and 7): a broker that does not
+answer, storage that refuses writes. Each answer is a 503 that says what to do, names no
+internal address or server path, and leaves no record or file behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import zip_folder
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+@pytest.fixture
+def gateway_without_broker(tmp_path):
+    """A real gateway process whose broker URL points at a closed port (SQLite records)."""
+    broker_port, port = _closed_port(), _closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCVAE_")}
+    env.update(MCVAE_DATA_DIR=str(tmp_path / "data"), MCVAE_BROKER_URL=f"redis://127.0.0.1:{broker_port}/0",
+               OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    key = subprocess.run([sys.executable, "-c", "from service.keys import create_key; print(create_key('lab-x'))"],
+                         env=env, cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    code = f"from service.serve import serve; serve(port={port}, embedded_worker=False)"
+    server = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/healthz")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and server.poll() is None, "the gateway did not start"
+                time.sleep(0.3)
+        yield httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60), broker_port, tmp_path / "data"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _leaks(text: str, broker_port: int, data_dir: Path) -> list[str]:
+    return [s for s in ("127.0.0.1", f":{broker_port}", "redis://", str(data_dir)) if s in text]
+
+
+def test_a_submission_refused_by_a_dead_broker_leaves_no_job_and_no_address(gateway_without_broker, demo_cohort):
+    client, broker_port, data_dir = gateway_without_broker
+    with client:
+        r = client.post("/v1/datasets", files={"file": ("demo.zip", zip_folder(demo_cohort), "application/zip")})
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] and "try again later" in r.json()["detail"]
+        assert not _leaks(r.text, broker_port, data_dir)
+        assert client.get("/v1/jobs").json()["items"] == []  # no failed job in the lab's lists
+        assert client.get("/v1/datasets").json()["total"] == 0
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and not ready.json()["checks"]["broker"]["ok"]
+        assert not _leaks(ready.text, broker_port, data_dir), ready.text
+    stored = [p for p in (data_dir / "artifacts").rglob("*") if p.is_file()]
+    assert stored == []  # the upload was removed, no scratch left
