@@ -53,6 +53,19 @@ def scrub(text: str) -> str:
     return text
 
 
+class StorageError(Exception):
+    """The server's own storage refused a write (disk full, read-only, not writable): the
+    client's request was fine, so a 503, never a 4xx or a bare 500."""
+
+    def __init__(self, cause: OSError):
+        super().__init__(cause.strerror or type(cause).__name__)
+        self.cause = cause
+
+
+STORAGE_DETAIL = ("the server could not write to its storage (full or not writable); nothing was "
+                  "kept: try again later, and tell the operator if it persists")
+
+
 def error_response(status: int, detail: str, code: str | None = None,
                    headers: dict[str, str] | None = None, **extra) -> JSONResponse:
     body = ErrorBody(detail=detail, code=code or CODES.get(status, "error"),
@@ -80,6 +93,15 @@ def install(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException):
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    # Storage that refuses a write, wherever it happens (uploads, scratch space, deletions).
+    # Logged by errno only: the file name may hold an archive member's name (a patient's).
+    @app.exception_handler(StorageError)
+    @app.exception_handler(OSError)
+    async def storage_error(_: Request, exc: Exception):
+        cause = exc.cause if isinstance(exc, StorageError) else exc
+        log.error("storage error", extra={"error": f"{type(cause).__name__} errno {cause.errno}: {cause.strerror}"})
+        return error_response(503, STORAGE_DETAIL, "storage_unavailable", headers={"Retry-After": "30"})
 
     # The job API's exceptions, wherever a route lets them through.
     @app.exception_handler(JobNotFound)

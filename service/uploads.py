@@ -25,6 +25,7 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from .errors import ApiError
+from .errors import ApiError, StorageError
 
 CHUNK = 1 << 20
 RAW_TYPES = ("application/zip", "application/x-zip-compressed", "application/gzip",
@@ -61,6 +62,16 @@ class Received:
     fields: dict[str, str]
 
 
+@contextmanager
+def _writing():
+    """Writes to the server's disk: their OSErrors are the server's fault (a 503), never to be
+    mistaken for a malformed archive (a 422) by the readers' error handling around them."""
+    try:
+        yield
+    except OSError as err:
+        raise StorageError(err) from err
+
+
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, f"upload larger than the limit of {limit} bytes (MCVAE_MAX_UPLOAD_BYTES)")
 
@@ -78,12 +89,13 @@ async def receive(request: Request, dest: Path, max_bytes: int) -> Received:
         return await _receive_multipart(request, dest, max_bytes, options.get(b"boundary"))
     if content_type in RAW_TYPES or not content_type:
         size = 0
-        async with await anyio.open_file(dest, "wb") as out:  # writes in a thread, off the loop
-            async for chunk in _stream(request):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise _too_large(max_bytes)
-                await out.write(chunk)
+        with _writing():
+            async with await anyio.open_file(dest, "wb") as out:  # writes in a thread, off the loop
+                async for chunk in _stream(request):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise _too_large(max_bytes)
+                    await out.write(chunk)
         if size == 0:
             raise ApiError(400, "empty upload: send the archive as the request body or as the "
                                 "'file' field of a multipart/form-data form")
@@ -153,7 +165,9 @@ async def _receive_multipart(request: Request, dest: Path, max_bytes: int,
         "on_header_value": on_header_value, "on_header_end": on_header_end,
         "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
         "on_part_end": on_part_end})
-    async with await anyio.open_file(dest, "wb") as out:
+    with _writing():
+        out = await anyio.open_file(dest, "wb")
+    async with out:
         try:
             body = 0
             async for chunk in _stream(request):
@@ -161,11 +175,12 @@ async def _receive_multipart(request: Request, dest: Path, max_bytes: int,
                 if body > max_bytes + (1 << 16):
                     raise _too_large(max_bytes)
                 parser.write(chunk)
-                for block in pending:
-                    await out.write(block)
+                with _writing():
+                    for block in pending:
+                        await out.write(block)
                 pending.clear()
             parser.finalize()
-        except ApiError:
+        except (ApiError, StorageError):
             raise
         except Exception as err:  # noqa: BLE001 - python-multipart's parse errors have no common base
             raise ApiError(400, f"malformed multipart/form-data body ({err})") from None
@@ -232,7 +247,9 @@ class _Budget:
 
     def copy(self, src, target: Path, declared: int, name: str) -> None:
         written = 0
-        with open(target, "xb") as out:
+        with _writing():
+            out = open(target, "xb")
+        with out:
             while block := src.read(CHUNK):
                 written += len(block)
                 if written > declared:
@@ -240,14 +257,16 @@ class _Budget:
                                         f"declared {declared} bytes")
                 self.declare(len(block))
                 self.bytes += len(block)
-                out.write(block)
+                with _writing():
+                    out.write(block)
 
 
 def _target(dest: Path, relative: str, name: str, directory: bool = False) -> Path:
     target = dest / relative
     if not target.resolve().is_relative_to(dest.resolve()):  # belt and braces after member_path
         raise ApiError(422, f"unsafe archive: member {name!r} points outside the archive")
-    (target if directory else target.parent).mkdir(parents=True, exist_ok=True)
+    with _writing():
+        (target if directory else target.parent).mkdir(parents=True, exist_ok=True)
     if not directory and target.exists():
         raise ApiError(422, f"archive holds {name!r} twice")
     return target
@@ -283,7 +302,7 @@ def _unzip(archive: Path, dest: Path, budget: _Budget) -> None:
                     continue
                 with zf.open(info) as src:
                     budget.copy(src, _target(dest, relative, info.filename), info.file_size, info.filename)
-    except ApiError:
+    except (ApiError, StorageError):
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError,
             ValueError) as err:
@@ -312,9 +331,9 @@ def _untar(archive: Path, dest: Path, budget: _Budget) -> None:
                 budget.ratio(declared, packed, f"the archive (at member {member.name!r})")
                 src = tf.extractfile(member)
                 budget.copy(src, _target(dest, relative, member.name), member.size, member.name)
-    except ApiError:
+    except (ApiError, StorageError):
         raise
-    except (tarfile.TarError, zlib.error, EOFError, OSError) as err:
+    except (tarfile.TarError, zlib.error, EOFError, OSError) as err:  # gzip's errors are OSErrors
         raise ApiError(422, f"malformed tar archive: {err}") from None
 
 
@@ -335,6 +354,7 @@ def unpack(archive: Path, dest: Path, limits: Limits) -> Path:
 
 def move_tree(src: Path, dest: Path) -> None:
     """Move the contents of ``src`` into ``dest`` (same volume: renames, no copying)."""
-    for entry in src.iterdir():
-        os.rename(entry, dest / entry.name)
+    with _writing():
+        for entry in src.iterdir():
+            os.rename(entry, dest / entry.name)
     shutil.rmtree(src, ignore_errors=True)

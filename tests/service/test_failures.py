@@ -30,6 +30,10 @@ def _closed_port() -> int:
 @pytest.fixture
 def gateway_without_broker(tmp_path):
     """A real gateway process whose broker URL points at a closed port (SQLite records)."""
+    yield from _gateway(tmp_path)
+
+
+def _gateway(tmp_path):
     broker_port, port = _closed_port(), _closed_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCVAE_")}
     env.update(MCVAE_DATA_DIR=str(tmp_path / "data"), MCVAE_BROKER_URL=f"redis://127.0.0.1:{broker_port}/0",
@@ -73,3 +77,55 @@ def test_a_submission_refused_by_a_dead_broker_leaves_no_job_and_no_address(gate
         assert not _leaks(ready.text, broker_port, data_dir), ready.text
     stored = [p for p in (data_dir / "artifacts").rglob("*") if p.is_file()]
     assert stored == []  # the upload was removed, no scratch left
+
+
+def test_storage_that_refuses_writes_is_503_and_keeps_nothing(tmp_path, demo_cohort):
+    """Really broken storage (tests run as root, so a read-only folder would not stop a write):
+    the artifact store's staging folder is a file, so no scratch space can be made there."""
+    staging = tmp_path / "data" / "artifacts" / ".staging"
+    staging.parent.mkdir(parents=True)
+    staging.write_text("not a folder")
+    client, broker_port, data_dir = next(gen := _gateway(tmp_path))
+    try:
+        with client:
+            r = client.post("/v1/datasets", files={"file": ("demo.zip", zip_folder(demo_cohort), "application/zip")})
+            assert r.status_code == 503, r.text
+            assert r.json()["code"] == "storage_unavailable" and "could not write to its storage" in r.json()["detail"]
+            assert r.headers["retry-after"] and not _leaks(r.text, broker_port, data_dir)
+            assert client.get("/v1/datasets").json()["total"] == 0
+            assert client.get("/healthz").status_code == 200
+    finally:
+        gen.close()
+    assert [p.name for p in (data_dir / "artifacts").iterdir()] == [".staging"]
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_a_disk_filling_up_mid_upload_is_503_and_keeps_nothing(deployment, demo_cohort, monkeypatch, kind):
+    """ENOSPC while unpacking (a disk cannot be filled here: the failing write is injected at the
+    lowest level, the file object the unpacker writes members through)."""
+    import errno
+    import io
+    import tarfile
+
+    from service import uploads
+
+    from .test_bad_requests import _store_entries
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(uploads, "open", lambda path, mode: FullDisk(path, mode), raising=False)
+    if kind == "zip":
+        body = zip_folder(demo_cohort)
+    else:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+            tf.add(demo_cohort, arcname="demo")
+        body = buf.getvalue()
+    before = _store_entries(deployment)
+    with deployment.client() as c:
+        r = c.post("/v1/datasets", files={"file": (f"demo.{kind}", body, "application/octet-stream")})
+    assert r.status_code == 503, r.text
+    assert r.json()["code"] == "storage_unavailable"
+    assert _store_entries(deployment) == before
