@@ -49,12 +49,24 @@ def cmd_keys(args) -> int:
 
 
 def cmd_worker_ping(args) -> int:
-    """Exit 0 when a worker on this machine answers (container health check)."""
-    from workers import ping_local_workers
+    """Exit 0 when a worker on this machine answers (container health check), else 1 with one
+    line that says why: never a traceback, whatever is down."""
+    from workers import embedded, get_settings, ping_local_workers
 
-    answered = ping_local_workers(timeout=args.timeout)
+    from .errors import one_line
+
+    try:
+        if get_settings().embedded:  # cannot be pinged: the pid file `mcvae serve` keeps
+            ok, detail = embedded.status()
+            answered = [detail] if ok else []
+            why = detail
+        else:
+            answered = ping_local_workers(timeout=args.timeout)
+            why = "no worker on this machine answered"
+    except Exception as err:  # noqa: BLE001 - a health check reports, it does not crash
+        answered, why = [], f"cannot ask the workers: {one_line(err)}"
     if not answered:
-        print("no worker on this machine answered", file=sys.stderr)
+        print(f"mcvae worker-ping: {why}", file=sys.stderr)
         return 1
     print(" ".join(answered))
     return 0
@@ -90,7 +102,14 @@ def cmd_doctor(args) -> int:
     report(bool(status.get("database")), "database reachable",
            "start PostgreSQL or fix MCVAE_DATABASE_URL; then run 'mcvae db upgrade'")
     report(bool(status.get("broker")), "broker reachable", "start Redis or fix MCVAE_BROKER_URL")
-    report(bool(status.get("workers")), "at least one worker answers",
+    if settings.embedded:  # as /readyz judges it: the worker `mcvae serve` started, if alive
+        from workers import embedded
+
+        alive, detail = embedded.status(settings)
+    else:
+        alive = bool(status.get("workers"))
+        detail = f"{len(status['workers'])} answered" if alive else "none answered a ping"
+    report(alive, f"at least one worker answers ({detail})",
            "start one with 'mcvae worker' (or 'mcvae serve' with no broker configured)")
     root = settings.data_dir.expanduser()
     root.mkdir(parents=True, exist_ok=True)

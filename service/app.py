@@ -12,6 +12,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from . import __version__, db, errors
@@ -25,6 +26,7 @@ from .settings import ServiceSettings, get_service_settings
 from .waiter import JobWaiter
 
 log = logging.getLogger("service.app")
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's script, style sheet and icon
 
 DESCRIPTION = """
 Synthetic minority-class MRI scans that balance imbalanced cohorts.
@@ -61,8 +63,10 @@ def create_app(settings: ServiceSettings | None = None, configure_logs: bool = T
             log.warning("database not reachable at start-up", exc_info=True)
         yield
 
-    app = FastAPI(title="mcvae", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
-                  lifespan=lifespan)
+    # /docs with Swagger UI's files served from the gateway itself (fastapi-offline ships them):
+    # FastAPI's own page loads them from a CDN, and is blank on a hospital LAN with no internet.
+    app = FastAPIOffline(title="mcvae", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
+                         lifespan=lifespan, redoc_url=None, static_url=DOCS_ASSETS)
     app.state.settings = settings
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
     app.state.metrics = Metrics()

@@ -105,12 +105,10 @@ def install(app: FastAPI) -> None:
 
     # The job API's exceptions, wherever a route lets them through.
     @app.exception_handler(JobNotFound)
-    async def job_not_found(_: Request, exc: JobNotFound):
-        return error_response(404, str(exc).strip("'\""))
-
     @app.exception_handler(ArtifactNotFound)
-    async def artifact_not_found(_: Request, exc: ArtifactNotFound):
-        return error_response(404, str(exc).strip("'\""))
+    async def not_found(_: Request, exc: LookupError):
+        # The message as raised ("no job 'x'"): str() of a LookupError adds nothing to strip.
+        return error_response(404, str(exc.args[0]) if exc.args else "not found")
 
     @app.exception_handler(InvalidParams)
     async def invalid_params(_: Request, exc: InvalidParams):

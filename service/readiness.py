@@ -2,21 +2,20 @@
 accepts connections, and at least one worker is alive to take what is queued.
 
 Worker liveness: over Redis, Celery's remote-control ping (workers answer within a second).
-The embedded SQLite broker has no broadcast channel, so there ``mcvae serve`` names the
-worker process it started (MCVAE_EMBEDDED_WORKER_PID) and that process must be alive.
+The embedded SQLite broker has no broadcast channel, so there ``mcvae serve`` records the
+worker process it started in a pid file, which ``mcvae doctor`` reads too (workers/embedded.py).
 Results are kept for a few seconds: a probe every second must not ping every worker each time.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
 from sqlalchemy import func, select, text
 
-from workers import db, get_settings
+from workers import db, embedded, get_settings
 from workers.app import get_app
 from workers.records import JobRecord
 from workers.settings import QUEUES
@@ -25,7 +24,6 @@ from . import schemas
 from .errors import scrub
 
 log = logging.getLogger("service.readiness")
-EMBEDDED_PID_ENV = "MCVAE_EMBEDDED_WORKER_PID"
 CACHE_SECONDS = 5.0
 
 _cache: dict[str, tuple[float, schemas.Check]] = {}
@@ -63,17 +61,8 @@ def _broker() -> schemas.Check:
 
 def _workers() -> schemas.Check:
     if get_settings().embedded:
-        pid = os.environ.get(EMBEDDED_PID_ENV, "")
-        if not pid.isdigit():
-            return schemas.Check(ok=False, detail="embedded broker and no worker started by `mcvae serve`; "
-                                                  "start one with `mcvae worker`")
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return schemas.Check(ok=False, detail="the embedded worker has exited")
-        except PermissionError:
-            pass  # exists, owned by someone else
-        return schemas.Check(ok=True, detail="1 embedded worker")
+        ok, detail = embedded.status()
+        return schemas.Check(ok=ok, detail=detail)
     replies = get_app().control.ping(timeout=1.0) or []
     if not replies:
         return schemas.Check(ok=False, detail="no worker answered a ping within 1 s")

@@ -13,11 +13,10 @@ import os
 import signal
 import subprocess
 
-from workers import get_settings, reset_settings, start_worker_process
+from workers import embedded, get_settings, reset_settings, start_worker_process
 from workers.settings import QUEUES
 
 from .logs import configure_logging
-from .readiness import EMBEDDED_PID_ENV
 from .settings import get_service_settings
 
 log = logging.getLogger("service.serve")
@@ -48,8 +47,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
         log_path = settings.data_dir.expanduser() / "worker.log"
         worker = start_worker_process(QUEUES, concurrency=worker_concurrency, device=device,
                                       log_path=str(log_path))
-        # The gateway's readiness probe looks for this process (the embedded broker cannot be pinged).
-        os.environ[EMBEDDED_PID_ENV] = str(worker.pid)
+        # /readyz, `mcvae doctor` and `mcvae worker-ping` look for it here (it cannot be pinged).
+        embedded.record(worker.pid, settings)
         log.info("embedded worker started", extra={"pid": worker.pid, "worker_log": str(log_path)})
     # uvicorn re-raises the SIGTERM it caught once it has shut down; with Python's default
     # handler that ends the process before the finally below could stop the worker. Raising
@@ -62,6 +61,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
     finally:
         if worker is not None:
             _stop(worker)
+            embedded.clear(settings)
 
 
 def _exit_cleanly(*_) -> None:

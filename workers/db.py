@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from .migrating import prepare_sqlite_file
 from .settings import get_settings
 
 _lock = threading.Lock()
@@ -33,11 +34,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 def _create(url: str) -> Engine:
     if url.startswith("sqlite"):
-        from pathlib import Path
-
-        database = url.split("///", 1)[-1]
-        if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -53,6 +49,9 @@ def _open(url: str | None) -> tuple[Engine, sessionmaker]:
     url = url or get_settings().database
     with _lock:
         if url not in _engines:
+            database = url.split("///", 1)[-1] if url.startswith("sqlite") else ""
+            if database and database != ":memory:":
+                prepare_sqlite_file(database)  # 0640, and 0750 for a new folder
             if url not in _migrated:
                 from .migrations import upgrade_database
 

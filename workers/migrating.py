@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 from pathlib import Path
 
 from alembic import command
@@ -24,14 +25,31 @@ def alembic_config(script_location: Path, url: str) -> Config:
     return cfg
 
 
+# A SQLite job database holds every lab's job parameters and the API keys' digests: readable by
+# the service's user and group only (SQLite gives its -wal/-shm files the same mode), in a folder
+# made 0750 when it is new. See docs/OPERATIONS.md, Permissions.
+DB_FILE_MODE, DB_DIR_MODE = 0o640, 0o750
+
+
+def prepare_sqlite_file(database: str) -> None:
+    path = Path(database).expanduser()
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=DB_DIR_MODE)
+    path.touch(mode=DB_FILE_MODE, exist_ok=True)
+    try:
+        os.chmod(path, DB_FILE_MODE)  # also an older, wider file
+    except PermissionError:
+        pass  # another user's file: theirs to set
+
+
 @contextlib.contextmanager
 def _sqlite_file_lock(url: str, name: str):
     database = url.split("///", 1)[-1]
     if not database or database == ":memory:":
         yield
         return
+    prepare_sqlite_file(database)  # before Alembic creates it with the umask's mode
     lock_path = Path(database).expanduser().with_suffix(f".{name}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield

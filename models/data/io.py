@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -145,9 +145,11 @@ def write_scan(path: str | Path, array: Any, affine: Any) -> Path:
         payload = gzip.compress(payload, compresslevel=6, mtime=0)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp: its files are 0600 whatever the umask; outputs get the umask's permissions
+    # (docs/OPERATIONS.md, Permissions), like every other file the service writes.
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())

@@ -61,3 +61,13 @@ def test_doctor_names_what_is_missing_and_how_to_fix_it(tmp_path):
     assert bad.returncode == 1
     assert "[FAIL] database reachable" in bad.stdout and "[FAIL] broker reachable" in bad.stdout
     assert "MCVAE_DATABASE_URL" in bad.stdout and "MCVAE_BROKER_URL" in bad.stdout
+
+
+def test_worker_ping_says_why_in_one_line_never_a_traceback(tmp_path):
+    for env, why in (({"MCVAE_DATA_DIR": str(tmp_path)}, "no worker started by `mcvae serve`"),
+                     ({"MCVAE_DATA_DIR": str(tmp_path), "MCVAE_BROKER_URL": "redis://127.0.0.1:1/0"},
+                      "cannot ask the workers")):
+        proc = _mcvae(["worker-ping", "--timeout", "1"], env)
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("mcvae worker-ping: ") and why in proc.stderr

@@ -48,6 +48,14 @@ def test_serve_without_a_broker_runs_jobs_on_an_embedded_worker(tmp_path, demo_c
             assert time.monotonic() < deadline and server.poll() is None, "serve() did not become ready"
             time.sleep(0.5)
         assert ready.json()["checks"]["workers"]["detail"] == "1 embedded worker"
+        if stop_signal == signal.SIGINT:  # once is enough: the CLI agrees with /readyz
+            def mcvae(*args):
+                return subprocess.run([sys.executable, "-m", "mcvae_cli.main", *args], env=env, cwd=REPO,
+                                      capture_output=True, text=True, timeout=120)
+
+            doctor, ping = mcvae("doctor", "--timeout", "1"), mcvae("worker-ping")
+            assert "[ok] at least one worker answers (1 embedded worker)" in doctor.stdout, doctor.stdout
+            assert ping.returncode == 0 and ping.stdout.strip() == "1 embedded worker", ping.stderr
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True,
                                   check=True).stdout.split()
         [worker_pid] = [int(p) for p in children]
@@ -66,5 +74,6 @@ def test_serve_without_a_broker_runs_jobs_on_an_embedded_worker(tmp_path, demo_c
             os.killpg(server.pid, signal.SIGKILL)
             raise
     assert server.returncode == 0
+    assert not (tmp_path / "data" / "embedded-worker.pid").exists()  # nothing claims a worker now
     time.sleep(0.5)
     assert not Path(f"/proc/{worker_pid}").exists(), "the embedded worker outlived serve()"
