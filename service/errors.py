@@ -38,9 +38,9 @@ class ApiError(Exception):
 
 # What a client must never read in a message: where the servers are and how they are laid out.
 _INTERNAL = [
-    (re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]+", re.I), "<address>"),  # broker URLs, DSNs
+    (re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]+", re.IGNORECASE), "<address>"),  # broker URLs, DSNs
     (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?\b"), "<address>"),  # IPv4[:port]
-    (re.compile(r"\b(?:localhost|[a-z][\w.-]*):\d{2,5}\b", re.I), "<address>"),  # host:port
+    (re.compile(r"\b(?:localhost|[a-z][\w.-]*):\d{2,5}\b", re.IGNORECASE), "<address>"),  # host:port
     (re.compile(r"(?<![\w.>~])/(?:[\w.@+-]+/)+[\w.@+-]*"), "<server path>"),  # /srv/mcvae/...
 ]
 

@@ -248,7 +248,7 @@ class _Budget:
     def copy(self, src, target: Path, declared: int, name: str) -> None:
         written = 0
         with _writing():
-            out = open(target, "xb")
+            out = open(target, "xb")  # noqa: SIM115 - closed by the block below; only opening is guarded here
         with out:
             while block := src.read(CHUNK):
                 written += len(block)

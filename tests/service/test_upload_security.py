@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def _victim_scan(deployment, dataset) -> Path:
     data = deployment.data_dir / "artifacts" / "datasets" / dataset["id"] / "data"
-    return sorted(data.glob("AD/*.nii.gz"))[0]
+    return min(data.glob("AD/*.nii.gz"))
 
 
 def _cohort_with_manifest(demo_cohort: Path, rows: list[str]) -> dict[str, bytes]:
