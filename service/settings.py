@@ -12,6 +12,8 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from workers.sources import MAX_COMPRESSION_RATIO
+
 GiB = 1 << 30
 
 
@@ -22,9 +24,8 @@ class ServiceSettings(BaseSettings):
     max_upload_bytes: int = Field(2 * GiB, ge=1, description="largest archive accepted (413 above)")
     max_archive_files: int = Field(20_000, ge=1, description="most members an archive may hold")
     max_unpacked_bytes: int = Field(16 * GiB, ge=1, description="largest total unpacked size")
-    # Scans deflate about 3-6:1 (MNI152 T1 at 1 mm, uncompressed .nii in a zip: 5.3:1); a run of
-    # zeros about 1000:1. 100 leaves room for heavily masked volumes and refuses bombs unread.
-    max_compression_ratio: float = Field(100.0, ge=1, description="unpacked over packed bytes (413 above)")
+    # Why 100: workers/sources.py (scans deflate 3-6:1, zeros 1000:1).
+    max_compression_ratio: float = Field(MAX_COMPRESSION_RATIO, ge=1, description="unpacked over packed bytes (413 above)")
 
     # -- clients --------------------------------------------------------------------------------
     rate_limit_per_minute: float = Field(600.0, gt=0, description="sustained requests per key")

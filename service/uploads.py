@@ -33,6 +33,8 @@ import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from workers import sources
+
 from .errors import ApiError, StorageError
 
 CHUNK = 1 << 20
@@ -42,17 +44,12 @@ RAW_TYPES = ("application/zip", "application/x-zip-compressed", "application/gzi
 _JUNK = re.compile(r"(^|/)(__MACOSX(/|$)|\._[^/]*$|\.DS_Store$|Thumbs\.db$)")
 
 
-# Below this many unpacked bytes the ratio is not judged: small text files (a manifest) compress
-# far better than scans, and a bomb this small is harmless.
-RATIO_FLOOR = 1 << 20
-
-
 @dataclass
 class Limits:
     max_upload_bytes: int
     max_files: int
     max_unpacked_bytes: int
-    max_compression_ratio: float = 100.0
+    max_compression_ratio: float = sources.MAX_COMPRESSION_RATIO
 
 
 @dataclass
@@ -230,7 +227,7 @@ class _Budget:
         """Refuse ``unpacked`` bytes made from ``packed``: a real scan deflates about 3-6:1, a
         run of zeros about 1000:1 (MCVAE_MAX_COMPRESSION_RATIO)."""
         limit = self.limits.max_compression_ratio
-        if unpacked > RATIO_FLOOR and unpacked > limit * max(packed, 1):
+        if sources.is_bomb(unpacked, packed, limit):
             raise ApiError(413, f"{what} would unpack {unpacked} bytes from {packed} (a ratio above "
                                 f"{limit:g}:1, MCVAE_MAX_COMPRESSION_RATIO): refused as a decompression bomb")
 

@@ -70,15 +70,25 @@ def _extract(archive: Path, dest: Path) -> Path:
     dest.mkdir(parents=True)
     name = archive.name.lower()
     try:
+        packed = archive.stat().st_size
         if name.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 for member in zf.infolist():
                     target = (dest / member.filename).resolve()
                     if not target.is_relative_to(dest.resolve()):
                         raise InvalidParams(f"source: archive member {member.filename!r} escapes the archive")
+                    if sources.is_bomb(member.file_size, member.compress_size):
+                        raise InvalidParams(f"source: archive member {member.filename!r} would unpack "
+                                            f"{member.file_size} bytes from {member.compress_size}: a bomb")
+                if sources.is_bomb(sum(m.file_size for m in zf.infolist()), packed):
+                    raise InvalidParams(f"source: {archive.name} would unpack to over "
+                                        f"{sources.MAX_COMPRESSION_RATIO:g} times its size: a bomb")
                 zf.extractall(dest)
         else:
             with tarfile.open(archive) as tf:
+                if sources.is_bomb(sum(m.size for m in tf.getmembers()), packed):  # headers only
+                    raise InvalidParams(f"source: {archive.name} would unpack to over "
+                                        f"{sources.MAX_COMPRESSION_RATIO:g} times its size: a bomb")
                 tf.extractall(dest, filter="data")  # refuses links out, absolute paths, devices
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as err:
         raise InvalidParams(f"source: {archive.name} is not a readable archive ({err})") from None
