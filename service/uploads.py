@@ -244,9 +244,11 @@ class _Budget:
 
     def copy(self, src, target: Path, declared: int, name: str) -> None:
         written = 0
+        # Reading the member may fail (a malformed archive: 422); opening, writing and closing
+        # (the last flush) may fail too (the server's disk: 503): each is guarded on its own.
         with _writing():
-            out = open(target, "xb")  # noqa: SIM115 - closed by the block below; only opening is guarded here
-        with out:
+            out = open(target, "xb")  # noqa: SIM115 - closed in the finally below
+        try:
             while block := src.read(CHUNK):
                 written += len(block)
                 if written > declared:
@@ -256,6 +258,9 @@ class _Budget:
                 self.bytes += len(block)
                 with _writing():
                     out.write(block)
+        finally:
+            with _writing():
+                out.close()
 
 
 def _target(dest: Path, relative: str, name: str, directory: bool = False) -> Path:
