@@ -54,3 +54,21 @@ def test_the_voxel_limit_is_configurable(tmp_path, monkeypatch):
     monkeypatch.setenv("MCVAE_MAX_SCAN_VOXELS", "lots")
     with pytest.raises(ValueError, match="MCVAE_MAX_SCAN_VOXELS: expected a positive whole number"):
         load_scan(scan)
+
+
+def test_the_cli_refuses_a_nifti_bomb_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "cohort" / "AD").mkdir(parents=True)
+    _zeros_bomb(tmp_path / "cohort" / "AD" / "bomb.nii.gz")
+    repo = Path(__file__).resolve().parents[2]
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mcvae_cli.main", "inspect", str(tmp_path / "cohort")],
+                          capture_output=True, text=True, cwd=repo, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "bomb.nii.gz: its header declares 262144000 voxels" in proc.stderr
+    assert time.perf_counter() - started < 60  # Python and the CLI start-up; the scan is never read
