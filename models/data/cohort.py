@@ -223,7 +223,7 @@ def summarize(cohort: Cohort, quality: bool = True, preprocess=None) -> dict[str
         if quality:
             problem = raw_problem(data, affine, cfg) or _preprocessed_problem(data, affine, meta, cfg)
             if problem:
-                refused.append({"path": str(item.path), "problem": problem})
+                refused.append({"path": _shown(item.path, cohort), "problem": problem})
 
     warnings = list(cohort.notes)
     warnings += [f"{r['path']}: {r['problem']} (augment would refuse it)" for r in refused]
@@ -247,6 +247,7 @@ def summarize(cohort: Cohort, quality: bool = True, preprocess=None) -> dict[str
         "n_scans": len(cohort),
         "classes": counts,
         "splits": dict(Counter(i.split for i in cohort if i.split)),
+        "class_splits": _class_splits(cohort),
         "spatial_dims": dims,
         "shapes": dict(shapes),
         "spacings": dict(spacings),
@@ -255,6 +256,28 @@ def summarize(cohort: Cohort, quality: bool = True, preprocess=None) -> dict[str
         "quality": refused,
         "warnings": warnings,
     }
+
+
+def _shown(path: Path, cohort: Cohort) -> str:
+    """A scan's path as the user knows it: relative to the cohort's folder (no server paths in
+    summaries the gateway shows), absolute when it lies elsewhere."""
+    if cohort.source is not None:
+        root = cohort.source if cohort.source.is_dir() else cohort.source.parent
+        try:
+            return path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _class_splits(cohort: Cohort) -> dict[str, dict[str, int]]:
+    """Scans per class in each split ({} when the cohort has no split)."""
+    out: dict[str, dict[str, int]] = {}
+    for item in cohort:
+        if item.split:
+            per = out.setdefault(item.split, {})
+            per[item.label] = per.get(item.label, 0) + 1
+    return out
 
 
 def _preprocessed_problem(data, affine, meta, cfg) -> str | None:
