@@ -6,9 +6,11 @@ Checked on every scan before any training (``augment``) and reported as warnings
 - **field of view a sliver of the target grid**: along some axis the scan covers less than
   ``MIN_FOV_COVERAGE`` of the target grid's extent (a 20 mm localiser or slab against a
   192 mm brain grid); resampling would pad it to a thin bright band.
-- **nearly empty after preprocessing**: fewer than ``MIN_FOREGROUND`` of the preprocessed
-  voxels are foreground (brighter than ``FOREGROUND_LEVEL`` of the volume's 99.9th percentile,
-  the rule the crop uses) - the head is missing or tiny in the grid.
+- **nearly empty**: fewer than ``MIN_FOREGROUND`` of the voxels are foreground, either in the
+  scan as read (above its Otsu threshold: a small object in noise, which robust scaling would
+  otherwise stretch into a volume of noise) or after preprocessing (brighter than
+  ``FOREGROUND_LEVEL`` of the volume's 99.9th percentile, the rule the crop uses) - the head
+  is missing or tiny in the grid.
 - **intensities out of range after preprocessing**: robust scaling should give [0, 1]; values
   beyond it mean the percentiles were degenerate (mostly padding).
 """
@@ -30,6 +32,10 @@ def raw_problem(data: np.ndarray, affine: np.ndarray, cfg: PreprocessConfig) -> 
     lo, hi = float(np.min(data)), float(np.max(data))
     if hi - lo <= 1e-6 * max(1.0, abs(hi)):
         return f"constant intensity (every voxel is {lo:.4g}): nothing to learn from"
+    foreground = float(np.mean(data > otsu_threshold(data)))
+    if foreground < MIN_FOREGROUND:
+        return (f"nearly empty: {100 * foreground:.2f}% foreground voxels in the scan as read "
+                f"(at least {100 * MIN_FOREGROUND:.0f}% expected)")
     if cfg.target_spacing is None:  # resized, not resampled: the grid is always filled
         return None
     d = data.ndim
@@ -47,6 +53,25 @@ def raw_problem(data: np.ndarray, affine: np.ndarray, cfg: PreprocessConfig) -> 
                     f"{100 * coverage:.0f}% of the {target[k]:.0f} mm target grid (a sliver; "
                     f"at least {100 * MIN_FOV_COVERAGE:.0f}% is needed)")
     return None
+
+
+def otsu_threshold(data: np.ndarray, bins: int = 256) -> float:
+    """The intensity that best splits the scan into two classes (Otsu 1979: maximal
+    between-class variance), from a histogram of at most about a million voxels."""
+    flat = np.asarray(data, dtype=np.float64).reshape(-1)
+    flat = flat[:: max(1, flat.size // 1_000_000)]
+    counts, edges = np.histogram(flat, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(counts)
+    mass = np.cumsum(counts * centres)
+    total, total_mass = weight[-1], mass[-1]
+    below, above = weight[:-1], total - weight[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_below = mass[:-1] / below
+        mean_above = (total_mass - mass[:-1]) / above
+        between = below * above * (mean_below - mean_above) ** 2
+    between = np.nan_to_num(between, nan=-1.0)
+    return float(edges[1:-1][int(np.argmax(between))])
 
 
 def preprocessed_problem(volume: np.ndarray) -> str | None:
