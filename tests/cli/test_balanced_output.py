@@ -205,3 +205,80 @@ def test_a_row_without_a_split_among_split_rows_is_refused(split_cohort, config,
     _fails_with(capsys, ["augment", str(bad), "--out", str(tmp_path / "o"), "--config", str(config)],
                 "have no split")
     assert not (tmp_path / "o").exists()
+
+
+# -- quality control: each refusal is one line naming the file and the reason; nothing written --
+def _all_zero(path: Path) -> None:
+    write_scan(path, np.zeros((16, 16, 16), np.float32), np.diag([12.0, 12.0, 12.0, 1.0]))
+
+
+def _one_voxel(path: Path) -> None:
+    nib.save(nib.Nifti1Image(np.full((1, 1, 1), 5.0, np.float32), np.eye(4)), path)
+
+
+def _object_in_noise(path: Path) -> None:
+    data = np.random.default_rng(0).random((64, 64, 64), dtype=np.float32) * 0.01
+    data[30:34, 30:34, 30:34] = 100.0  # a 12 mm object in a 192 mm field of noise
+    write_scan(path, data, np.diag([3.0, 3.0, 3.0, 1.0]))
+
+
+def _small_head(path: Path) -> None:
+    """A 42 mm object filling a third of a 60 mm field: fine as read, a few voxels of the grid."""
+    data = np.zeros((20, 20, 20), np.float32)
+    data[3:17, 3:17, 3:17] = 50.0 + np.random.default_rng(1).random((14, 14, 14))
+    write_scan(path, data, np.diag([3.0, 3.0, 3.0, 1.0]))
+
+
+def _narrow_dicom(path: Path) -> None:
+    """A 20 mm field-of-view series, files without an extension (as scanners write them)."""
+    volume = 100 + 50 * np.random.default_rng(2).random((20, 20, 10))
+    write_dicom_series(path, volume, spacing=(1.0, 1.0, 2.0))
+    for f in path.glob("*.dcm"):
+        f.rename(f.with_suffix(""))
+
+
+QC_CASES = {
+    "zeros.nii.gz": (_all_zero, "constant intensity"),
+    "one_voxel.nii": (_one_voxel, "constant intensity"),
+    "speck.nii.gz": (_object_in_noise, "nearly empty"),
+    "small_head.nii.gz": (_small_head, "nearly empty after preprocessing"),
+    "localiser": (_narrow_dicom, "field of view 20 mm"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(QC_CASES))
+def test_quality_control_refuses_junk_scans_and_inspect_warns(name, cohort_with_identity, config, tmp_path,
+                                                              capsys):
+    make, reason = QC_CASES[name]
+    root = tmp_path / "cohort"
+    shutil.copytree(cohort_with_identity, root)
+    make(root / "AD" / name)
+    out = tmp_path / "out"
+    line = _fails_with(capsys, ["augment", str(root), "--out", str(out), "--config", str(config)], name, reason)
+    assert str(root / "AD" / name) in line
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
+    # inspect warns about the same scan (its default grid, 32 x 6 mm, is 192 mm like the
+    # config's 16 x 12 mm), and does not fail.
+    assert main(["inspect", str(root), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [q["path"] for q in summary["quality"]] == [f"AD/{name}"], summary["quality"]
+    assert any(f"AD/{name}: " in w and "augment would refuse it" in w for w in summary["warnings"])
+
+
+def test_nan_background_is_refused_unless_nan_to_zero(cohort_with_identity, config, tmp_path, capsys):
+    root = tmp_path / "cohort"
+    shutil.copytree(cohort_with_identity, root)
+    scan = root / "AD" / "AD_000.nii.gz"
+    data = _volume(scan)
+    data[data < np.percentile(data, 30)] = np.nan  # a pipeline that writes NaN outside the head
+    write_scan_nan(scan, data)
+    _fails_with(capsys, ["augment", str(root), "--out", str(tmp_path / "o1"), "--config", str(config)],
+                "AD_000.nii.gz", "NaN", "--nan-to-zero")
+    assert main(["augment", str(root), "--out", str(tmp_path / "o2"), "--config", str(config),
+                 "--nan-to-zero"]) == 0
+    real = tmp_path / "o2" / "real" / "AD" / "AD_000.nii.gz"
+    assert np.isfinite(_volume(real)).all()
+
+
+def write_scan_nan(path: Path, data: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(data.astype(np.float32), np.diag([12.0, 12.0, 12.0, 1.0])), path)
