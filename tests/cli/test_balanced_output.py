@@ -3,9 +3,10 @@ quality control and near-copies replaced; every output read back with nibabel.""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -54,8 +55,10 @@ def cohort_with_identity(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def balanced(cohort_with_identity, config, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("run") / "balanced"
-    assert main(["augment", str(cohort_with_identity), "--out", str(out), "--config", str(config)]) == 0
-    return out, ""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["augment", str(cohort_with_identity), "--out", str(out), "--config", str(config)]) == 0
+    return out, printed.getvalue()
 
 
 def test_real_and_synthetic_scans_share_one_grid_and_intensity_range(balanced, cohort_with_identity):
@@ -92,6 +95,20 @@ def test_real_and_synthetic_scans_share_one_grid_and_intensity_range(balanced, c
             assert r["path"] in summary
 
 
+def test_near_copies_are_replaced_by_default_and_the_count_reported(balanced):
+    out, printed = balanced
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    near = metrics["classes"]["AD"]["near_copies"]
+    assert near["policy"] == "replace" and near["threshold"] > 0
+    assert f"{near['replaced']} replaced by new draws, {near['left_out']} left out" in printed
+    assert metrics["near_copies_replaced"] == near["replaced"]
+    # The final audit of what was delivered: nothing below the threshold.
+    assert metrics["classes"]["AD"]["memorisation"]["flagged"] == []
+    assert metrics["classes"]["AD"]["memorisation"]["copy_threshold"] == pytest.approx(near["threshold"])
+    summary = (out / "report" / "summary.txt").read_text()
+    assert f"{near['replaced']} redrawn" in summary and "final audit: 0 delivered scan(s) below" in summary
+
+
 def test_outputs_are_group_readable_under_the_umask(balanced):
     out, _ = balanced
     for path in [out, *out.rglob("*")]:
@@ -121,7 +138,10 @@ def test_inspect_and_augment_read_an_output_manifest(balanced, config, tmp_path,
 def test_raw_real_copies_the_inputs_and_stays_self_contained(cohort_with_identity, config, tmp_path, capsys):
     out = tmp_path / "raw"
     assert main(["augment", str(cohort_with_identity), "--out", str(out), "--config", str(config),
-                 "--raw-real"]) == 0
+                 "--raw-real", "--keep-near-copies"]) == 0
+    assert "near-copies kept (--keep-near-copies)" in capsys.readouterr().out
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["real_scans"] == "raw" and metrics["classes"]["AD"]["near_copies"]["policy"] == "keep"
     for row in _rows(out / "manifest.csv"):
         assert (out / row["path"]).is_file()
         if row["synthetic"] == "false":
