@@ -38,10 +38,23 @@ def _mark_sides(ax, plane: str) -> None:
 
 def slice_montage(real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray], path: Path,
                   title: str, per_row: int = 4) -> Path:
+    """Real scans above synthetic ones, saved as a PNG (see ``montage_figure``)."""
+    return _save(montage_figure(real, synthetic, title, per_row), path)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def montage_figure(real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray], title: str,
+                   per_row: int = 4):
     """Real scans above synthetic ones; three planes each for volumes, the slice for 2-D.
 
-    Row names sit in a margin column of their own (not on a panel), plane names head the
-    columns, and every volume panel carries its orientation letters.
+    Row names sit in the left margin (not on a panel), plane names head the columns, and every
+    volume panel carries its orientation letters.
     """
     rows = [("real", list(real)[:per_row]), ("synthetic", list(synthetic)[:per_row])]
     rows = [(name, scans) for name, scans in rows if scans]
@@ -68,14 +81,16 @@ def slice_montage(real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray], p
     for r, (name, _) in enumerate(rows):  # in the left margin, centred on the row
         box = axes[r, 0].get_position()
         fig.text(box.x0 - 0.01, (box.y0 + box.y1) / 2, name, rotation=90, ha="right", va="center", fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def training_curves(records: list[dict[str, Any]], path: Path, title: str,
                     target_accept: float | None = None) -> Path:
+    """Training curves saved as a PNG (see ``curves_figure``)."""
+    return _save(curves_figure(records, title, target_accept), path)
+
+
+def curves_figure(records: list[dict[str, Any]], title: str, target_accept: float | None = None):
     """ELBO per voxel (nats), acceptance (with its target), beta and step size per epoch;
     phase 2 shaded.
 
@@ -103,10 +118,7 @@ def training_curves(records: list[dict[str, Any]], path: Path, title: str,
         ax.tick_params(labelsize=7)
     fig.suptitle(title + " (shaded: MCMC phase)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def nearest_real(real: torch.Tensor, synthetic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
