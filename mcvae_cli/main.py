@@ -56,14 +56,17 @@ def _section(data: dict, key: str) -> dict:
 def _writable_out(out: str | Path) -> Path:
     """Refuse an --out that is a non-empty folder or cannot be written, before any work is done;
     the message names the user's path (not the hidden staging folder written beside it)."""
-    import os
+    import tempfile
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out}: output folder exists and is not empty; choose another")
-    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise ValueError(f"{out}: cannot write the output folder here (permission denied on {parent})")
+    try:  # a probe beside it, where the staging folder will go (root ignores mode bits)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise ValueError(f"{out}: cannot write the output folder here ({err.strerror or err})") from None
     return out
 
 
