@@ -177,10 +177,10 @@ def augment(
         report("writing real scans", 0.03)
         rows = _write_real(real, x, pre, staging, config.real_scans, source_paths)
         report("validating", 0.05)
-        result = _generate(real, x, train_idx, rows, wanted, pre, config, staging, report, should_stop,
-                           job_id, checkpoints)
-        result.metrics["notes"] = list(given.notes) + (
+        notes = list(given.notes) + (
             [f"left out {len(given) - len(real)} synthetic row(s) of the input"] if len(given) > len(real) else [])
+        result = _generate(real, x, train_idx, rows, wanted, pre, config, staging, report, should_stop,
+                           job_id, checkpoints, notes)
         if cache_dir is None:
             shutil.rmtree(cache, ignore_errors=True)
         report("packaging", 0.97)
@@ -353,7 +353,8 @@ def _sidecar(model, model_id: str, job_id: str | None, seed: int, sampler_name: 
 
 def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[dict[str, str]],
               wanted: dict[str, int], pre: PreprocessConfig, config: AugmentConfig, staging: Path,
-              report: Progress, should_stop, job_id: str, checkpoints: ClassCheckpoints | None) -> AugmentResult:
+              report: Progress, should_stop, job_id: str, checkpoints: ClassCheckpoints | None,
+              notes: list[str]) -> AugmentResult:
     affine = target_affine(pre)
     classes = [c for c, n in wanted.items() if n > 0]
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
@@ -365,7 +366,7 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
         per[item.label] = per.get(item.label, 0) + 1
     metrics: dict[str, Any] = {"job_id": job_id, "real_counts": real.counts, "train_counts": train_counts,
                                "split_counts": split_counts, "requested": wanted, "real_scans": config.real_scans,
-                               "classes": {}}
+                               "notes": notes, "classes": {}}
     delivered = {c: 0 for c in real.classes}
     models: dict[str, Path] = {}
     span = 0.9 / max(len(classes), 1)
@@ -437,10 +438,11 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
     """report/summary.txt: what a person needs to trust the cohort, in a few lines."""
     m = result.metrics
     lines = ["mcvae balanced cohort", ""]
-    lines.append("real scans per split: " + "; ".join(
-        f"{split} " + ", ".join(f"{c} {n}" for c, n in sorted(per.items()))
-        for split, per in sorted(m["split_counts"].items())))
-    lines.append("balanced on the train split: " + ", ".join(
+    split = any(name != "(none)" for name in m["split_counts"])
+    lines.append(("real scans per split: " if split else "real scans (no split column): ") + "; ".join(
+        (f"{name} " if split else "") + ", ".join(f"{c} {n}" for c, n in sorted(per.items()))
+        for name, per in sorted(m["split_counts"].items())))
+    lines.append(("balanced on the train split: " if split else "balanced on all real scans: ") + ", ".join(
         f"{c} {result.real_counts[c]} -> {m['final_counts'][c]}" for c in sorted(result.real_counts)))
     for label, info in m["classes"].items():
         near = info["near_copies"]
