@@ -49,7 +49,7 @@ def _section(data: dict, key: str) -> dict:
     if data.get(key) is None:
         data[key] = {}
     if not isinstance(data[key], dict):
-        raise ValueError(f"{key}: expected a mapping of settings")
+        raise ValueError(f"{key}: expected a mapping of settings")  # noqa: TRY004 (main prints ValueErrors)
     return data[key]
 
 

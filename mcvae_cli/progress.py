@@ -29,11 +29,10 @@ class StageBar:
 
     def __call__(self, stage: str, fraction: float) -> None:
         target = int(round(100 * min(max(fraction, 0.0), 1.0)))
-        if self.lines:
-            if stage != self.stage or target >= self.last_line + self.line_step:
-                elapsed = time.monotonic() - self.started
-                print(f"{self.title}: {target:3d}% {stage} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
-                self.stage, self.last_line = stage, target
+        if self.lines and (stage != self.stage or target >= self.last_line + self.line_step):
+            elapsed = time.monotonic() - self.started
+            print(f"{self.title}: {target:3d}% {stage} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+            self.stage, self.last_line = stage, target
         if target > self.done:
             self.bar.update(target - self.done)
             self.done = target

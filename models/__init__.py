@@ -18,7 +18,7 @@ _EXPORTS = {
     "VAE": ".vae", "build_model": ".vae",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 (the names _EXPORTS lists)
 
 
 def __getattr__(name: str):

@@ -448,8 +448,8 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
         near = info["near_copies"]
         audit = info["memorisation"]
         lines += ["", f"class {label}: {info['n_synthetic']} synthetic scans ({info['n_requested']} requested)",
-                  f"  generator trained on these {info['n_train']} scans only (split 'train', or every "
-                  "scan when the cohort has no split):"]
+                  (f"  generator trained on these {info['n_train']} scans only (split 'train', or every "
+                   "scan when the cohort has no split):")]
         lines += [f"    {p}" for p in info["trained_on"]]
         lines.append(f"  near-copies (nearer a training scan than {near['copy_fraction']} x the smallest "
                      f"real-to-real distance, {near['threshold']:.4g} RMS per voxel): policy {near['policy']}, "

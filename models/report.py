@@ -13,7 +13,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-
 PLANE_NAMES = ("axial", "coronal", "sagittal")
 
 
@@ -31,7 +30,7 @@ def _planes(volume: np.ndarray) -> list[np.ndarray]:
 def _mark_sides(ax, plane: str) -> None:
     """Orientation letters at the panel's edges: R/L for axial and coronal, A/P for sagittal."""
     left, right = ("P", "A") if plane == "sagittal" else ("L", "R")
-    style = dict(color="yellow", fontsize=6, fontweight="bold", va="center", transform=ax.transAxes)
+    style = {"color": "yellow", "fontsize": 6, "fontweight": "bold", "va": "center", "transform": ax.transAxes}
     ax.text(0.02, 0.5, left, ha="left", **style)
     ax.text(0.98, 0.5, right, ha="right", **style)
 

@@ -121,7 +121,7 @@ class AugmentParams(_Params):
     def _one_target_syntax(cls, v):
         # The CLI's rule, so "AD=40" means the same at both doors (stored parsed: {"AD": 40}).
         if isinstance(v, bool) or not isinstance(v, (str, int, float, dict)):
-            raise ValueError("expected 'balance', a ratio, or counts per class")
+            raise ValueError("expected 'balance', a ratio, or counts per class")  # noqa: TRY004 (pydantic wants ValueError)
         try:
             return parse_target(v)
         except ValueError as err:

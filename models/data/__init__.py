@@ -20,7 +20,7 @@ _EXPORTS = {
     "make_dataset": ".preprocess", "target_affine": ".preprocess",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 (the names _EXPORTS lists)
 
 
 def __getattr__(name: str):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from monai.transforms import (
     Spacing,
     Transform,
 )
+
 from .cohort import Cohort
 from .errors import CohortError, ScanError
 from .io import load_scan

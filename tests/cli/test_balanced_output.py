@@ -16,7 +16,6 @@ import pytest
 
 from mcvae_cli.main import main
 from models.data import make_demo_cohort, write_scan
-
 from tests.cli.test_cli import TINY, _fails_with
 from tests.models.dicom_series import write_dicom_series
 
