@@ -15,7 +15,11 @@ EXIT_CANCELLED = 130
 
 
 def _augment_config(args) -> "object":
-    from models.augment import AugmentConfig
+    from pydantic import ValidationError
+
+    from models.options import AugmentConfig
+
+    from .errors import one_line
 
     data = {}
     if getattr(args, "config", None):
@@ -28,7 +32,42 @@ def _augment_config(args) -> "object":
             data[key] = value
     if getattr(args, "device", None):
         data.setdefault("train", {})["device"] = args.device
-    return AugmentConfig(**data)
+    if getattr(args, "nan_to_zero", False):
+        _section(data, "preprocess")["nan_to_zero"] = True
+    if getattr(args, "raw_real", False):
+        data["real_scans"] = "raw"
+    if getattr(args, "keep_near_copies", False):
+        data["near_copies"] = "keep"
+    try:
+        return AugmentConfig(**data)
+    except (ValidationError, TypeError) as err:
+        where = f"{args.config}: " if getattr(args, "config", None) else ""
+        raise ValueError(where + one_line(err)) from None
+
+
+def _section(data: dict, key: str) -> dict:
+    if data.get(key) is None:
+        data[key] = {}
+    if not isinstance(data[key], dict):
+        raise ValueError(f"{key}: expected a mapping of settings")  # noqa: TRY004 (main prints ValueErrors)
+    return data[key]
+
+
+def _writable_out(out: str | Path) -> Path:
+    """Refuse an --out that is a non-empty folder or cannot be written, before any work is done;
+    the message names the user's path (not the hidden staging folder written beside it)."""
+    import tempfile
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out}: output folder exists and is not empty; choose another")
+    try:  # a probe beside it, where the staging folder will go (root ignores mode bits)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise ValueError(f"{out}: cannot write the output folder here ({err.strerror or err})") from None
+    return out
 
 
 def cmd_demo_cohort(args) -> int:
@@ -45,26 +84,42 @@ def cmd_demo_cohort(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from models.data import format_summary, read_cohort, summarize
+    from models.data import PreprocessConfig, format_summary, read_cohort, summarize
 
-    summary = summarize(read_cohort(args.source))
+    cohort = read_cohort(args.source)
+    preprocess = PreprocessConfig(spatial_dims=cohort.spatial_dims, nan_to_zero=args.nan_to_zero)
+    summary = summarize(cohort, preprocess=preprocess)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
 
 def _print_result(result) -> None:
+    m = result.metrics
     counts = ", ".join(f"{c} {result.real_counts[c]} -> {result.real_counts[c] + result.synthetic_counts[c]}"
                        for c in result.real_counts)
-    print(f"balanced cohort: {counts}")
+    split = "the train split" if any(s != "(none)" for s in m.get("split_counts", {})) else "all real scans"
+    print(f"balanced cohort: {counts} (counted on {split})")
+    for label, info in m.get("classes", {}).items():
+        near = info["near_copies"]
+        line = (f"  class {label}: generator trained on {info['n_train']} scans; near-copies of training "
+                f"scans: {near['replaced']} replaced by new draws, {near['left_out']} left out")
+        if near["policy"] == "keep":
+            line = (f"  class {label}: generator trained on {info['n_train']} scans; "
+                    f"{len(info['memorisation']['flagged'])} near-copies kept (--keep-near-copies)")
+        print(line)
+    print(f"  manifest:        {result.manifest}  (paths relative to {result.out_dir})")
+    print(f"  real scans:      {result.out_dir / 'real'}  ({m.get('real_scans', 'preprocessed')})")
     print(f"  synthetic scans: {result.out_dir / 'synthetic'}")
-    print(f"  manifest:        {result.manifest}")
-    print(f"  report:          {result.report}  (montage_*.png, curves_*.png, metrics.json)")
+    print(f"  report:          {result.report}  (summary.txt, montage_*.png, curves_*.png, metrics.json)")
     print(f"  models:          {result.out_dir / 'models'}")
-    for label, info in result.metrics.get("classes", {}).items():
-        flagged = info["memorisation"]["flagged"]
-        if flagged:
-            print(f"  warning: {len(flagged)} synthetic '{label}' scans are near-copies of real scans "
-                  f"(see report/metrics.json)")
+    for label, info in m.get("classes", {}).items():
+        short = info["n_requested"] - info["n_synthetic"]
+        if short:
+            print(f"  warning: class '{label}': {short} of {info['n_requested']} synthetic scans left out "
+                  "as near-copies after every redraw (see report/summary.txt)")
+        if info["near_copies"]["policy"] == "keep" and info["memorisation"]["flagged"]:
+            print(f"  warning: {len(info['memorisation']['flagged'])} synthetic '{label}' scans are "
+                  "near-copies of training scans (kept; see report/metrics.json)")
 
 
 def _run_augment(source, out, target, config) -> int:
@@ -72,7 +127,9 @@ def _run_augment(source, out, target, config) -> int:
 
     from .progress import StageBar
 
-    with StageBar("augment") as bar:
+    _writable_out(out)
+    # Training takes most of an augmentation: lines every 5 % of the job are ~10 % of training.
+    with StageBar("augment", line_step=5) as bar:
         result = augment(source, out, target=target, config=config, progress=bar)
     _print_result(result)
     return 0
@@ -96,30 +153,45 @@ def cmd_demo(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import math
+
     from models import save
-    from models.augment import ModelConfig, fit_class_model
-    from models.data import CohortError, PreprocessConfig, load_tensors, read_cohort
+    from models.augment import ModelConfig, fit_class_model, resolve_preprocess, training_rows
+    from models.data import Cohort, CohortError, load_tensors, read_cohort
+    from models.data.io import share_like_umask
     from models.report import training_curves
 
     from .progress import StageBar
 
     config = _augment_config(args)
+    out = _writable_out(args.out)
     cohort = read_cohort(args.source)
     if args.label not in cohort.classes:
         raise CohortError(f"class '{args.label}' is not in the cohort (classes: {', '.join(cohort.classes)})")
-    pre = config.preprocess or PreprocessConfig(spatial_dims=cohort.spatial_dims)
-    x = load_tensors(cohort, pre, label=args.label)
-    model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
+    pre = resolve_preprocess(config.preprocess, cohort.spatial_dims)
+    # The same rows augment would learn from: the train split when the cohort has one.
+    real = Cohort([i for i in cohort if not i.synthetic], cohort.source, cohort.notes)
+    picked = [i for i in training_rows(real) if real.items[i].label == args.label]
+    training = Cohort([real.items[i] for i in picked], cohort.source, cohort.notes)
+    if not training.items:
+        raise CohortError(f"class '{args.label}' has no training scans (split 'train')")
     with StageBar(f"train {args.label}") as bar:
+        bar("preprocessing", 0.0)
+        x = load_tensors(training, pre)
+        model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
         model, sampler, history, train_cfg = fit_class_model(
             x, model_cfg, config, config.seed, on_step=lambda d, t: bar("training", d / t))
-    path = save(args.out, model, sampler, {"class": args.label, "seed": config.seed,
-                                           "preprocess": pre.model_dump(mode="json"),
-                                           "history": history.as_dicts()})
-    training_curves(history.as_dicts(), path / "curves.png", f"class {args.label}")
+    path = save(out, model, sampler, {"class": args.label, "seed": config.seed,
+                                      "preprocess": pre.model_dump(mode="json"),
+                                      "history": history.as_dicts(),
+                                      "trained_on": [str(i.path) for i in training]})
+    training_curves(history.as_dicts(), path / "curves.png", f"class {args.label}",
+                    target_accept=config.sampler.accept_target if config.sampler.kind != "none" else None)
+    share_like_umask(path)
     last = history.records[-1]
-    print(f"saved model to {path} (final ELBO {last.elbo:.1f} nats, {last.bits_per_dim:.3f} bits/dim; "
-          f"curves: {path / 'curves.png'})")
+    per_voxel = -last.bits_per_dim * math.log(2)
+    print(f"saved model to {path} (trained on {len(x)} '{args.label}' scans; final ELBO {last.elbo:.1f} "
+          f"nats per scan, {per_voxel:.3f} nats per voxel; curves: {path / 'curves.png'})")
     return 0
 
 
@@ -129,17 +201,24 @@ def cmd_sample(args) -> int:
     from models import load
     from models.augment import write_synthetic
     from models.data import PreprocessConfig, target_affine
+    from models.data.io import share_like_umask
     from models.targets import MAX_SYNTHETIC_PER_CLASS
+
+    from .progress import StageBar
 
     if not 1 <= args.n <= MAX_SYNTHETIC_PER_CLASS:
         raise ValueError(f"-n: ask for between 1 and {MAX_SYNTHETIC_PER_CLASS} scans, got {args.n}")
+    out = _writable_out(args.out)
     model, _, meta = load(args.model)
     pre = PreprocessConfig(**meta["preprocess"]) if "preprocess" in meta else None
     affine = target_affine(pre) if pre else np.eye(4)
     label = meta.get("class", "synthetic")
-    _, names = write_synthetic(model, args.n, Path(args.out), label, affine, seed=args.seed,
-                               model_id=str(Path(args.model).resolve()))
-    print(f"wrote {len(names)} scans of class '{label}' to {Path(args.out).resolve()}")
+    with StageBar(f"sample {label}") as bar:
+        _, names = write_synthetic(model, args.n, out, label, affine, seed=args.seed,
+                                   model_id=str(Path(args.model).resolve()),
+                                   on_batch=lambda done: bar("sampling", done / args.n))
+    share_like_umask(out)
+    print(f"wrote {len(names)} scans of class '{label}' to {out.resolve()}")
     return 0
 
 
@@ -150,68 +229,104 @@ def cmd_worker(args) -> int:
                       device=args.device, hostname=args.hostname) or 0
 
 
+TARGET_HELP = ("how many synthetic scans: 'balance' (every class up to the largest, counted on the "
+               "train split), a ratio of the largest class such as 0.5, or counts to ADD per class, "
+               "'AD=40' or 'AD=40,MCI=10' (AD=40 makes 40 synthetic AD scans on top of the real ones; "
+               "default: balance)")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mcvae")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML or TOML file with AugmentConfig settings "
-                   "(preprocess, model, sampler, train, pretrain_steps, mcmc_steps, seed)")
-    p.add_argument("--pretrain-steps", type=int, help="plain-ELBO steps per model (default 600)")
-    p.add_argument("--mcmc-steps", type=int, help="MCMC-refined steps per model (default 150)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--device", help="cpu or cuda (default cpu)")
+    p.add_argument("--config", metavar="FILE", help="YAML or TOML file with AugmentConfig settings "
+                   "(preprocess, model, sampler, train, pretrain_steps, mcmc_steps, seed, near_copies, ...); "
+                   "flags given here override it")
+    p.add_argument("--pretrain-steps", type=int, metavar="N", help="plain-ELBO optimiser steps per model (default 600)")
+    p.add_argument("--mcmc-steps", type=int, metavar="N", help="MCMC-refined optimiser steps per model (default 150)")
+    p.add_argument("--seed", type=int, help="random seed of training and sampling (default 0)")
+    p.add_argument("--device", help="where to train: cpu or cuda (default cpu)")
+    p.add_argument("--nan-to-zero", action="store_true",
+                   help="read NaN or infinite voxels as 0 (background) instead of refusing the scan")
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--raw-real", action="store_true",
+                   help="put byte copies of the real input scans in the output instead of preprocessed "
+                        "ones (for labs that preprocess themselves; their headers are not cleaned)")
+    p.add_argument("--keep-near-copies", action="store_true",
+                   help="deliver synthetic scans that are near-copies of a training scan (only flagged in "
+                        "the report) instead of replacing them by new draws")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcvae", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mcvae {_version()}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="build the embedded demo cohort and balance it (the main job)")
-    p.add_argument("--out", default="mcvae-demo", help="output folder (default ./mcvae-demo)")
-    p.add_argument("--n-control", type=int, default=40)
-    p.add_argument("--n-ad", type=int, default=4)
+    p.add_argument("--out", default="mcvae-demo",
+                   help="folder for cohort/ and balanced/ (default ./mcvae-demo)")
+    p.add_argument("--n-control", type=int, default=40, metavar="N", help="control (CN) scans (default 40)")
+    p.add_argument("--n-ad", type=int, default=4, metavar="N", help="Alzheimer's-like (AD) scans (default 4)")
     p.add_argument("--size", type=int, default=32, help="voxels per axis (default 32)")
-    p.add_argument("--target", default="balance")
+    p.add_argument("--target", default="balance", help=TARGET_HELP)
     _add_training_flags(p)
+    _add_output_flags(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("demo-cohort", help="write the imbalanced demo cohort (NIfTI or PNG slices)")
-    p.add_argument("out")
-    p.add_argument("--n-control", type=int, default=20)
-    p.add_argument("--n-ad", type=int, default=2)
-    p.add_argument("--size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", help="folder to write (class sub-folders CN/ and AD/)")
+    p.add_argument("--n-control", type=int, default=20, metavar="N", help="control (CN) scans (default 20)")
+    p.add_argument("--n-ad", type=int, default=2, metavar="N", help="Alzheimer's-like (AD) scans (default 2)")
+    p.add_argument("--size", type=int, default=32, help="voxels per axis of 3-D scans (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="subjects are drawn from this seed (default 0)")
     p.add_argument("--slices", action="store_true", help="2-D PNG slices instead of 3-D NIfTI")
     p.set_defaults(func=cmd_demo_cohort)
 
-    p = sub.add_parser("inspect", help="summarise a cohort: classes, shapes, spacings, warnings")
-    p.add_argument("source", help="folder with one sub-folder per class, or a CSV manifest")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("inspect", help="summarise a cohort: classes, splits, shapes, spacings, quality warnings")
+    p.add_argument("source", help="folder with one sub-folder per class, or a CSV manifest "
+                                  "(an mcvae output manifest too)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--nan-to-zero", action="store_true",
+                   help="read NaN or infinite voxels as 0, as augment --nan-to-zero would")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("augment", help="train per minority class and write synthetic scans that balance the cohort")
-    p.add_argument("source", help="folder with one sub-folder per class, or a CSV manifest path,label[,split]")
+    p = sub.add_parser("augment", help="train per minority class and write a balanced cohort in one space")
+    p.add_argument("source", help="folder with one sub-folder per class, or a CSV manifest "
+                                  "path,label[,split] (an mcvae output manifest too)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    p.add_argument("--target", default="balance", help="'balance', a ratio such as 0.5, or counts such as AD=40")
+    p.add_argument("--target", default="balance", help=TARGET_HELP)
     _add_training_flags(p)
+    _add_output_flags(p)
     p.set_defaults(func=cmd_augment)
 
-    p = sub.add_parser("train", help="train one class's model and save it")
-    p.add_argument("source")
-    p.add_argument("--class", dest="label", required=True)
-    p.add_argument("--out", required=True, help="model folder to write")
+    p = sub.add_parser("train", help="train one class's model (on its train split) and save it")
+    p.add_argument("source", help="folder with one sub-folder per class, or a CSV manifest")
+    p.add_argument("--class", dest="label", required=True, help="the class to learn")
+    p.add_argument("--out", required=True, help="model folder to write (must not exist or be empty)")
     _add_training_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="write N synthetic scans from a saved model")
-    p.add_argument("model")
-    p.add_argument("-n", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("model", help="a model folder written by 'mcvae train' (or models/<class> of an output)")
+    p.add_argument("-n", type=int, required=True, help="how many scans to write")
+    p.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("worker", help="start a job worker (Celery) on this machine")
-    p.add_argument("--queues", default="gpu,cpu")
-    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--queues", default="gpu,cpu", help="queues to serve, comma-separated (default gpu,cpu)")
+    p.add_argument("--concurrency", type=int, default=1, help="job processes (default 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    p.add_argument("--hostname", default=None)
+    p.add_argument("--hostname", default=None, help="worker name (default: Celery's)")
     p.set_defaults(func=cmd_worker)
 
     from .ops import add_ops_commands

@@ -1,9 +1,19 @@
 """Cohort in, balanced cohort out: the augmentation pipeline used by the CLI and the workers.
 
-For each class that needs synthetic scans: preprocess its scans (MONAI chain, cached), train an
-MCMC-refined VAE on them, sample as many scans as the target asks, and write them as NIfTI in
-the preprocessing's target space with a JSON sidecar. Then a manifest of real and synthetic
-scans and a report (montages, training curves, memorisation audit, metrics).
+The output is one cohort in one space, self-contained (every manifest row resolves inside it)::
+
+    manifest.csv             path,label,split,synthetic,source_path (paths relative to this folder)
+    real/<class>/*.nii.gz    every real scan, preprocessed: the synthetic scans' grid, affine,
+                             orientation and [0, 1] intensity scale, header free text cleared
+                             (``real_scans="raw"``: byte copies of the inputs instead)
+    synthetic/<class>/       syn_<class>_00000.nii.gz + .json sidecar (model, seed, sampler, ...)
+    report/                  summary.txt, metrics.json, montage_<class>.png, curves_<class>.png
+    models/<class>/          the trained model of each class that got synthetic scans
+
+Steps: read the cohort (an mcvae output manifest too: its synthetic rows are left out); check
+every scan (quality control, ``models.data.quality``) before anything is trained; per class that
+needs synthetic scans, train an MCMC-refined VAE on that class's ``train`` rows only (every row
+when the cohort has no split), draw scans, and redraw near-copies of training scans.
 
 Everything is written into a staging folder beside ``out_dir`` that is renamed into place only
 when complete, so a failure (bad scan, cancellation, crash) leaves no partial output behind.
@@ -12,6 +22,7 @@ when complete, so a failure (bad scan, cancellation, crash) leaves no partial ou
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import shutil
 import tempfile
@@ -22,51 +33,28 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from .checkpoint import save
-from .config import ModelConfig, SamplerConfig, TrainConfig
-from .data import Cohort, CohortError, PreprocessConfig, load_tensors, read_cohort, target_affine, write_scan
-from .report import memorisation_audit, slice_montage, training_curves
+from .config import ModelConfig, SamplerConfig
+from .data import Cohort, CohortError, PreprocessConfig, load_scan, load_tensors, read_cohort, target_affine, write_scan
+from .data.io import share_like_umask
+from .data.quality import preprocessed_problem, raw_problem, refuse
+from .options import AugmentConfig, ModelChoice
+from .report import memorisation_audit, near_copy_threshold, nearest_real, slice_montage, training_curves
 from .samplers import build_sampler
-from .targets import MAX_SYNTHETIC_PER_CLASS, synthetic_counts
+from .targets import synthetic_counts
 from .training import Trainer, TrainingCancelled
 from .vae import build_model
 
+__all__ = ["AugmentConfig", "AugmentResult", "Cancelled", "ClassCheckpoints", "ModelChoice", "augment",
+           "fit_class_model", "write_synthetic"]
+
 Progress = Callable[[str, float], None]  # (stage, fraction of the whole job done)
-
-
-class ModelChoice(BaseModel):
-    """The parts of ModelConfig a user chooses; data_shape comes from preprocessing."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    arch: str = "conv"
-    latent_dims: list[int] = Field(default_factory=lambda: [16])
-    likelihood: str = "gaussian"
-    parameterization: str = "noncentered"
-    channels: tuple[int, ...] = (8, 16, 32)
-    hidden: tuple[int, ...] = (256,)
-    obs_log_var: float = -4.0
-    sampling: Literal["prior", "aggregate"] = "aggregate"
-
-
-class AugmentConfig(BaseModel):
-    """How to preprocess, model, train and sample.
-
-    Minority classes are small, so the training budget is counted in optimiser steps
-    (``pretrain_steps`` of plain ELBO, then ``mcmc_steps`` with chains) and turned into
-    epochs per class; ``train`` supplies the rest (batch size, learning rates, device).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    preprocess: PreprocessConfig | None = None  # None: defaults for the cohort's 2-D/3-D kind
-    model: ModelChoice = ModelChoice()
-    sampler: SamplerConfig = SamplerConfig(kind="mala", adaptation="entropy", preconditioner="diag", n_steps=5)
-    train: TrainConfig = TrainConfig(batch_size=8, lr=2e-3)
-    pretrain_steps: int = Field(600, ge=0)
-    mcmc_steps: int = Field(150, ge=0)
-    seed: int = 0
-    max_per_class: int = Field(MAX_SYNTHETIC_PER_CLASS, ge=1)
+MANIFEST_COLUMNS = ["path", "label", "split", "synthetic", "source_path"]
+TRAIN = "train"
+# Preprocessed scans live in [0, 1]; decoded means are clipped to it so both sit on one scale.
+VALUE_RANGE = (0.0, 1.0)
+SCAN_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", ".png", ".jpg", ".jpeg", ".dcm", ".ima")
 
 
 @dataclass
@@ -88,8 +76,8 @@ class ClassCheckpoints:
 class AugmentResult:
     out_dir: Path
     manifest: Path
-    real_counts: dict[str, int]
-    synthetic_counts: dict[str, int]
+    real_counts: dict[str, int]  # train rows per class: what the balance counts
+    synthetic_counts: dict[str, int]  # delivered (a near-copy left out is not counted)
     models: dict[str, Path] = field(default_factory=dict)
     report: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -100,8 +88,45 @@ class Cancelled(Exception):
 
 
 def _staging_dir(out_dir: Path) -> Path:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    except OSError as err:  # name the user's folder, not the hidden staging one
+        raise OSError(err.errno, f"cannot write the output folder ({err.strerror})", str(out_dir)) from None
+    return staging
+
+
+def _user_path(err: OSError, staging: Path, out_dir: Path) -> OSError:
+    """The same error with the staging folder in its file name replaced by ``out_dir``."""
+    name = str(err.filename or "")
+    if name.startswith(str(staging)):
+        name = str(out_dir) + name[len(str(staging)):]
+    return OSError(err.errno or errno.EIO, err.strerror or str(err), name or str(out_dir))
+
+
+def resolve_preprocess(chosen: PreprocessConfig | None, spatial_dims: int) -> PreprocessConfig:
+    """The user's preprocessing; settings they did not give take the defaults of the cohort's
+    2-D/3-D kind (so ``{nan_to_zero: true}`` alone works for PNG slices too)."""
+    if chosen is None:
+        return PreprocessConfig(spatial_dims=spatial_dims)
+    if "spatial_dims" in chosen.model_fields_set:
+        return chosen
+    return PreprocessConfig(spatial_dims=spatial_dims,
+                            **{k: getattr(chosen, k) for k in chosen.model_fields_set})
+
+
+def training_rows(cohort: Cohort) -> list[int]:
+    """Indices of the rows generators may learn from: ``split == train`` when the cohort has a
+    split, every row when it has none. A row without a split among rows with one is refused:
+    guessing could put a test scan into training."""
+    splits = [item.split for item in cohort]
+    if not any(splits):
+        return list(range(len(cohort)))
+    missing = [str(item.path) for item in cohort if not item.split]
+    if missing:
+        raise CohortError(f"{cohort.source}: {len(missing)} row(s) have no split while others do "
+                          f"(first: {missing[0]}); give every row train, val or test")
+    return [i for i, split in enumerate(splits) if split.lower() == TRAIN]
 
 
 def augment(
@@ -114,7 +139,13 @@ def augment(
     cache_dir: str | Path | None = None,
     job_id: str | None = None,
     checkpoints: ClassCheckpoints | None = None,
+    source_paths: Literal["absolute", "relative"] = "absolute",
 ) -> AugmentResult:
+    """Balance ``cohort`` into ``out_dir`` (see the module docstring for what is written).
+
+    ``source_paths``: how the manifest's ``source_path`` column names the inputs: absolute
+    paths (the CLI), or relative to the cohort's folder (the workers: no server paths).
+    """
     config = config or AugmentConfig()
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -123,35 +154,97 @@ def augment(
     job_id = job_id or uuid.uuid4().hex[:12]
 
     report("validating", 0.0)
-    cohort = cohort if isinstance(cohort, Cohort) else read_cohort(cohort)
-    wanted = synthetic_counts(cohort.counts, target, config.max_per_class)
-    pre = config.preprocess or PreprocessConfig(spatial_dims=cohort.spatial_dims)
+    given = cohort if isinstance(cohort, Cohort) else read_cohort(cohort)
+    real = Cohort([i for i in given if not i.synthetic], given.source, list(given.notes))
+    if not real.items:
+        raise CohortError(f"{given.source}: every row is synthetic; augment learns from real scans only")
+    _check_labels(real)
+    train_idx = training_rows(real)
+    train_counts = {c: sum(1 for i in train_idx if real.items[i].label == c) for c in real.classes}
+    wanted = synthetic_counts(train_counts, target, config.max_per_class)
+    pre = resolve_preprocess(config.preprocess, real.spatial_dims)
     staging = _staging_dir(out_dir)
     cache = Path(cache_dir) if cache_dir else staging / ".cache"
     try:
-        # Every scan is read (and so validated) before any training starts.
-        real = {label: load_tensors(cohort, pre, cache, label) for label in cohort.classes}
+        # Every scan is read and checked before any training starts.
+        for k, item in enumerate(real):
+            data, affine, _ = load_scan(item.path, spatial_dims=pre.spatial_dims, nan_to_zero=pre.nan_to_zero)
+            refuse(item.path, raw_problem(data, affine, pre))
+            report("checking scans", 0.02 * (k + 1) / len(real))
+        x = load_tensors(real, pre, cache)
+        for item, scan in zip(real, x):
+            refuse(item.path, preprocessed_problem(scan[0].numpy()))
+        report("writing real scans", 0.03)
+        rows = _write_real(real, x, pre, staging, config.real_scans, source_paths)
         report("validating", 0.05)
-        result = _generate(cohort, real, wanted, pre, config, staging, report, should_stop, job_id, checkpoints)
+        notes = list(given.notes) + (
+            [f"left out {len(given) - len(real)} synthetic row(s) of the input"] if len(given) > len(real) else [])
+        result = _generate(real, x, train_idx, rows, wanted, pre, config, staging, report, should_stop,
+                           job_id, checkpoints, notes)
         if cache_dir is None:
             shutil.rmtree(cache, ignore_errors=True)
         report("packaging", 0.97)
+        _write_summary(result, staging / "report" / "summary.txt")
+        share_like_umask(staging)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         staging.replace(out_dir)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError) and not isinstance(err, ValueError):
+            raise _user_path(err, staging, out_dir) from None
         raise
     result = _relocate(result, staging, out_dir)
     report("done", 1.0)
     return result
 
 
-def _relocate(result: AugmentResult, old: Path, new: Path) -> AugmentResult:
-    moved = lambda p: new / p.relative_to(old) if p else p  # noqa: E731
-    result.out_dir, result.manifest, result.report = new, moved(result.manifest), moved(result.report)
-    result.models = {k: moved(v) for k, v in result.models.items()}
-    return result
+def _check_labels(cohort: Cohort) -> None:
+    for label in cohort.classes:  # class names become folder names in the output
+        if not label or "/" in label or "\\" in label or label.startswith("."):
+            raise CohortError(f"{cohort.source}: class label {label!r} cannot be used as a folder name")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in SCAN_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _source_name(item, cohort: Cohort, how: str) -> str:
+    if item.source_path:  # the input was an mcvae output: keep the original's name
+        return item.source_path
+    if how == "absolute":
+        return str(item.path.resolve())
+    root = cohort.source if cohort.source and cohort.source.is_dir() else (cohort.source or item.path).parent
+    try:
+        return item.path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return item.path.name
+
+
+def _write_real(cohort: Cohort, x: torch.Tensor, pre: PreprocessConfig, staging: Path,
+                mode: str, source_paths: str) -> list[dict[str, str]]:
+    """Write every real scan into ``real/<class>/`` and return its manifest rows."""
+    affine = target_affine(pre)
+    rows, taken = [], set()
+    for item, scan in zip(cohort, x):
+        base = item.path.name if mode == "raw" else _stem(item.path) + ".nii.gz"
+        name, k = base, 1
+        while (item.label, name.lower()) in taken:  # two inputs of one name (folders, a CSV)
+            name, k = f"{k}_{base}", k + 1
+        taken.add((item.label, name.lower()))
+        target = staging / "real" / item.label / name
+        if mode == "raw":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if item.path.is_dir() else shutil.copyfile)(item.path, target)
+        else:
+            write_scan(target, scan[0].numpy(), affine)
+        rows.append({"path": f"real/{item.label}/{name}", "label": item.label, "split": item.split or "",
+                     "synthetic": "false", "source_path": _source_name(item, cohort, source_paths)})
+    return rows
 
 
 def sampler_label(cfg: SamplerConfig) -> str:
@@ -189,43 +282,98 @@ def fit_class_model(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConf
     return model, sampler, history, train_cfg
 
 
+def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies: str = "replace",
+                   copy_fraction: float = 0.5, max_redraws: int = 10, batch: int = 32,
+                   on_batch: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Draw ``n`` scans (clipped to the preprocessed range). With ``near_copies="replace"`` a scan
+    nearer a training scan than the near-copy threshold (``report.near_copy_threshold``) is
+    redrawn, up to ``max_redraws`` rounds per batch; one still too near after that is left out,
+    never delivered. Returns the scans and what happened (threshold, replaced, left_out)."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    threshold = near_copy_threshold(train_x, copy_fraction)
+
+    def draw(k: int) -> torch.Tensor:
+        return model.sample(k, generator=gen).cpu().clamp(*VALUE_RANGE)
+
+    kept, replaced, left_out, done = [], 0, 0, 0
+    for start in range(0, n, batch):
+        chunk = draw(min(batch, n - start))
+        if near_copies == "replace" and threshold > 0:
+            for _ in range(max_redraws):
+                near = nearest_real(train_x, chunk)[0] < threshold
+                if not near.any():
+                    break
+                chunk[near] = draw(int(near.sum()))
+                replaced += int(near.sum())
+            near = nearest_real(train_x, chunk)[0] < threshold
+            left_out += int(near.sum())
+            chunk = chunk[~near]
+        kept.append(chunk)
+        done += len(chunk)
+        if on_batch is not None:
+            on_batch(done)
+    scans = torch.cat(kept) if kept else torch.empty(0, *model.cfg.data_shape)
+    return scans, {"policy": near_copies, "threshold": threshold, "copy_fraction": copy_fraction,
+                   "replaced": replaced, "left_out": left_out, "max_redraws": max_redraws}
+
+
+def write_scans(scans: torch.Tensor, out_dir: Path, label: str, affine, sidecar: dict[str, Any]) -> list[str]:
+    """Write scans as ``syn_<label>_<i>.nii.gz`` plus a JSON sidecar each; return the names."""
+    names = []
+    for i, scan in enumerate(scans):
+        name = f"syn_{label}_{i:05d}.nii.gz"
+        path = write_scan(out_dir / name, scan[0].numpy(), affine)
+        meta = {"synthetic": True, "class": label, **sidecar, "index": i,
+                "shape": list(scan.shape[1:]), "affine": [list(map(float, r)) for r in affine]}
+        path.with_name(name.replace(".nii.gz", ".json")).write_text(json.dumps(meta, indent=2))
+        names.append(name)
+    return names
+
+
 def write_synthetic(model, n: int, out_dir: Path, label: str, affine, seed: int, model_id: str,
                     job_id: str | None = None, sampler_name: str = "", batch: int = 32,
                     on_batch: Callable[[int], None] | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Sample n scans (in batches), write each as NIfTI plus a JSON sidecar; return scans and names."""
+    """Sample n scans (in batches, clipped to the preprocessed [0, 1] range), write each as NIfTI
+    plus a JSON sidecar; return scans and names. No near-copy check: no training scans here."""
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    scans, names = [], []
+    chunks = []
     for start in range(0, n, batch):
-        chunk = model.sample(min(batch, n - start), generator=gen).cpu()
-        for i, scan in enumerate(chunk, start):
-            name = f"syn_{label}_{i:05d}.nii.gz"
-            path = write_scan(out_dir / name, scan[0].numpy(), affine)
-            sidecar = {"synthetic": True, "class": label, "model_id": model_id, "job_id": job_id,
-                       "seed": seed, "index": i, "sampler": sampler_name,
-                       "latent_source": model.cfg.sampling if model.sampling_fitted else "prior",
-                       "shape": list(scan.shape[1:]), "affine": [list(map(float, r)) for r in affine]}
-            path.with_name(name.replace(".nii.gz", ".json")).write_text(json.dumps(sidecar, indent=2))
-            names.append(name)
-        scans.append(chunk)
+        chunks.append(model.sample(min(batch, n - start), generator=gen).cpu().clamp(*VALUE_RANGE))
         if on_batch is not None:
-            on_batch(len(names))
-    return (torch.cat(scans) if scans else torch.empty(0, *model.cfg.data_shape)), names
+            on_batch(start + len(chunks[-1]))
+    scans = torch.cat(chunks) if chunks else torch.empty(0, *model.cfg.data_shape)
+    names = write_scans(scans, out_dir, label, affine, _sidecar(model, model_id, job_id, seed, sampler_name))
+    return scans, names
 
 
-def _generate(cohort, real, wanted, pre, config, staging, report, should_stop, job_id,
-              checkpoints: ClassCheckpoints | None) -> AugmentResult:
+def _sidecar(model, model_id: str, job_id: str | None, seed: int, sampler_name: str) -> dict[str, Any]:
+    return {"model_id": model_id, "job_id": job_id, "seed": seed, "sampler": sampler_name,
+            "latent_source": model.cfg.sampling if model.sampling_fitted else "prior"}
+
+
+def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[dict[str, str]],
+              wanted: dict[str, int], pre: PreprocessConfig, config: AugmentConfig, staging: Path,
+              report: Progress, should_stop, job_id: str, checkpoints: ClassCheckpoints | None,
+              notes: list[str]) -> AugmentResult:
     affine = target_affine(pre)
     classes = [c for c, n in wanted.items() if n > 0]
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
-    manifest_rows = [{"path": str(item.path.resolve()), "label": item.label, "split": item.split or "",
-                      "synthetic": "false"} for item in cohort]
-    metrics: dict[str, Any] = {"job_id": job_id, "real_counts": cohort.counts, "synthetic_counts": wanted,
-                               "classes": {}}
+    manifest_rows = list(rows)
+    train_counts = {c: sum(1 for i in train_idx if real.items[i].label == c) for c in real.classes}
+    split_counts: dict[str, dict[str, int]] = {}
+    for item in real:
+        per = split_counts.setdefault(item.split or "(none)", {})
+        per[item.label] = per.get(item.label, 0) + 1
+    metrics: dict[str, Any] = {"job_id": job_id, "real_counts": real.counts, "train_counts": train_counts,
+                               "split_counts": split_counts, "requested": wanted, "real_scans": config.real_scans,
+                               "notes": notes, "classes": {}}
+    delivered = {c: 0 for c in real.classes}
     models: dict[str, Path] = {}
     span = 0.9 / max(len(classes), 1)
     for k, label in enumerate(classes):
         base = 0.05 + k * span
-        x = real[label]
+        picked = [i for i in train_idx if real.items[i].label == label]
+        train_x = x[picked]
         seed = config.seed * 1009 + k
 
         def on_step(done: int, total: int, base=base, label=label) -> None:
@@ -235,42 +383,88 @@ def _generate(cohort, real, wanted, pre, config, staging, report, should_stop, j
 
         started = time.perf_counter()
         try:
-            model, sampler, history, train_cfg = fit_class_model(x, model_cfg, config, seed, on_step,
+            model, sampler, history, train_cfg = fit_class_model(train_x, model_cfg, config, seed, on_step,
                                                                  checkpoints=checkpoints, label=label)
         except TrainingCancelled as stop:
             raise Cancelled(str(stop)) from None
         train_seconds = time.perf_counter() - started
+        trained_on = [rows[i]["path"] for i in picked]
         model_dir = save(staging / "models" / label, model, sampler, {
             "class": label, "job_id": job_id, "seed": seed, "preprocess": pre.model_dump(mode="json"),
-            "train": train_cfg.model_dump(mode="json"), "history": history.as_dicts()})
+            "train": train_cfg.model_dump(mode="json"), "history": history.as_dicts(),
+            "trained_on": [rows[i]["source_path"] for i in picked]})
         models[label] = model_dir
 
         report(f"sampling {label}", base + 0.8 * span)
-        synthetic, names = write_synthetic(model, wanted[label], staging / "synthetic" / label, label, affine,
-                                           seed=seed + 1, model_id=f"{job_id}/{label}", job_id=job_id,
-                                           sampler_name=sampler_label(config.sampler))
-        manifest_rows += [{"path": f"synthetic/{label}/{name}", "label": label, "split": "",
-                           "synthetic": "true"} for name in names]
+        synthetic, near = draw_synthetic(model, wanted[label], train_x, seed + 1, config.near_copies,
+                                         config.near_copy_fraction, config.max_redraws)
+        names = write_scans(synthetic, staging / "synthetic" / label, label, affine,
+                            _sidecar(model, f"{job_id}/{label}", job_id, seed + 1, sampler_label(config.sampler)))
+        delivered[label] = len(names)
+        manifest_rows += [{"path": f"synthetic/{label}/{name}", "label": label, "split": TRAIN,
+                           "synthetic": "true", "source_path": ""} for name in names]
 
         report(f"report {label}", base + 0.9 * span)
-        audit = memorisation_audit(x, synthetic)
-        slice_montage([s[0].numpy() for s in x], [s[0].numpy() for s in synthetic],
-                      staging / "report" / f"montage_{label}.png", f"class {label}: real (top) vs synthetic")
-        training_curves(history.as_dicts(), staging / "report" / f"curves_{label}.png", f"class {label}")
+        audit = memorisation_audit(train_x, synthetic, config.near_copy_fraction)
+        slice_montage([s[0].numpy() for s in train_x], [s[0].numpy() for s in synthetic],
+                      staging / "report" / f"montage_{label}.png",
+                      f"class {label}: real training scans (top) vs synthetic (bottom)")
+        training_curves(history.as_dicts(), staging / "report" / f"curves_{label}.png", f"class {label}",
+                        target_accept=config.sampler.accept_target if config.sampler.kind != "none" else None)
         last = history.records[-1] if history.records else None
         metrics["classes"][label] = {
-            "n_real": len(x), "n_synthetic": int(wanted[label]), "train_seconds": round(train_seconds, 2),
+            "n_train": len(picked), "n_requested": int(wanted[label]), "n_synthetic": len(names),
+            "train_seconds": round(train_seconds, 2),
             "final_elbo": last.elbo if last else None, "final_accept": last.accept if last else None,
-            "memorisation": {k: v for k, v in audit.items() if k != "synthetic_nn"},
+            "trained_on": trained_on, "near_copies": near,
+            "memorisation": {key: v for key, v in audit.items() if key != "synthetic_nn"},
         }
 
     manifest = staging / "manifest.csv"
     with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "label", "split", "synthetic"])
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
         writer.writerows(manifest_rows)
     (staging / "report").mkdir(exist_ok=True)
-    final_counts = {c: cohort.counts[c] + wanted[c] for c in cohort.classes}
-    metrics["final_counts"] = final_counts
+    metrics["synthetic_counts"] = delivered
+    metrics["final_counts"] = {c: train_counts[c] + delivered[c] for c in real.classes}
+    metrics["near_copies_replaced"] = sum(c["near_copies"]["replaced"] for c in metrics["classes"].values())
+    metrics["near_copies_left_out"] = sum(c["near_copies"]["left_out"] for c in metrics["classes"].values())
     (staging / "report" / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return AugmentResult(staging, manifest, cohort.counts, wanted, models, staging / "report", metrics)
+    return AugmentResult(staging, manifest, train_counts, delivered, models, staging / "report", metrics)
+
+
+def _write_summary(result: AugmentResult, path: Path) -> None:
+    """report/summary.txt: what a person needs to trust the cohort, in a few lines."""
+    m = result.metrics
+    lines = ["mcvae balanced cohort", ""]
+    split = any(name != "(none)" for name in m["split_counts"])
+    lines.append(("real scans per split: " if split else "real scans (no split column): ") + "; ".join(
+        (f"{name} " if split else "") + ", ".join(f"{c} {n}" for c, n in sorted(per.items()))
+        for name, per in sorted(m["split_counts"].items())))
+    lines.append(("balanced on the train split: " if split else "balanced on all real scans: ") + ", ".join(
+        f"{c} {result.real_counts[c]} -> {m['final_counts'][c]}" for c in sorted(result.real_counts)))
+    for label, info in m["classes"].items():
+        near = info["near_copies"]
+        audit = info["memorisation"]
+        lines += ["", f"class {label}: {info['n_synthetic']} synthetic scans ({info['n_requested']} requested)",
+                  (f"  generator trained on these {info['n_train']} scans only (split 'train', or every "
+                   "scan when the cohort has no split):")]
+        lines += [f"    {p}" for p in info["trained_on"]]
+        lines.append(f"  near-copies (nearer a training scan than {near['copy_fraction']} x the smallest "
+                     f"real-to-real distance, {near['threshold']:.4g} RMS per voxel): policy {near['policy']}, "
+                     f"{near['replaced']} redrawn, {near['left_out']} left out")
+        lines.append(f"  final audit: {len(audit['flagged'])} delivered scan(s) below the threshold; nearest "
+                     f"training scan at median {((audit['synthetic_to_real_nn'] or {}).get('median') or 0):.4g} "
+                     f"(real-to-real median {audit['real_to_real_nn']['median']:.4g})")
+    for note in m.get("notes", []):
+        lines.append(f"note: {note}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _relocate(result: AugmentResult, old: Path, new: Path) -> AugmentResult:
+    moved = lambda p: new / p.relative_to(old) if p else p  # noqa: E731
+    result.out_dir, result.manifest, result.report = new, moved(result.manifest), moved(result.report)
+    result.models = {k: moved(v) for k, v in result.models.items()}
+    return result

@@ -13,21 +13,54 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+PLANE_NAMES = ("axial", "coronal", "sagittal")
+
 
 def _planes(volume: np.ndarray) -> list[np.ndarray]:
-    """Central axial, coronal and sagittal slices of a RAS volume (x, y, z), as images."""
+    """Central axial, coronal and sagittal slices of a RAS volume (x, y, z), as images.
+
+    rot90 runs the first array axis left to right across the image. In RAS x grows towards the
+    patient's right, so axial and coronal views show the patient's left on the image's left (the
+    "neurological" convention) and sagittal views posterior on the left; ``_mark_sides`` labels it.
+    """
     x, y, z = (s // 2 for s in volume.shape)
     return [np.rot90(volume[:, :, z]), np.rot90(volume[:, y, :]), np.rot90(volume[x, :, :])]
 
 
+def _mark_sides(ax, plane: str) -> None:
+    """Orientation letters at the panel's edges: R/L for axial and coronal, A/P for sagittal."""
+    left, right = ("P", "A") if plane == "sagittal" else ("L", "R")
+    style = {"color": "yellow", "fontsize": 6, "fontweight": "bold", "va": "center", "transform": ax.transAxes}
+    ax.text(0.02, 0.5, left, ha="left", **style)
+    ax.text(0.98, 0.5, right, ha="right", **style)
+
+
 def slice_montage(real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray], path: Path,
                   title: str, per_row: int = 4) -> Path:
-    """Real scans above synthetic ones; three planes each for volumes, the slice for 2-D."""
+    """Real scans above synthetic ones, saved as a PNG (see ``montage_figure``)."""
+    return _save(montage_figure(real, synthetic, title, per_row), path)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def montage_figure(real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray], title: str,
+                   per_row: int = 4):
+    """Real scans above synthetic ones; three planes each for volumes, the slice for 2-D.
+
+    Row names sit in the left margin (not on a panel), plane names head the columns, and every
+    volume panel carries its orientation letters.
+    """
     rows = [("real", list(real)[:per_row]), ("synthetic", list(synthetic)[:per_row])]
     rows = [(name, scans) for name, scans in rows if scans]
     planes = 3 if rows and rows[0][1][0].ndim == 3 else 1
     n_cols = max(len(scans) for _, scans in rows) * planes
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.6 * n_cols, 1.8 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.6 * n_cols + 0.9, 1.8 * len(rows) + 0.5),
+                             squeeze=False)
     for r, (name, scans) in enumerate(rows):
         for ax in axes[r]:
             ax.axis("off")
@@ -36,27 +69,47 @@ def slice_montage(real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray], p
             for p, image in enumerate(images):
                 ax = axes[r, i * planes + p]
                 ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)
-                if i == 0 and p == 0:
-                    ax.set_title(name, fontsize=9, loc="left")
+                if planes == 3:
+                    _mark_sides(ax, PLANE_NAMES[p])
+                    if r == 0:
+                        ax.set_title(f"#{i + 1} {PLANE_NAMES[p]}" if p == 0 else PLANE_NAMES[p], fontsize=7)
+                elif r == 0:
+                    ax.set_title(f"#{i + 1}", fontsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    fig.tight_layout(rect=(0.9 / (1.6 * n_cols + 0.9), 0, 1, 0.95))
+    for r, (name, _) in enumerate(rows):  # in the left margin, centred on the row
+        box = axes[r, 0].get_position()
+        fig.text(box.x0 - 0.01, (box.y0 + box.y1) / 2, name, rotation=90, ha="right", va="center", fontsize=9)
+    return fig
 
 
-def training_curves(records: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """ELBO (bits/dim), acceptance, beta and step size per epoch; phase 2 shaded."""
+def training_curves(records: list[dict[str, Any]], path: Path, title: str,
+                    target_accept: float | None = None) -> Path:
+    """Training curves saved as a PNG (see ``curves_figure``)."""
+    return _save(curves_figure(records, title, target_accept), path)
+
+
+def curves_figure(records: list[dict[str, Any]], title: str, target_accept: float | None = None):
+    """ELBO per voxel (nats), acceptance (with its target), beta and step size per epoch;
+    phase 2 shaded.
+
+    The ELBO is shown per voxel in nats, higher is better: -bits/dim of a continuous density is
+    often negative and reads backwards.
+    """
     epochs = [r["epoch"] for r in records]
-    panels = [("bits_per_dim", "-ELBO (bits/dim)"), ("accept", "mean acceptance"),
+    panels = [("elbo_per_voxel", "ELBO per voxel (nats, higher is better)"), ("accept", "mean acceptance"),
               ("beta", "entropy weight beta"), ("step_size", "step size h")]
+    derived = [{**r, "elbo_per_voxel": (-r["bits_per_dim"] * math.log(2)
+                                        if r.get("bits_per_dim") is not None else None)} for r in records]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.6))
     phase2 = [r["epoch"] for r in records if r.get("phase") == 2]
     for ax, (key, label) in zip(axes, panels):
-        points = [(e, r[key]) for e, r in zip(epochs, records) if r.get(key) is not None]
+        points = [(e, r[key]) for e, r in zip(epochs, derived) if r.get(key) is not None]
         if points:
             ax.plot(*zip(*points), marker=".", lw=1)
+        if key == "accept" and target_accept is not None:
+            ax.axhline(target_accept, color="tab:red", ls="--", lw=1, label=f"target {target_accept:.3g}")
+            ax.legend(fontsize=7, loc="lower right")
         if phase2:
             ax.axvspan(min(phase2) - 0.5, max(phase2) + 0.5, color="tab:orange", alpha=0.1)
         ax.set_title(label, fontsize=9)
@@ -64,10 +117,29 @@ def training_curves(records: list[dict[str, Any]], path: Path, title: str) -> Pa
         ax.tick_params(labelsize=7)
     fig.suptitle(title + " (shaded: MCMC phase)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def nearest_real(real: torch.Tensor, synthetic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each synthetic scan's RMS-per-voxel distance to its nearest real scan, and that scan's index."""
+    if len(synthetic) == 0 or len(real) == 0:
+        return torch.empty(0, dtype=torch.float64), torch.empty(0, dtype=torch.long)
+    real_flat, syn_flat = real.flatten(1).double(), synthetic.flatten(1).double()
+    return (torch.cdist(syn_flat, real_flat) / math.sqrt(real_flat.shape[1])).min(1)
+
+
+def real_nearest(real: torch.Tensor) -> torch.Tensor:
+    """Each real scan's RMS-per-voxel distance to its nearest other real scan."""
+    real_flat = real.flatten(1).double()
+    real_real = torch.cdist(real_flat, real_flat) / math.sqrt(real_flat.shape[1])
+    real_real.fill_diagonal_(float("inf"))
+    return real_real.min(1).values
+
+
+def near_copy_threshold(real: torch.Tensor, copy_fraction: float = 0.5) -> float:
+    """Below this distance to a real scan a synthetic scan is a near-copy: ``copy_fraction``
+    times the smallest distance between two distinct real scans (0 with fewer than 2 scans)."""
+    return copy_fraction * float(real_nearest(real).min()) if len(real) > 1 else 0.0
 
 
 def memorisation_audit(real: torch.Tensor, synthetic: torch.Tensor, copy_fraction: float = 0.5) -> dict[str, Any]:
@@ -77,17 +149,9 @@ def memorisation_audit(real: torch.Tensor, synthetic: torch.Tensor, copy_fractio
     than ``copy_fraction`` times the smallest distance between two distinct real scans: no real
     pair is that alike, so such a scan adds no new subject.
     """
-    real_flat = real.flatten(1).double()
-    syn_flat = synthetic.flatten(1).double()
-    scale = math.sqrt(real_flat.shape[1])
-    real_real = torch.cdist(real_flat, real_flat) / scale
-    real_real.fill_diagonal_(float("inf"))
-    real_nn = real_real.min(1).values
-    if len(syn_flat):
-        syn_nn, nearest = (torch.cdist(syn_flat, real_flat) / scale).min(1)
-    else:
-        syn_nn, nearest = torch.empty(0, dtype=torch.float64), torch.empty(0, dtype=torch.long)
-    threshold = copy_fraction * float(real_nn.min()) if len(real_nn) > 1 else 0.0
+    real_nn = real_nearest(real)
+    syn_nn, nearest = nearest_real(real, synthetic)
+    threshold = near_copy_threshold(real, copy_fraction)
     flagged = [int(i) for i in torch.nonzero(syn_nn < threshold).flatten()]
     return {
         "real_to_real_nn": {"min": float(real_nn.min()), "median": float(real_nn.median())},

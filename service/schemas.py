@@ -161,17 +161,27 @@ class SampleRequest(_In):
 
 
 # -- augmentations ------------------------------------------------------------------------------------
-Target = (Literal["balance"]
-          | Annotated[float, Field(gt=0, le=100, description="ratio of the majority count")]
+# One syntax at both doors: the strings are parsed by models.targets.parse_target (through
+# workers.params), the rule the CLI's --target uses.
+Target = (Annotated[float, Field(gt=0, le=100, description="ratio of the majority count")]
+          | Annotated[str, Field(max_length=2000, pattern=TEXT_PATTERN, examples=["balance", "AD=40"],
+                                 description="'balance', a ratio such as '0.5', or the CLI's counts "
+                                             "'AD=40,MCI=10' (synthetic scans to ADD per class)")]
           | dict[Label, Annotated[int, Field(ge=0)]])
 
 
 class AugmentRequest(_In):
     dataset: ResourceId
     target: Target = Field("balance", description=(
-        "'balance', a ratio of the majority class count (0.5: every class up to half of it), "
-        "or counts per class"))
-    config: Config = Field(default_factory=dict, description="models.augment.AugmentConfig")
+        "'balance' (every class up to the largest, counted on the train split), a ratio of the "
+        "majority class count (0.5: every class up to half of it), or synthetic scans to add per "
+        "class: {\"AD\": 40} or \"AD=40\""))
+    config: Config = Field(default_factory=dict, description=(
+        "models.options.AugmentConfig, checked at submit (an unknown field or a wrong type is a "
+        "422): preprocess, model, sampler, train (less device), pretrain_steps, mcmc_steps, seed, "
+        "near_copies ('replace': near-copies of training scans are redrawn, never delivered; "
+        "'keep'), near_copy_fraction, max_redraws, real_scans ('preprocessed': real scans in the "
+        "result on the synthetic scans' grid and scale; 'raw': byte copies)"))
     name: Name | None = None
 
 
@@ -183,8 +193,14 @@ class Augmentation(_Out):
     state: JobState
     stage: str
     progress: float = Field(ge=0, le=1)
-    real_counts: dict[str, int] | None
-    synthetic_counts: dict[str, int] | None
+    real_counts: dict[str, int] | None = Field(description="real scans per class (all splits)")
+    train_counts: dict[str, int] | None = Field(None, description=(
+        "real scans per class that trained the generators and that the balance counts: the "
+        "train split when the dataset has a split column, else every real scan"))
+    synthetic_counts: dict[str, int] | None = Field(description="synthetic scans delivered per class")
+    near_copies_replaced: int | None = Field(None, description=(
+        "synthetic scans that were nearer a training scan than the near-copy threshold and were "
+        "replaced by new draws (none is delivered unless config.near_copies is 'keep')"))
     models: dict[str, str] = Field(description="class -> model id, once trained")
     metrics: Config
     error: str | None

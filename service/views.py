@@ -79,6 +79,8 @@ def augmentation(j: workers.Job, rec: ResourceRecord | None, store: ArtifactStor
         target=j.params.get("target"), state=j.state, stage=j.stage, progress=j.progress,
         real_counts=j.metrics.get("real_counts") if done else None,
         synthetic_counts=j.metrics.get("synthetic_counts") if done else None,
+        train_counts=j.metrics.get("train_counts") if done else None,
+        near_copies_replaced=j.metrics.get("near_copies_replaced") if done else None,
         models=(j.metrics.get("models") or {}) if done else {},
         metrics=j.metrics, error=public_text(j.error, store), created_at=j.created_at,
         finished_at=j.finished_at, result_url=f"/v1/jobs/{j.id}/result" if done else None,

@@ -382,7 +382,7 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
                 source, out, target=p.target, config=config,
                 progress=lambda stage, fraction: ctx.progress(0.95 * fraction, stage),
                 should_stop=ctx.should_stop, cache_dir=ctx.cache_dir(p.dataset), job_id=ctx.job_id,
-                checkpoints=checkpoints)
+                checkpoints=checkpoints, source_paths="relative")  # no worker paths in the result
             meta["synthetic_counts"] = result.synthetic_counts
     except Cancelled as stop:
         raise JobCancelled(str(stop)) from None
@@ -395,10 +395,13 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
         ctx.store.put_dir("model", saved, artifact_id=model_id, replace=True,
                           meta={"job": ctx.job_id, "label": label})
         artifacts.append(model_id)
-    metrics = json_safe({**result.metrics, "real_counts": result.real_counts,
-                         "synthetic_counts": result.synthetic_counts, "resumed_from": resumed,
+    # real_counts: every real scan per class; train_counts: those the balance counts and the
+    # generators learned from (the train split when the dataset has one).
+    metrics = json_safe({**result.metrics, "synthetic_counts": result.synthetic_counts, "resumed_from": resumed,
                          "models": dict(zip(sorted(result.models), artifacts[1:]))})
     made = sum(result.synthetic_counts.values())
+    if result.metrics.get("near_copies_replaced"):
+        ctx.log(f"replaced {result.metrics['near_copies_replaced']} near-copies of training scans by new draws")
     obsolete = ctx.store.list("checkpoint", f"checkpoint-{ctx.job_id}-")  # superseded by the models
     return Outcome(metrics=metrics, artifacts=artifacts, obsolete=obsolete, message=f"made {made} synthetic scans")
 

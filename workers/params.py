@@ -2,9 +2,11 @@
 
 These schemas cover the job itself (which artifacts, how many scans, which class). The nested
 library configs (``model``, ``sampler``, ``train``, ``preprocess``, augmentation ``config``)
-travel as plain dicts and are validated by the library's own pydantic models when the job
-starts on a worker: the gateway must not import torch, and those models live beside it.
-A bad nested config therefore fails the job at once, with the field named, and is not retried.
+travel as plain dicts. An augmentation's ``config`` and ``target`` are checked here, at submit,
+by the library's own torch-free rules (``models.options.AugmentConfig``, ``models.targets``),
+so an unknown field, a wrong type or a bad target is refused before anything is queued; the
+other nested configs are validated when the job starts on a worker (a bad one fails the job at
+once, with the field named, and is not retried).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from models.options import AugmentConfig
+from models.targets import parse_target
 
 from .artifacts import kind_of
 from .settings import Settings
@@ -105,10 +110,35 @@ class AugmentParams(_Params):
 
     dataset: str
     target: str | float | dict[str, int] = Field(
-        "balance", description="'balance', a ratio of the majority count, or counts per class")
-    config: dict[str, Any] = Field(default_factory=dict, description="models.augment.AugmentConfig")
+        "balance", description="'balance', a ratio of the majority count, or synthetic scans to add "
+                               "per class: {'AD': 40} or the CLI's 'AD=40,MCI=10'")
+    config: dict[str, Any] = Field(default_factory=dict, description="models.options.AugmentConfig")
 
     _dataset = field_validator("dataset")(_artifact("dataset"))
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _one_target_syntax(cls, v):
+        # The CLI's rule, so "AD=40" means the same at both doors (stored parsed: {"AD": 40}).
+        if isinstance(v, bool) or not isinstance(v, (str, int, float, dict)):
+            raise ValueError("expected 'balance', a ratio, or counts per class")  # noqa: TRY004 (pydantic wants ValueError)
+        try:
+            return parse_target(v)
+        except ValueError as err:
+            raise ValueError(str(err).removeprefix("target: ")) from None
+
+    @field_validator("config")
+    @classmethod
+    def _known_config(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            config = AugmentConfig(**v)
+        except ValidationError as err:
+            raise ValueError(describe(err)) from None
+        except TypeError as err:
+            raise ValueError(str(err)) from None
+        if "device" in config.train.model_fields_set:
+            raise ValueError("train.device is chosen by the worker (MCVAE_DEVICE), not per job")
+        return v
 
 
 SCHEMAS: dict[str, type[_Params]] = {

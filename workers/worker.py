@@ -44,7 +44,7 @@ def run_worker(
         raise ValueError("queues: name at least one of gpu, cpu")
     # Import the library once here, before the pool forks, so every child starts warm
     # (importing torch does not initialise CUDA, so forking afterwards is safe).
-    import models  # noqa: F401
+    import models.augment  # noqa: F401  (torch, MONAI, networks; the package itself loads lazily)
 
     from .app import get_app
 

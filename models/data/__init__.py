@@ -2,38 +2,30 @@
 
 Every problem with an input ends in ``ScanError`` (one file) or ``CohortError`` (the cohort),
 both ``ValueError`` subclasses with a one-line message naming the file and the problem.
+
+Names are loaded on first use, so that ``models.data.errors`` and ``models.data.options`` (the
+preprocessing config) can be imported without nibabel, MONAI or torch (the gateway does).
 """
 
-from .cohort import Cohort, CohortItem, format_summary, read_cohort, summarize
-from .demo import make_demo_cohort, make_demo_slices
-from .errors import CohortError, ScanError
-from .io import load_scan, scan_format, write_scan
-from .preprocess import (
-    LoadScan,
-    PreprocessConfig,
-    build_transforms,
-    load_tensors,
-    make_dataset,
-    target_affine,
-)
+from importlib import import_module
 
-__all__ = [
-    "Cohort",
-    "CohortError",
-    "CohortItem",
-    "LoadScan",
-    "PreprocessConfig",
-    "ScanError",
-    "build_transforms",
-    "format_summary",
-    "load_scan",
-    "load_tensors",
-    "make_dataset",
-    "make_demo_cohort",
-    "make_demo_slices",
-    "read_cohort",
-    "scan_format",
-    "summarize",
-    "target_affine",
-    "write_scan",
-]
+_EXPORTS = {
+    "Cohort": ".cohort", "CohortItem": ".cohort", "format_summary": ".cohort",
+    "read_cohort": ".cohort", "summarize": ".cohort",
+    "make_demo_cohort": ".demo", "make_demo_slices": ".demo",
+    "CohortError": ".errors", "QualityError": ".errors", "ScanError": ".errors",
+    "load_scan": ".io", "scan_format": ".io", "write_scan": ".io",
+    "PreprocessConfig": ".options",
+    "LoadScan": ".preprocess", "build_transforms": ".preprocess", "load_tensors": ".preprocess",
+    "make_dataset": ".preprocess", "target_affine": ".preprocess",
+}
+
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605 (the names _EXPORTS lists)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'models.data' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value

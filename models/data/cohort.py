@@ -1,7 +1,9 @@
 """A cohort: which scans, which class each belongs to, and (optionally) which split.
 
-Read from a folder with one sub-folder per class, or from a CSV manifest ``path,label[,split]``.
-Reading lists files only; ``summarize`` opens every scan (and so validates it).
+Read from a folder with one sub-folder per class, or from a CSV manifest ``path,label[,split]``
+(with a header, further columns are allowed: mcvae's own output manifests add ``synthetic`` and
+``source_path``, which are read; others are ignored and noted). Reading lists files only;
+``summarize`` opens every scan (and so validates it).
 """
 
 from __future__ import annotations
@@ -20,11 +22,18 @@ from .io import load_scan, scan_format
 MANIFEST_NAME = "manifest.csv"
 
 
+COLUMNS = ("path", "label", "split")
+# Columns of mcvae's output manifests that mean something when read back.
+KNOWN_EXTRA_COLUMNS = ("synthetic", "source_path")
+
+
 @dataclass(frozen=True)
 class CohortItem:
     path: Path
     label: str
     split: str | None = None
+    synthetic: bool = False  # a row of an mcvae output that the tool generated
+    source_path: str | None = None  # where a preprocessed real scan of an mcvae output came from
 
 
 @dataclass
@@ -127,13 +136,18 @@ def _read_manifest(manifest: Path) -> Cohort:
         raise CohortError(f"{manifest}: empty manifest; expected rows path,label[,split]")
 
     first = [c.strip().lower() for c in rows[0]]
+    notes: list[str] = []
     if "path" in first and "label" in first:
         columns, start = first, 1
+        ignored = [c for c in columns if c and c not in COLUMNS + KNOWN_EXTRA_COLUMNS]
+        if ignored:
+            notes.append(f"{manifest.name}: ignored column(s) {', '.join(ignored)}")
+    elif _looks_like_header(first, base):
+        raise CohortError(
+            f"{manifest}: unknown columns {[c for c in rows[0]]}; expected a header with "
+            "'path' and 'label' (and optionally 'split'), e.g. path,label,split")
     else:
         columns, start = ["path", "label", "split"][: max(2, len(first))], 0
-    extra = [c for c in columns if c not in ("path", "label", "split", "")]
-    if extra:
-        raise CohortError(f"{manifest}: unknown column(s) {extra}; expected path,label[,split]")
 
     items: list[CohortItem] = []
     first_row_of: dict[Path, int] = {}
@@ -156,8 +170,22 @@ def _read_manifest(manifest: Path) -> Cohort:
                 f"{where}: '{cells['path']}' is listed twice (also row {first_row_of[key]})"
             )
         first_row_of[key] = line
-        items.append(CohortItem(resolved, cells["label"], cells.get("split") or None))
-    return Cohort(items, manifest)
+        synthetic = cells.get("synthetic", "").lower()
+        if synthetic not in ("", "true", "false"):
+            raise CohortError(f"{where}: synthetic must be true or false, got {cells['synthetic']!r}")
+        items.append(CohortItem(resolved, cells["label"], cells.get("split") or None,
+                                synthetic == "true", cells.get("source_path") or None))
+    return Cohort(items, manifest, notes)
+
+
+def _looks_like_header(cells: list[str], base: Path) -> bool:
+    """A first row of names (``filename,diagnosis``) rather than a scan: its first cell names
+    no file and no cell looks like a path."""
+    if not cells or not cells[0]:
+        return False
+    path = Path(cells[0])
+    exists = (path if path.is_absolute() else base / path).exists()
+    return not exists and not any(("/" in c or "\\" in c or "." in c) for c in cells)
 
 
 def _spatial_dims(items: list[CohortItem], source: Path | None) -> int:
@@ -167,26 +195,42 @@ def _spatial_dims(items: list[CohortItem], source: Path | None) -> int:
     return dims.pop() if dims else 3
 
 
-def summarize(cohort: Cohort) -> dict[str, Any]:
+def summarize(cohort: Cohort, quality: bool = True, preprocess=None) -> dict[str, Any]:
     """Open every scan and describe the cohort; problems a user should see go in ``warnings``.
 
     Raises ``ScanError`` for the first unreadable scan. Keys: ``n_scans``, ``classes`` (counts),
     ``splits``, ``spatial_dims``, ``shapes``, ``spacings``, ``orientations`` (counts of each),
-    ``intensity`` (per class min/max), ``warnings``.
+    ``intensity`` (per class min/max), ``quality`` (scans that quality control would refuse,
+    with the reason, checked with ``preprocess`` or the default preprocessing: see
+    ``models.data.quality``), ``warnings``.
     """
+    from .options import PreprocessConfig
+    from .quality import raw_problem
+
     dims = cohort.spatial_dims
+    cfg = preprocess or PreprocessConfig(spatial_dims=dims)
     shapes, spacings, orientations = Counter(), Counter(), Counter()
     ranges: dict[str, list[float]] = {}
+    refused: list[dict[str, str]] = []
     for item in cohort:
-        data, _, meta = load_scan(item.path, spatial_dims=dims)
+        data, affine, meta = load_scan(item.path, spatial_dims=dims, nan_to_zero=cfg.nan_to_zero)
         shapes["x".join(map(str, meta["shape"]))] += 1
         spacings["x".join(f"{s:.3g}" for s in meta["spacing"])] += 1
         orientations[meta["axcodes"] or "n/a"] += 1
         lo, hi = float(np.min(data)), float(np.max(data))
         cur = ranges.setdefault(item.label, [lo, hi])
         cur[0], cur[1] = min(cur[0], lo), max(cur[1], hi)
+        if quality:
+            problem = raw_problem(data, affine, cfg) or _preprocessed_problem(data, affine, meta, cfg)
+            if problem:
+                refused.append({"path": _shown(item.path, cohort), "problem": problem})
 
     warnings = list(cohort.notes)
+    warnings += [f"{r['path']}: {r['problem']} (augment would refuse it)" for r in refused]
+    synthetic = sum(1 for i in cohort if i.synthetic)
+    if synthetic:
+        warnings.append(f"{synthetic} row(s) are synthetic (an mcvae output): augment trains on "
+                        "real rows only")
     counts = cohort.counts
     if len(counts) == 1:
         warnings.append(f"only one class ('{cohort.classes[0]}'): nothing to balance against")
@@ -203,13 +247,51 @@ def summarize(cohort: Cohort) -> dict[str, Any]:
         "n_scans": len(cohort),
         "classes": counts,
         "splits": dict(Counter(i.split for i in cohort if i.split)),
+        "class_splits": _class_splits(cohort),
         "spatial_dims": dims,
         "shapes": dict(shapes),
         "spacings": dict(spacings),
         "orientations": dict(orientations),
         "intensity": {c: {"min": r[0], "max": r[1]} for c, r in sorted(ranges.items())},
+        "quality": refused,
         "warnings": warnings,
     }
+
+
+def _shown(path: Path, cohort: Cohort) -> str:
+    """A scan's path as the user knows it: relative to the cohort's folder (no server paths in
+    summaries the gateway shows), absolute when it lies elsewhere."""
+    if cohort.source is not None:
+        root = cohort.source if cohort.source.is_dir() else cohort.source.parent
+        try:
+            return path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _class_splits(cohort: Cohort) -> dict[str, dict[str, int]]:
+    """Scans per class in each split ({} when the cohort has no split)."""
+    out: dict[str, dict[str, int]] = {}
+    for item in cohort:
+        if item.split:
+            per = out.setdefault(item.split, {})
+            per[item.label] = per.get(item.label, 0) + 1
+    return out
+
+
+def _preprocessed_problem(data, affine, meta, cfg) -> str | None:
+    """Run the preprocessing chain on a scan already in memory and check its output."""
+    import torch
+    from monai.data import MetaTensor
+
+    from .preprocess import build_transforms
+    from .quality import preprocessed_problem
+
+    image = MetaTensor(torch.from_numpy(data), affine=torch.as_tensor(affine),
+                       meta={"original_channel_dim": "no_channel"}, spatial_ndim=data.ndim)
+    out = build_transforms(cfg)(image)
+    return preprocessed_problem(out.as_tensor().numpy() if isinstance(out, MetaTensor) else np.asarray(out))
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -20,3 +20,8 @@ class ScanError(ValueError):
 
 class CohortError(ValueError):
     """The cohort as a whole is unusable (nothing found, a manifest row points nowhere, ...)."""
+
+
+class QualityError(ScanError):
+    """A scan reads fine but would be junk to learn from (constant, nearly empty, a sliver of
+    the target grid): refused before any training, named with the reason."""

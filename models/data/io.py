@@ -22,7 +22,7 @@ from .errors import ScanError
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MGH_SUFFIXES = (".mgz", ".mgh")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-DICOM_SUFFIX = ".dcm"
+DICOM_SUFFIXES = (".dcm", ".ima")  # .IMA: Siemens' name for the same files
 
 # Header text fields that may hold names, dates or site notes: never carried into outputs.
 FREE_TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
@@ -52,7 +52,9 @@ def _check_voxels(path: Path, shape: tuple[int, ...]) -> None:
 def scan_format(path: str | Path) -> str | None:
     """``"nifti"``, ``"mgh"``, ``"image"`` (2-D PNG/JPEG), ``"dicom"`` or None if not a scan.
 
-    A folder is a DICOM series when it holds at least one ``.dcm`` file (hidden files ignored).
+    A folder is a DICOM series when it holds at least one DICOM file (hidden files ignored).
+    DICOM files are recognised by name (``.dcm``, ``.IMA``) or, whatever their name (scanners
+    often write none, or a UID with dots), by content: the ``DICM`` marker after the preamble.
     """
     path = Path(path)
     if path.is_dir():
@@ -64,20 +66,32 @@ def scan_format(path: str | Path) -> str | None:
         return "mgh"
     if name.endswith(IMAGE_SUFFIXES):
         return "image"
-    if name.endswith(DICOM_SUFFIX):
+    if _is_dicom_file(path):
         return "dicom"
     return None
 
 
+def _is_dicom_file(path: Path) -> bool:
+    if path.name.lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
 def load_scan(
-    path: str | Path, spatial_dims: int | None = None
+    path: str | Path, spatial_dims: int | None = None, nan_to_zero: bool = False
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Read a scan: float32 array without a channel axis, 4x4 voxel-to-world affine, and meta.
 
     ``spatial_dims`` (2 or 3) is what the caller expects; None accepts what the file holds
     (volumes are 3-D, PNG/JPEG are 2-D). Trailing singleton axes (a 4-D NIfTI with one volume,
     a 3-D volume one slice thick when 2-D is expected) are dropped. ``meta`` has ``format``,
-    ``shape``, ``spacing``, ``axcodes`` and ``filename_or_obj``.
+    ``shape``, ``spacing``, ``axcodes`` and ``filename_or_obj``. NaN or infinite voxels are an
+    error unless ``nan_to_zero`` (the user says they are background): then they read as 0.
     """
     path = Path(path)
     fmt = scan_format(path)
@@ -87,7 +101,7 @@ def load_scan(
         raise ScanError(
             path,
             "not a supported scan type "
-            "(expected .nii, .nii.gz, .mgz, .png, .jpg or a folder of .dcm files)",
+            "(expected .nii, .nii.gz, .mgz, .png, .jpg or a folder of DICOM files)",
         )
     if path.is_file() and path.stat().st_size == 0:
         raise ScanError(path, "empty file (0 bytes)")
@@ -101,8 +115,11 @@ def load_scan(
 
     data = _to_spatial(data, path, spatial_dims)
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-    if bad:
-        raise ScanError(path, f"{bad} voxels are NaN or infinite")
+    if bad and nan_to_zero:
+        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    elif bad:
+        raise ScanError(path, f"{bad} voxels are NaN or infinite "
+                              "(if they are background, --nan-to-zero reads them as 0)")
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, : data.ndim] ** 2).sum(axis=0)))
     meta = {
         "format": fmt,
@@ -153,11 +170,34 @@ def write_scan(path: str | Path, array: Any, affine: Any) -> Path:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; outputs are shared like any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file: 0666 less the umask."""
+    return 0o666 & ~_umask()
+
+
+def share_like_umask(root: str | Path) -> Path:
+    """Give a tree written through temporary files and folders (0600 / 0700) the modes a plain
+    write would have had (0666 / 0777 less the umask), so a group can read a lab's outputs."""
+    root = Path(root)
+    mask = _umask()
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+    return root
 
 
 def _short(exc: BaseException) -> str:
@@ -201,10 +241,8 @@ def _read_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _dicom_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(DICOM_SUFFIX)
-    )
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and _is_dicom_file(p))
 
 
 def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +251,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     files = _dicom_files(path) if path.is_dir() else [path]
     if not files:
-        raise ScanError(path, "folder holds no .dcm files")
+        raise ScanError(path, "folder holds no DICOM files")
     for file in files:  # headers only: cheap, and names the bad slice instead of the folder
         try:
             header = pydicom.dcmread(file, stop_before_pixels=True)
@@ -225,7 +263,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its per-file warnings repeat what we raise
-            img = reader.read(str(path))
+            img = reader.read(str(path))  # a folder: the slices whose content is DICOM
             data, meta = reader.get_data(img)
     except Exception as exc:
         raise ScanError(path, f"unreadable DICOM series ({_short(exc)})") from exc

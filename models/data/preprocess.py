@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -29,76 +28,13 @@ from monai.transforms import (
     Spacing,
     Transform,
 )
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
 
 from .cohort import Cohort
 from .errors import CohortError, ScanError
 from .io import load_scan
+from .options import PreprocessConfig
 
-
-class PreprocessConfig(BaseModel):
-    """How scans are brought into one space. ``target_spacing=None`` resizes instead of resampling
-    (for 2-D slice sets whose pixel spacing is unknown); then the output spacing varies per scan."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    spatial_dims: Literal[2, 3] = 3
-    # Defaults: 3-D 6 mm and 32^3 (fits a brain); 2-D no resampling and 32^2. See
-    # _defaults_per_dimension.
-    target_spacing: tuple[float, ...] | None = Field((6.0, 6.0, 6.0), description="mm per voxel")
-    target_shape: tuple[int, ...] = (32, 32, 32)
-    crop_foreground: bool = True
-    # Foreground = voxels above this fraction of the 99.9th intensity percentile. Noise keeps the
-    # background of real MRI above 0, so MONAI's default "x > 0" would crop nothing.
-    foreground_fraction: float = Field(0.1, ge=0, lt=1)
-    lower_percentile: float = Field(1.0, ge=0, le=100)
-    upper_percentile: float = Field(99.0, ge=0, le=100)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _defaults_per_dimension(cls, data):
-        # Defaults must have one entry per spatial dimension, so they depend on spatial_dims.
-        # 2-D slices (PNG/JPEG) carry no pixel size, so by default they are resized, not resampled.
-        if isinstance(data, dict):
-            data = dict(data)
-            dims = data.get("spatial_dims", 3)
-            data.setdefault("target_spacing", 6.0 if dims == 3 else None)
-            data.setdefault("target_shape", (32,) * dims if dims in (2, 3) else 32)
-        return data
-
-    @field_validator("target_spacing", "target_shape", mode="before")
-    @classmethod
-    def _scalar_to_tuple(cls, v, info: ValidationInfo):
-        # A single number means isotropic in every spatial dimension.
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return (v,) * info.data.get("spatial_dims", 3)
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PreprocessConfig:
-        d = self.spatial_dims
-        if len(self.target_shape) != d or any(s < 1 for s in self.target_shape):
-            raise ValueError(f"target_shape must be {d} positive sizes, got {self.target_shape}")
-        if self.target_spacing is not None and (
-            len(self.target_spacing) != d or any(s <= 0 for s in self.target_spacing)
-        ):
-            raise ValueError(
-                f"target_spacing must be {d} positive sizes, got {self.target_spacing}"
-            )
-        if self.lower_percentile >= self.upper_percentile:
-            raise ValueError("lower_percentile must be below upper_percentile")
-        return self
-
-    @property
-    def output_spacing(self) -> tuple[float, ...]:
-        return self.target_spacing or (1.0,) * self.spatial_dims
+__all__ = ["PreprocessConfig", "build_transforms", "load_tensors", "make_dataset", "target_affine"]
 
 
 def target_affine(cfg: PreprocessConfig) -> np.ndarray:
@@ -115,11 +51,12 @@ def target_affine(cfg: PreprocessConfig) -> np.ndarray:
 class LoadScan(Transform):
     """Path -> MetaTensor (no channel axis) carrying the scan's affine, via ``load_scan``."""
 
-    def __init__(self, spatial_dims: int | None = None):
+    def __init__(self, spatial_dims: int | None = None, nan_to_zero: bool = False):
         self.spatial_dims = spatial_dims
+        self.nan_to_zero = nan_to_zero
 
     def __call__(self, path: str | Path) -> MetaTensor:
-        data, affine, meta = load_scan(path, spatial_dims=self.spatial_dims)
+        data, affine, meta = load_scan(path, spatial_dims=self.spatial_dims, nan_to_zero=self.nan_to_zero)
         meta = {k: v for k, v in meta.items() if k in ("filename_or_obj", "format")}
         # Without this flag MONAI counts the first spatial axis as a channel (spatial_ndim = 2).
         meta["original_channel_dim"] = "no_channel"
@@ -219,7 +156,7 @@ def make_dataset(
             f"{cfg.spatial_dims}-D (spatial_dims)"
         )
     data = [str(item.path) for item in items]
-    transform = Compose([LoadScan(cfg.spatial_dims), build_transforms(cfg)])
+    transform = Compose([LoadScan(cfg.spatial_dims, cfg.nan_to_zero), build_transforms(cfg)])
     if cache_dir is None:
         return _Scans(data, transform)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,9 +44,13 @@ def tiny_config(tmp_path) -> Path:
     return path
 
 
+PROGRESS_LINE = re.compile(r"^[\w -]+: +\d+% .* \(\d+ s\)$")
+
+
 def _fails_with(capsys, argv, *words) -> str:
     code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
+    # Progress lines (stderr is not a terminal here) may come first; the error is one line.
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not PROGRESS_LINE.match(line)]
     assert code == 2, err
     assert len(err) == 1 and err[0].startswith("mcvae: error: "), err
     for word in words:

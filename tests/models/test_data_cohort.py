@@ -82,7 +82,8 @@ def test_manifest_missing_path_names_row_and_path(tmp_path):
 
 @pytest.mark.parametrize("text, problem", [
     ("", "empty manifest"),
-    ("path,label,site\na.nii.gz,CN,x\n", "unknown column"),
+    ("filename,diagnosis\na.nii.gz,CN\n", "unknown columns ['filename', 'diagnosis']"),
+    ("path,label,synthetic\na.nii.gz,CN,maybe\n", "synthetic must be true or false"),
     ("path,label\na.nii.gz\n", "row 2: expected path,label"),
     ("path,label\na.nii.gz,CN\na.nii.gz,AD\n", "listed twice (also row 2)"),
     ("path,label\nnotes.txt,CN\n", "not a supported scan type"),
@@ -93,6 +94,17 @@ def test_bad_manifests(tmp_path, text, problem):
     (tmp_path / "m.csv").write_text(text)
     with pytest.raises(CohortError, match=re.escape(problem)):
         read_cohort(tmp_path / "m.csv")
+
+
+def test_extra_columns_of_an_output_manifest_are_read_and_others_noted(tmp_path):
+    scan(tmp_path / "real" / "CN" / "a.nii.gz")
+    scan(tmp_path / "synthetic" / "CN" / "syn_CN_00000.nii.gz", seed=1)
+    (tmp_path / "m.csv").write_text("path,label,split,synthetic,source_path,site\n"
+                                    "real/CN/a.nii.gz,CN,train,false,/data/in/a.nii,x\n"
+                                    "synthetic/CN/syn_CN_00000.nii.gz,CN,train,true,,x\n")
+    cohort = read_cohort(tmp_path / "m.csv")
+    assert [(i.synthetic, i.source_path) for i in cohort] == [(False, "/data/in/a.nii"), (True, None)]
+    assert "ignored column(s) site" in " ".join(cohort.notes)
 
 
 def test_manifest_without_header(tmp_path):

@@ -115,9 +115,9 @@ def test_cache_is_reused_and_refreshed_when_a_scan_changes(cohort, tmp_path, mon
     opened = []
     real_load_scan = preprocess.load_scan
 
-    def counting_load_scan(path, spatial_dims=None):
+    def counting_load_scan(path, spatial_dims=None, nan_to_zero=False):
         opened.append(path)
-        return real_load_scan(path, spatial_dims)
+        return real_load_scan(path, spatial_dims, nan_to_zero)
 
     monkeypatch.setattr(preprocess, "load_scan", counting_load_scan)
     again = load_tensors(cohort, CFG, cache_dir=cache)

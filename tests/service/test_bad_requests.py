@@ -115,6 +115,28 @@ def test_oversize_upload_is_413_declared_or_streamed(deployment):
         assert c.get("/v1/datasets").status_code == 200
 
 
+def test_a_scan_quality_control_would_refuse_makes_the_augmentation_422(deployment, demo_cohort):
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    good = zipfile.ZipFile(io.BytesIO(zip_folder(demo_cohort)))
+    members = {n: good.read(n) for n in good.namelist()}
+    blank = nib.Nifti1Image(np.zeros((16, 16, 16), np.float32), np.diag([12.0, 12.0, 12.0, 1.0]))
+    members["demo/AD/AD_blank.nii.gz"] = gzip.compress(blank.to_bytes())
+    with deployment.client() as c:
+        r = _upload(c, _zip(members), wait=60)
+        assert r.status_code == 201, r.text  # it reads fine: ingest keeps it and warns
+        dataset = r.json()
+        assert any("AD/AD_blank.nii.gz: constant intensity" in w for w in dataset["warnings"])
+        r = c.post("/v1/augmentations", json={"dataset": dataset["id"], "target": "balance"})
+        assert r.status_code == 422, r.text
+        detail = r.json()["detail"]
+        assert "AD/AD_blank.nii.gz" in detail and "constant intensity" in detail
+        assert str(deployment.data_dir) not in detail
+
+
 def test_a_bad_scan_is_422_naming_the_file(deployment, demo_cohort):
     good = zipfile.ZipFile(io.BytesIO(zip_folder(demo_cohort)))
     members = {n: good.read(n) for n in good.namelist()}
@@ -138,6 +160,23 @@ def test_bad_job_requests_are_4xx_with_the_field_named(deployment, dataset):
         assert r.status_code == 422 and r.json()["errors"] and "target" in r.json()["detail"]
         r = c.post("/v1/augmentations", json={"dataset": dataset["id"], "target": {"AD": 10**6}})
         assert r.status_code == 422 and "exceeds the limit" in r.json()["detail"]
+        # The config and the CLI's target syntax are checked at submit, not by a failed job later.
+        jobs_before = len(c.get("/v1/jobs", params={"kind": "augment", "limit": 500}).json()["items"])
+        for config, words in (({"bogus": 1}, ["config: bogus", "Extra inputs"]),
+                              ({"pretrain_steps": "many"}, ["config: pretrain_steps", "integer"]),
+                              ({"sampler": {"kind": "gibbs"}}, ["config: sampler.kind"]),
+                              ({"near_copies": "sometimes"}, ["config: near_copies"]),
+                              ({"train": {"device": "cuda"}}, ["train.device"])):
+            r = c.post("/v1/augmentations", json={"dataset": dataset["id"], "config": config})
+            assert r.status_code == 422, (config, r.text)
+            assert all(w in r.json()["detail"] for w in words), r.json()["detail"]
+        r = c.post("/v1/augmentations", json={"dataset": dataset["id"], "target": "AD=x"})
+        assert r.status_code == 422 and "'AD=x' is not CLASS=COUNT" in r.json()["detail"]
+        r = c.post("/v1/augmentations", json={"dataset": dataset["id"], "target": "MCI=4"})
+        assert r.status_code == 422 and "unknown class 'MCI'" in r.json()["detail"]
+        r = c.post("/v1/augmentations", json={"dataset": dataset["id"], "target": "500"})
+        assert r.status_code == 422 and "ratio" in r.json()["detail"]
+        assert len(c.get("/v1/jobs", params={"kind": "augment", "limit": 500}).json()["items"]) == jobs_before
         r = c.post("/v1/models", json={"dataset": dataset["id"], "label": "nope"})
         assert r.status_code == 422 and "no class 'nope'" in r.json()["detail"]
         r = c.post("/v1/models", json={"dataset": dataset["id"], "surprise": 1})

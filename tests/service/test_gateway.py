@@ -3,6 +3,7 @@ upload, augmentation followed over SSE, download, synchronous sampling, labs kep
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
@@ -45,7 +46,8 @@ def read_nifti(raw: bytes) -> nib.Nifti1Image:
 def augmentation(deployment, dataset) -> dict:
     """An augmentation of the demo dataset, followed over SSE to its end."""
     with deployment.client() as c:
-        r = c.post("/v1/augmentations", json={"dataset": dataset["id"], "target": "balance",
+        # The CLI's target syntax: AD=3 adds 3 AD scans (what 'balance' would give here).
+        r = c.post("/v1/augmentations", json={"dataset": dataset["id"], "target": "AD=3",
                                               "config": TINY_AUGMENT, "name": "demo balance"})
         assert r.status_code == 202, r.text
         started = r.json()
@@ -83,7 +85,10 @@ def test_augmentation_streams_progress_and_its_result_holds_readable_scans(deplo
     assert any(d["stage"].startswith("training") for _, d in events)
 
     assert final["state"] == "succeeded"
+    assert final["target"] == {"AD": 3}
     assert final["synthetic_counts"] == {"AD": 3, "CN": 0}
+    assert final["train_counts"] == {"AD": 3, "CN": 6} and final["real_counts"] == {"AD": 3, "CN": 6}
+    assert isinstance(final["near_copies_replaced"], int)
     assert set(final["models"]) == {"AD"}
 
     with deployment.client() as c:
@@ -92,15 +97,25 @@ def test_augmentation_streams_progress_and_its_result_holds_readable_scans(deplo
     zf = zipfile.ZipFile(io.BytesIO(r.content))
     names = zf.namelist()
     scans = [n for n in names if n.endswith(".nii.gz")]
-    assert len(scans) == 3 and all(n.startswith("synthetic/AD/") for n in scans)
-    for name in scans:
-        image = read_nifti(zf.read(name))
-        assert image.shape == (16, 16, 16) and np.isfinite(image.get_fdata()).all()
+    synthetic = [n for n in scans if n.startswith("synthetic/AD/")]
+    assert len(synthetic) == 3 and len(scans) == 12  # and the 9 real scans, preprocessed
+    for name in synthetic:
         sidecar = json.loads(zf.read(name.replace(".nii.gz", ".json")))
         assert sidecar["synthetic"] is True and sidecar["class"] == "AD"
     manifest = zf.read("manifest.csv").decode()
-    assert manifest.count(",true") == 3 and manifest.count(",false") == 9
-    assert str(deployment.data_dir) not in manifest  # real scans by their place, not server paths
+    rows = list(csv.DictReader(io.StringIO(manifest)))
+    assert [r["synthetic"] for r in rows].count("true") == 3 and len(rows) == 12
+    assert str(deployment.data_dir) not in manifest  # no server paths
+    affines = set()
+    for row in rows:  # every row resolves inside the zip, on one grid and one intensity scale
+        assert row["path"] in names, row
+        image = read_nifti(zf.read(row["path"]))
+        data = image.get_fdata()
+        assert image.shape == (16, 16, 16) and data.min() >= 0 and data.max() <= 1
+        affines.add(tuple(np.round(image.affine, 4).ravel()))
+        if row["synthetic"] == "false":
+            assert row["path"].startswith(f"real/{row['label']}/") and row["source_path"].startswith(row["label"] + "/")
+    assert len(affines) == 1
     assert any(n.startswith("report/") and n.endswith(".png") for n in names)
     assert "report/metrics.json" in names
     assert not any(n.startswith("models/") for n in names)

@@ -1,5 +1,7 @@
 """Augmentations: balance a dataset with synthetic scans. The job trains a model per minority
-class, samples to the target and packages scans, sidecars, a manifest and a report."""
+class on the dataset's train split, samples to the target, and packages one self-contained
+cohort: preprocessed real scans, synthetic scans with sidecars, a manifest relative to the zip
+(``path,label,split,synthetic,source_path``) and a report."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import math
 from fastapi import APIRouter, Query
 
 import workers
+from workers.params import validate
 
 from ... import resources, views
 from ...deps import IdPath, LabDep, SettingsDep, StoreDep
@@ -35,6 +38,8 @@ def check_target(target, counts: dict[str, int], limit: int) -> None:
         wanted = {c: target.get(c, 0) for c in counts}
     else:
         ratio = 1.0 if target == "balance" else float(target)
+        if not 0 < ratio <= 100:
+            raise ApiError(422, f"target: ratio must be in (0, 100], got {ratio}")
         wanted = {c: max(0, math.ceil(ratio * majority) - n) for c, n in counts.items()}
     for label, n in wanted.items():
         if n > limit:
@@ -43,6 +48,24 @@ def check_target(target, counts: dict[str, int], limit: int) -> None:
         if n > 0 and counts[label] < 2:
             raise ApiError(422, f"target: class {label!r} has {counts[label]} scan(s); at least 2 are "
                                 "needed to fit a model")
+
+
+def train_counts(summary: dict) -> dict[str, int]:
+    """Scans per class that balancing counts: the train split's when the dataset has splits."""
+    by_split = summary.get("class_splits") or {}
+    if by_split and "train" in by_split:
+        return {c: by_split["train"].get(c, 0) for c in summary.get("classes") or {}}
+    return summary.get("classes") or {}
+
+
+def check_quality(summary: dict) -> None:
+    """Scans the ingest's quality control found unusable (models.data.quality): augment would
+    refuse them, so refuse the request now, naming the first."""
+    refused = summary.get("quality") or []
+    if refused:
+        first = refused[0]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise ApiError(422, f"dataset: {first['path']}: {first['problem']}{more}")
 
 
 def _owned_augment(lab: str, job_id: str) -> workers.Job:
@@ -57,9 +80,13 @@ def _owned_augment(lab: str, job_id: str) -> workers.Job:
 def start_augmentation(body: AugmentRequest, lab: LabDep, settings: SettingsDep,
                        store: StoreDep) -> Augmentation:
     summary = ready_dataset(lab.name, body.dataset, store)
-    check_target(body.target, summary.get("classes") or {}, settings.max_synthetic_per_class)
-    job = workers.submit("augment", {"dataset": body.dataset, "target": body.target, "config": body.config},
-                         owner=lab.name)
+    # Config and target syntax first (workers.params: the library's torch-free rules), then the
+    # checks that need the dataset: a 422 now rather than a failed job later.
+    params = validate("augment", {"dataset": body.dataset, "target": body.target, "config": body.config},
+                      settings)
+    check_quality(summary)
+    check_target(params.target, train_counts(summary), settings.max_synthetic_per_class)
+    job = workers.submit("augment", params.model_dump(mode="json"), owner=lab.name)
     resources.add(lab.name, f"augmentation-{job.id}", "augmentation", job.id, name=body.name,
                   dataset=body.dataset)
     log.info("augmentation submitted", extra={"job_id": job.id, "dataset": body.dataset})

@@ -1,0 +1,79 @@
+"""How scans are brought into one space: the preprocessing config, torch-free.
+
+It lives apart from the MONAI chain (``preprocess.py``) so the gateway can validate a job's
+``preprocess`` settings at submit time without importing torch or MONAI.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+
+class PreprocessConfig(BaseModel):
+    """How scans are brought into one space. ``target_spacing=None`` resizes instead of resampling
+    (for 2-D slice sets whose pixel spacing is unknown); then the output spacing varies per scan."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spatial_dims: Literal[2, 3] = 3
+    # Defaults: 3-D 6 mm and 32^3 (fits a brain); 2-D no resampling and 32^2. See
+    # _defaults_per_dimension.
+    target_spacing: tuple[float, ...] | None = Field((6.0, 6.0, 6.0), description="mm per voxel")
+    target_shape: tuple[int, ...] = (32, 32, 32)
+    crop_foreground: bool = True
+    # Foreground = voxels above this fraction of the 99.9th intensity percentile. Noise keeps the
+    # background of real MRI above 0, so MONAI's default "x > 0" would crop nothing.
+    foreground_fraction: float = Field(0.1, ge=0, lt=1)
+    lower_percentile: float = Field(1.0, ge=0, le=100)
+    upper_percentile: float = Field(99.0, ge=0, le=100)
+    # NaN or infinite voxels (some pipelines write NaN outside the brain) are refused unless the
+    # user says they are background: then they read as 0. Never a silent fix.
+    nan_to_zero: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_per_dimension(cls, data):
+        # Defaults must have one entry per spatial dimension, so they depend on spatial_dims.
+        # 2-D slices (PNG/JPEG) carry no pixel size, so by default they are resized, not resampled.
+        if isinstance(data, dict):
+            data = dict(data)
+            dims = data.get("spatial_dims", 3)
+            data.setdefault("target_spacing", 6.0 if dims == 3 else None)
+            data.setdefault("target_shape", (32,) * dims if dims in (2, 3) else 32)
+        return data
+
+    @field_validator("target_spacing", "target_shape", mode="before")
+    @classmethod
+    def _scalar_to_tuple(cls, v, info: ValidationInfo):
+        # A single number means isotropic in every spatial dimension.
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return (v,) * info.data.get("spatial_dims", 3)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PreprocessConfig:
+        d = self.spatial_dims
+        if len(self.target_shape) != d or any(s < 1 for s in self.target_shape):
+            raise ValueError(f"target_shape must be {d} positive sizes, got {self.target_shape}")
+        if self.target_spacing is not None and (
+            len(self.target_spacing) != d or any(s <= 0 for s in self.target_spacing)
+        ):
+            raise ValueError(
+                f"target_spacing must be {d} positive sizes, got {self.target_spacing}"
+            )
+        if self.lower_percentile >= self.upper_percentile:
+            raise ValueError("lower_percentile must be below upper_percentile")
+        return self
+
+    @property
+    def output_spacing(self) -> tuple[float, ...]:
+        return self.target_spacing or (1.0,) * self.spatial_dims

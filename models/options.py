@@ -1,0 +1,65 @@
+"""What a user chooses for an augmentation: the one typed config, torch-free.
+
+``AugmentConfig`` is validated where it is written (the CLI's ``--config`` file, the gateway's
+``POST /v1/augmentations`` body) and again by the worker that runs it; keeping it free of torch
+lets the gateway refuse an unknown field or a wrong type with a 422 at submit time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import SamplerConfig, TrainConfig
+from .data.options import PreprocessConfig
+from .targets import MAX_SYNTHETIC_PER_CLASS
+
+# A synthetic scan whose RMS voxel distance to its nearest training scan is below this fraction
+# of the smallest distance between two distinct training scans is a near-copy: no two real
+# subjects are that alike, so it adds no new subject and may leak one.
+NEAR_COPY_FRACTION = 0.5
+
+
+class ModelChoice(BaseModel):
+    """The parts of ModelConfig a user chooses; data_shape comes from preprocessing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    arch: str = "conv"
+    latent_dims: list[int] = Field(default_factory=lambda: [16])
+    likelihood: str = "gaussian"
+    parameterization: str = "noncentered"
+    channels: tuple[int, ...] = (8, 16, 32)
+    hidden: tuple[int, ...] = (256,)
+    obs_log_var: float = -4.0
+    sampling: Literal["prior", "aggregate"] = "aggregate"
+
+
+class AugmentConfig(BaseModel):
+    """How to preprocess, model, train and sample, and what the output holds.
+
+    Minority classes are small, so the training budget is counted in optimiser steps
+    (``pretrain_steps`` of plain ELBO, then ``mcmc_steps`` with chains) and turned into
+    epochs per class; ``train`` supplies the rest (batch size, learning rates, device).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # None: defaults for the cohort's 2-D/3-D kind; settings left out take those defaults too.
+    preprocess: PreprocessConfig | None = None
+    model: ModelChoice = ModelChoice()
+    sampler: SamplerConfig = SamplerConfig(kind="mala", adaptation="entropy", preconditioner="diag", n_steps=5)
+    train: TrainConfig = TrainConfig(batch_size=8, lr=2e-3)
+    pretrain_steps: int = Field(600, ge=0)
+    mcmc_steps: int = Field(150, ge=0)
+    seed: int = 0
+    max_per_class: int = Field(MAX_SYNTHETIC_PER_CLASS, ge=1)
+    near_copies: Literal["replace", "keep"] = Field("replace", description=(
+        "replace: a synthetic scan nearer a training scan than near_copy_fraction x the smallest "
+        "real-to-real distance is redrawn (up to max_redraws times, then left out); keep: "
+        "deliver it and only flag it in the report"))
+    near_copy_fraction: float = Field(NEAR_COPY_FRACTION, gt=0, le=1)
+    max_redraws: int = Field(10, ge=0, le=1000, description="redraw rounds per batch of scans")
+    real_scans: Literal["preprocessed", "raw"] = Field("preprocessed", description=(
+        "preprocessed: the output holds the real scans on the synthetic scans' grid, intensity "
+        "scale and clean header; raw: byte copies of the inputs (for labs that preprocess "
+        "themselves; headers are not cleaned)"))
