@@ -128,6 +128,29 @@ def test_hadolint_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+CHECK_JSONSCHEMA = shutil.which("check-jsonschema",
+                               path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.skipif(CHECK_JSONSCHEMA is None, reason="check-jsonschema not installed (pip install check-jsonschema)")
+def test_compose_files_match_the_compose_specification():
+    """What `docker compose config` checks first: every file against the Compose Specification's
+    JSON schema (vendored by check-jsonschema), so a misspelt key fails here, not at a site."""
+    files = [ROOT / "docker-compose.yml", *sorted(ROOT.glob("docker-compose.*.yml"))]
+    proc = subprocess.run([CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", *map(str, files)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compose_gpu_worker_only_under_its_profile():
+    """A site without GPUs runs `docker compose up` and gets no CUDA worker (its CPU worker
+    consumes both queues); `--profile gpu` adds it."""
+    profiled = {name for name, service in COMPOSE["services"].items() if service.get("profiles")}
+    assert profiled == {"worker-gpu"}
+    assert set(COMPOSE["services"]["worker"]["command"][COMPOSE["services"]["worker"]["command"].index("--queues") + 1]
+               .split(",")) == {"cpu", "gpu"}
+
+
 def test_readme_documents_every_setting_and_only_real_ones():
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("## Configuration"):readme.index("## Benchmarks")]
