@@ -31,7 +31,8 @@ import numpy as np
 import pytest
 import yaml
 
-pytestmark = pytest.mark.deploy
+# A first build downloads and installs the images' packages: minutes, beyond the suite's 600 s.
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(3600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
