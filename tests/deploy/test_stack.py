@@ -257,6 +257,8 @@ def test_upload_augment_follow_events_and_download(stack, demo_cohort):
             events = read_sse(stream)
         assert [n for n, _ in events][-1] == "end" and events[-1][1]["state"] == "succeeded", events[-3:]
         assert any(d.get("stage", "").startswith("training") for _, d in events)
+        progress = [d["progress"] for n, d in events if n == "progress" and d.get("progress") is not None]
+        assert progress == sorted(progress) and len(set(progress)) >= 3, progress
         final = c.get(f"/v1/augmentations/{started['id']}").json()
         assert final["synthetic_counts"] == {"AD": 3, "CN": 0}
         r = c.get(final["result_url"])
@@ -270,9 +272,9 @@ def test_upload_augment_follow_events_and_download(stack, demo_cohort):
             path.write_bytes(zf.read(name))
             data = np.asarray(nib.load(path).dataobj)
             assert data.shape == (16, 16, 16) and np.isfinite(data).all()
-    # Written by the worker container into the shared volume, owned by the image's user.
-    listing = podman("exec", stack["names"]["gateway"], "find", "/data/artifacts", "-maxdepth", "1",
-                     "-printf", "%u %f\n").stdout.split("\n")
-    owners = {line.split()[0] for line in listing if line.strip()}
-    assert owners == {"mcvae"}, listing
-    assert any(f"-{started['id']}" in line or started["id"] in line for line in listing) or len(listing) > 3
+    # The worker container wrote the result into the volume both mount, as the image's user.
+    gateway = stack["names"]["gateway"]
+    manifest = f"/data/artifacts/outputs/output-{started['id']}/manifest.json"
+    assert podman("exec", gateway, "test", "-f", manifest, check=False).returncode == 0
+    owners = podman("exec", gateway, "find", "/data/artifacts", "-printf", "%u\\n").stdout.split()
+    assert len(owners) > 10 and set(owners) == {"mcvae"}, sorted(set(owners))
