@@ -20,7 +20,7 @@ test: venv
 	$(PY) -m pytest tests
 
 test-fast: venv
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests -m "not slow and not deploy"
 
 # The deploy tests only: build the images and run gateway + worker containers end to end
 # (podman; skipped without it). `make test` runs them too.

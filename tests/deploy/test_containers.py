@@ -147,8 +147,8 @@ def test_compose_gpu_worker_only_under_its_profile():
     consumes both queues); `--profile gpu` adds it."""
     profiled = {name for name, service in COMPOSE["services"].items() if service.get("profiles")}
     assert profiled == {"worker-gpu"}
-    assert set(COMPOSE["services"]["worker"]["command"][COMPOSE["services"]["worker"]["command"].index("--queues") + 1]
-               .split(",")) == {"cpu", "gpu"}
+    command = COMPOSE["services"]["worker"]["command"]
+    assert set(command[command.index("--queues") + 1].split(",")) == {"cpu", "gpu"}
 
 
 def test_readme_documents_every_setting_and_only_real_ones():
