@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # CPU machines take the local CPU build of torch; the CUDA image picks its own in docker/.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv test test-fast test-deploy images demo bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,18 @@ test: venv
 	$(PY) -m pytest tests
 
 test-fast: venv
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests -m "not slow and not deploy"
+
+# The deploy tests only: build the images and run gateway + worker containers end to end
+# (podman; skipped without it). `make test` runs them too.
+test-deploy: venv
+	$(PY) -m pytest tests/deploy -m deploy
+
+# mcvae-gateway:latest and mcvae-worker:latest (podman, else docker); on machines without Docker
+# Hub it builds from the local base of shared/tools/container-engine.sh. IMAGES=worker-cuda too.
+IMAGES ?= gateway worker
+images:
+	docker/build-images.sh $(IMAGES)
 
 demo: venv
 	rm -rf mcvae-demo

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from contextlib import contextmanager
 
 
 def cmd_serve(args) -> int:
@@ -18,20 +19,40 @@ def cmd_serve(args) -> int:
     return 0
 
 
+@contextmanager
+def _reaching_database(url: str):
+    """A database that cannot be reached (down, wrong host, role or password) is a deployment
+    problem: one line naming it, not a traceback (the container's log is what an operator reads)."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except OperationalError as err:
+        reason = str(err.orig or err).strip().splitlines()[0]
+        raise ConnectionError(f"database {_redact(url)} not reachable: {reason}") from None
+
+
 def cmd_db_upgrade(args) -> int:
     from service.db import ensure_schema
     from workers import get_settings, upgrade_database
 
     url = get_settings().database
-    upgrade_database(url)
-    ensure_schema(url)
+    with _reaching_database(url):
+        upgrade_database(url)
+        ensure_schema(url)
     print(f"database schema up to date ({_redact(url)})")
     return 0
 
 
 def cmd_keys(args) -> int:
     from service.keys import create_key, list_keys, revoke_key
+    from workers import get_settings
 
+    with _reaching_database(get_settings().database):
+        return _keys(args, create_key, list_keys, revoke_key)
+
+
+def _keys(args, create_key, list_keys, revoke_key) -> int:
     if args.keys_command == "create":
         token = create_key(args.lab)
         print(token)

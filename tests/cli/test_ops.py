@@ -45,6 +45,20 @@ def test_keys_reject_a_bad_lab_name(sqlite_env):
     assert bad.returncode == 2 and "lab" in bad.stderr and bad.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("args", [["db", "upgrade"], ["keys", "create", "--lab", "neuro"]],
+                         ids=["db-upgrade", "keys-create"])
+def test_an_unreachable_database_is_one_line_naming_it(tmp_path, args):
+    # A role that does not exist on the real PostgreSQL: what a wrong MCVAE_DATABASE_URL gives.
+    role = f"nobody_{uuid.uuid4().hex[:8]}"
+    env = {"MCVAE_DATA_DIR": str(tmp_path), "MCVAE_DATABASE_URL": f"postgresql://{role}:pw@127.0.0.1:5432/test"}
+    proc = _mcvae(args, env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("mcvae: error: database postgresql+psycopg://***@127.0.0.1:5432/test "
+                                  "not reachable:"), proc.stderr
+    assert role in proc.stderr and ":pw@" not in proc.stderr
+
+
 def test_doctor_names_what_is_missing_and_how_to_fix_it(tmp_path):
     # Real PostgreSQL and Redis, but no worker listens on this (fresh) queue prefix.
     env = {"MCVAE_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",

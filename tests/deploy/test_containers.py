@@ -1,16 +1,19 @@
-"""Containers checked by what runs without a Docker engine: the compose file's references, the
-Dockerfiles' install steps against pyproject, and hadolint."""
+"""Containers checked by what runs without a container engine: the compose file's references, the
+Dockerfiles' install steps against pyproject, hadolint, and pip's resolver on the CUDA image's
+pins. tests/deploy/test_stack.py builds and runs the images."""
 
 from __future__ import annotations
 
-import re
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -125,6 +128,29 @@ def test_hadolint_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+CHECK_JSONSCHEMA = shutil.which("check-jsonschema",
+                               path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.skipif(CHECK_JSONSCHEMA is None, reason="check-jsonschema not installed (pip install check-jsonschema)")
+def test_compose_files_match_the_compose_specification():
+    """What `docker compose config` checks first: every file against the Compose Specification's
+    JSON schema (vendored by check-jsonschema), so a misspelt key fails here, not at a site."""
+    files = [ROOT / "docker-compose.yml", *sorted(ROOT.glob("docker-compose.*.yml"))]
+    proc = subprocess.run([CHECK_JSONSCHEMA, "--builtin-schema", "vendor.compose-spec", *map(str, files)],
+                          check=False, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compose_gpu_worker_only_under_its_profile():
+    """A site without GPUs runs `docker compose up` and gets no CUDA worker (its CPU worker
+    consumes both queues); `--profile gpu` adds it."""
+    profiled = {name for name, service in COMPOSE["services"].items() if service.get("profiles")}
+    assert profiled == {"worker-gpu"}
+    command = COMPOSE["services"]["worker"]["command"]
+    assert set(command[command.index("--queues") + 1].split(",")) == {"cpu", "gpu"}
+
+
 def test_readme_documents_every_setting_and_only_real_ones():
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("## Configuration"):readme.index("## Benchmarks")]
@@ -132,3 +158,62 @@ def test_readme_documents_every_setting_and_only_real_ones():
     known = _settings_env_names()
     assert documented <= known, documented - known
     assert known <= documented, f"undocumented settings: {sorted(known - documented)}"
+
+
+# -- the CUDA worker image's pins, resolved by pip as its build would ------------------------------
+PYPI = "https://pypi.org/simple"
+CUDA_DOCKERFILE = ROOT / "docker" / "worker-cuda.Dockerfile"
+
+
+def _dockerfile_arg(dockerfile: Path, name: str) -> str:
+    match = re.search(rf"^ARG {name}=(\S*)$", dockerfile.read_text(), re.MULTILINE)
+    assert match, f"{dockerfile.name}: no ARG {name}="
+    return match.group(1)
+
+
+def _resolve_cuda_image(tmp_path: Path, torch_version: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """pip's resolver on what worker-cuda.Dockerfile installs: constraints.txt (its torch pin
+    replaced by `torch_version`) and mcvae[ml,workers], from PyPI plus the Dockerfile's torch
+    index. --isolated: none of this machine's pip settings (its local CPU wheel of torch) apply."""
+    index = _dockerfile_arg(CUDA_DOCKERFILE, "TORCH_INDEX_URL")
+    try:
+        httpx.get(f"{PYPI}/pip/", timeout=10).raise_for_status()
+        httpx.get(f"{index.rstrip('/')}/torch/", timeout=10).raise_for_status()
+    except httpx.HTTPError as err:
+        pytest.skip(f"package index not reachable ({err}): cannot run pip's resolver")
+    pins = [line for line in (ROOT / "docker" / "constraints.txt").read_text().splitlines()
+            if not line.startswith("torch==")]
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("\n".join([*pins, f"torch=={torch_version}", ""]))
+    report = tmp_path / "report.json"
+    extra = [] if index.rstrip("/") == PYPI else ["--extra-index-url", index]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--isolated", "--dry-run", "--ignore-installed",
+         "--quiet", "--report", str(report), "--index-url", PYPI, *extra,
+         "--constraint", str(constraints), ".[ml,workers]"],
+        cwd=ROOT, check=False, capture_output=True, text=True, timeout=600)
+    return proc, report
+
+
+def test_cuda_image_pins_resolve_to_a_cuda_torch(tmp_path):
+    torch_version = _dockerfile_arg(CUDA_DOCKERFILE, "TORCH_VERSION")
+    proc, report = _resolve_cuda_image(tmp_path, torch_version)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resolved = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+                for item in json.loads(report.read_text())["install"]}
+    assert resolved["torch"] == torch_version  # exactly: no local build tag such as +cpu
+    pinned = dict(line.lower().split("==", 1) for line in
+                  (ROOT / "docker" / "constraints.txt").read_text().splitlines()
+                  if "==" in line and not line.startswith("#"))
+    for name in ("monai", "sympy", "numpy"):
+        assert resolved[name] == pinned[name], name
+    runtime = [name for name in resolved if name.startswith("nvidia-cuda-runtime")]
+    assert runtime, "no CUDA runtime among torch's dependencies: not a CUDA build"
+
+
+@pytest.mark.deploy
+def test_the_former_cuda_base_torch_does_not_resolve(tmp_path):
+    """The check can fail: the former base image's torch 2.5.1 against the same pins (monai
+    1.6.1 needs torch >= 2.8; torch 2.5.1 pins sympy 1.13.1) is what the old image asked pip."""
+    proc, _ = _resolve_cuda_image(tmp_path, "2.5.1")
+    assert proc.returncode != 0 and "ResolutionImpossible" in proc.stderr, proc.stderr[-2000:]
