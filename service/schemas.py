@@ -67,6 +67,10 @@ class Job(_Out):
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     updated_at: dt.datetime
+    heartbeat_at: dt.datetime | None = Field(None, description="last sign of life of its worker (running jobs)")
+    stale: bool = Field(False, description=(
+        "running, but its worker has missed its heartbeats (probably dead): the job is re-queued "
+        "and resumed elsewhere once the heartbeat is MCVAE_LEASE_SECONDS old"))
     result_url: str | None = Field(description="where to download the result, once it succeeded")
     events_url: str
 

@@ -138,7 +138,9 @@ def ingest(ctx: JobContext, p: IngestParams) -> Outcome:
             meta["summary"] = json_safe(summary)
         for warning in summary["warnings"]:
             ctx.log(warning, "warning")
-    return Outcome(metrics={"summary": json_safe(summary)}, artifacts=[dataset_id],
+    # The gateway's copy of an upload has served its purpose once the dataset holds its own.
+    upload_copy = [p.source] if p.source.startswith("dataset-upload-") else []
+    return Outcome(metrics={"summary": json_safe(summary)}, artifacts=[dataset_id], obsolete=upload_copy,
                    message=f"ingested {summary['n_scans']} scans: " +
                            ", ".join(f"{c} {n}" for c, n in summary["classes"].items()))
 
