@@ -218,3 +218,14 @@ class Check(_Out):
 class Readiness(_Out):
     status: Literal["ready", "not ready"]
     checks: dict[str, Check]
+
+
+# -- usage --------------------------------------------------------------------------------------
+class Usage(_Out):
+    """Storage held by the lab's jobs (artifact payloads as recorded in their manifests)."""
+
+    lab: str
+    total_bytes: int
+    bytes: dict[str, int] = Field(description=(
+        "per kind: datasets, models, outputs, reports, checkpoints (of unfinished, failed or "
+        "cancelled jobs, until the sweeper's retention), uploads (copies awaiting ingest)"))
