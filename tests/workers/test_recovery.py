@@ -114,7 +114,10 @@ def test_jobs_queued_when_redis_restarts_empty_are_republished_and_run_once(
     start_worker(env, "w")
     running = workers.submit("train", tiny_train_params(dataset, epochs=40, checkpoint_every=20))
     wait_for(lambda: workers.get(running.id).state == "running", 60, 0.05, "the training to start")
-    queued = [workers.submit("ingest", {"source": str(demo_cohort)}) for _ in range(3)]
+    # Sources are upload copies, as the gateway makes them; each ingest removes its own.
+    store = workers.ArtifactStore(workers.get_settings().artifacts)
+    uploads = [store.put_dir("dataset", demo_cohort, artifact_id=f"dataset-upload-{i}").id for i in range(3)]
+    queued = [workers.submit("ingest", {"source": upload}) for upload in uploads]
     assert {workers.get(j.id).state for j in queued} == {"queued"}
 
     private_redis.kill()
@@ -126,6 +129,7 @@ def test_jobs_queued_when_redis_restarts_empty_are_republished_and_run_once(
         assert len(_runs(job.id)) == 1
     for job in queued:
         assert "its message was lost by the broker; re-published" in _messages(job.id)
+    assert not any(store.exists(upload) for upload in uploads)
 
 
 def test_a_storage_error_while_checkpointing_is_retried_and_resumes(redis_deployment, start_worker,
@@ -151,3 +155,22 @@ def test_a_storage_error_while_checkpointing_is_retried_and_resumes(redis_deploy
     assert final.attempts == 2 and final.metrics["resumed_from"] > 0
     assert any(re.match(r"resumed from step \d+ of 600", m) for m in _messages(job.id))
     assert not (Path(workers.get_settings().artifacts) / "checkpoints.aside").exists()
+
+
+def test_synchronous_sampling_goes_before_queued_ingest_and_training(redis_deployment, start_worker,
+                                                                     store_dataset, demo_cohort):
+    env = redis_deployment()
+    dataset = store_dataset()
+    start_worker(env, "w")  # one pool process: everything queues behind the running job
+    model = workers.wait(workers.submit("train", tiny_train_params(dataset, epochs=1)).id, 120)
+    running = workers.submit("train", tiny_train_params(dataset, epochs=40, checkpoint_every=50))
+    wait_for(lambda: workers.get(running.id).state == "running", 60, 0.05, "the training to start")
+    behind = [workers.submit("ingest", {"source": str(demo_cohort)}) for _ in range(2)]
+    behind.append(workers.submit("train", tiny_train_params(dataset, epochs=1)))
+    asked = workers.submit("sample", {"model": model.artifacts[0], "n": 1}, interactive=True)
+    assert asked.queue == "interactive"
+    answered = workers.wait(asked.id, 120, poll=0.1)
+    assert answered.state == "succeeded", answered.error
+    for job in behind:  # submitted before it, all still waiting when it ran
+        waited = workers.wait(job.id, 120, poll=0.2)
+        assert waited.state == "succeeded" and waited.started_at > answered.finished_at
