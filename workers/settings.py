@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     # are re-published. Takeover after a worker death: about lease + interval seconds.
     recovery_interval: float = Field(10.0, gt=0, description="seconds between recovery checks")
     # A queued job younger than this is never called lost: its message may be on its way.
-    publish_grace: float = Field(30.0, ge=0, description="seconds")
+    publish_grace: float = Field(10.0, ge=0, description="seconds")
     serve_interactive: bool = Field(True, description="every worker also takes synchronous sampling")
     sweep_interval: float = Field(600.0, gt=0, description="seconds between storage sweeps (0 < x)")
     # What the sweeper removes, and after how long (seconds). Staging of a job's run is removed
