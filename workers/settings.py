@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # Every worker looks at the job records this often: running jobs whose heartbeat is older
     # than lease_seconds are re-queued (taken over), queued jobs whose message the broker lost
     # are re-published. Takeover after a worker death: about lease + interval seconds.
-    recovery_interval: float = Field(10.0, gt=0, description="seconds between recovery checks")
+    recovery_interval: float = Field(5.0, gt=0, description="seconds between recovery checks")
     # A queued job younger than this is never called lost: its message may be on its way.
     publish_grace: float = Field(10.0, ge=0, description="seconds")
     serve_interactive: bool = Field(True, description="every worker also takes synchronous sampling")
