@@ -2,7 +2,7 @@
 jobs?
 
 One worker (``--concurrency`` pool processes) on Redis (a private key prefix) with PostgreSQL
-records. A loader keeps ``--backlog`` ingest jobs of a 32^3 demo cohort queued or running (what
+records. A loader keeps ``--backlog`` ingest jobs of a demo cohort (24 scans of 64^3) queued or running (what
 uploads cause) while a client asks for one scan every 0.5 s and waits for it, for
 ``--duration`` seconds in each of two modes:
 
@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per mode")
     parser.add_argument("--backlog", type=int, default=6, help="ingest jobs kept queued or running")
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--scans", type=int, default=24, help="scans per uploaded cohort")
+    parser.add_argument("--size", type=int, default=64, help="edge of each scan (voxels)")
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
@@ -99,7 +101,9 @@ def main() -> None:
     from models.data import make_demo_cohort
 
     store = workers.ArtifactStore(workers.get_settings().artifacts)
-    make_demo_cohort(data_dir / "cohort", n_control=8, n_ad=4, shape=(32, 32, 32), seed=0)
+    n_ad = max(1, args.scans // 3)
+    make_demo_cohort(data_dir / "cohort", n_control=args.scans - n_ad, n_ad=n_ad,
+                     shape=(args.size,) * 3, seed=0)
     # An upload copy that is never consumed: ingest removes only dataset-upload-* sources.
     upload = store.put_dir("dataset", data_dir / "cohort").id
     model_id = _tiny_model(store)
@@ -118,7 +122,7 @@ def main() -> None:
         ingest_s = (one.finished_at - one.started_at).total_seconds()
         for mode, interactive in (("shared cpu queue", False), ("interactive queue", True)):
             latencies, run_times, finished = _load(interactive, args.duration, args.backlog, upload, model_id)
-            q = statistics.quantiles(latencies, n=100)
+            q = statistics.quantiles(latencies, n=100, method="inclusive")
             results[mode] = {"requests": len(latencies), "p50_s": statistics.median(latencies),
                              "p90_s": q[89], "p99_s": q[98], "max_s": max(latencies),
                              "run_s": statistics.median(run_times), "ingests_finished": finished}
@@ -132,8 +136,8 @@ def main() -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
 
     where = machine("cpu")
-    print(f"\nsynchronous sampling (n=1) under upload load: {args.backlog} ingest jobs of 12 scans "
-          f"(32^3) kept queued, one ingest alone {ingest_s:.1f} s; 1 worker x {args.concurrency} processes; "
+    print(f"\nsynchronous sampling (n=1) under upload load: {args.backlog} ingest jobs of {args.scans} scans "
+          f"({args.size}^3) kept queued, one ingest alone {ingest_s:.1f} s; 1 worker x {args.concurrency} processes; "
           f"{args.duration:g} s per mode\n{where}\n")
     print(f"{'mode':<20} {'requests':>8} {'p50 s':>7} {'p90 s':>7} {'p99 s':>7} {'max s':>7} "
           f"{'run s':>6} {'ingests done':>12}")

@@ -69,7 +69,7 @@ def requeue_orphans(settings: Settings | None = None, hostname: str | None = Non
                  JobRecord.run_token.is_(None) if token is None else JobRecord.run_token == token,
                  JobRecord.heartbeat_at.is_(None) if heartbeat is None else JobRecord.heartbeat_at == heartbeat]
         why = ("its worker restarted" if previous_life else
-               f"its worker {worker} stopped (no heartbeat for {settings.lease_seconds:g} s)")
+               f"its worker {worker} stopped (no heartbeat for over {settings.lease_seconds:g} s)")
         with db.session() as s:
             won = s.execute(update(JobRecord).where(*guard).values(
                 state="queued", stage="waiting for a worker", run_token=None, heartbeat_at=None,
@@ -154,8 +154,12 @@ def recover(hostname: str | None = None, at_start: bool = False) -> dict[str, li
     taken = requeue_orphans(settings, hostname if at_start else None)
     # The embedded broker cannot be listed; its one worker re-sends every queued job at start
     # (duplicates are dropped by the claim).
-    lost = (republish_lost(settings, everything=True) if at_start else []) if settings.embedded \
-        else republish_lost(settings)
+    if settings.embedded:
+        lost = republish_lost(settings, everything=True) if at_start else []
+    elif settings.broker.startswith(("redis://", "rediss://")):
+        lost = republish_lost(settings)
+    else:  # a broker this module cannot list: its own redelivery has to do
+        lost = []
     if taken:
         log.warning("re-queued %d orphaned job(s): %s", len(taken), ", ".join(taken))
     if lost:
