@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,12 +90,12 @@ class Deployment:
         _wait(lambda: _pings(client), 10, "redis-server")
 
     def start_gateway(self) -> None:
-        log = open(self.folder / "gateway.log", "ab")
-        self.gateway = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", "127.0.0.1",
-             "--port", str(self.gateway_port), "--no-access-log"],
-            env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            cwd=ROOT)
+        with open(self.folder / "gateway.log", "ab") as log:  # the child keeps its own descriptor
+            self.gateway = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", "127.0.0.1",
+                 "--port", str(self.gateway_port), "--no-access-log"],
+                env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=ROOT)
         _wait(lambda: _answers(self.url), 60, "the gateway")
 
     def start_worker(self, name: str) -> None:
@@ -382,11 +381,13 @@ def main() -> None:
     print(f"\nchaos: gateway + 2 workers x 1 process, private redis-server :{redis_port}, PostgreSQL; {mode}\n{where}\n")
     head = f"{'scenario':<28} {'submitted':>9} {'succeeded':>9} {'lost':>4} {'dup':>4} {'requeued s':>10} {'takeover s':>10}  note"
     print(head)
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
     for o in outcomes:
         print(f"{o.scenario:<28} {o.submitted:>9} {o.succeeded:>9} {o.lost:>4} {o.duplicated:>4} "
               f"{fmt(o.requeued_s):>10} {fmt(o.takeover_s):>10}  {o.note}")
-    print(f"\nsweep removed: " + ", ".join(f"{len(v)} {k}" for k, v in removed.items()))
+    print("\nsweep removed: " + ", ".join(f"{len(v)} {k}" for k, v in removed.items()))
     print(f"left after the sweep (staging, scratch, checkpoints, upload copies, trash): {leftovers or 'nothing'}")
     out = write_result("chaos" + ("_fast" if args.fast else ""), {
         "machine": where, "mode": mode, "outcomes": [o.__dict__ for o in outcomes],

@@ -4,7 +4,6 @@ Redis restarted empty, storage errors. Real worker processes, Redis, PostgreSQL.
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import time
 from pathlib import Path
