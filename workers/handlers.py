@@ -102,6 +102,17 @@ def _source_path(ctx: JobContext, source: str, scratch: Path) -> Path:
 
 
 def ingest(ctx: JobContext, p: IngestParams) -> Outcome:
+    try:
+        return _ingest(ctx, p)
+    except (ValueError, ArtifactNotFound):
+        # Bad input fails the job for good: the gateway's copy of the upload is of no further
+        # use, and removing it here keeps that work off the gateway's requests.
+        if p.source.startswith("dataset-upload-"):
+            ctx.store.delete(p.source)
+        raise
+
+
+def _ingest(ctx: JobContext, p: IngestParams) -> Outcome:
     from models.data import read_cohort, summarize
 
     ctx.progress(0.0, "reading")

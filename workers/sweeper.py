@@ -1,5 +1,5 @@
 """Storage housekeeping, off the request path: every worker runs ``sweep`` every
-``MCVAE_SWEEP_INTERVAL`` seconds from a timer thread (``mcvae sweep`` runs it once).
+``MCVAE_SWEEP_INTERVAL`` seconds from a timer thread (``sweep()`` runs one pass).
 
 What it removes, and when (retentions in seconds, settings ``MCVAE_*_RETENTION``):
 
