@@ -121,7 +121,14 @@ def republish_lost(settings: Settings | None = None, everything: bool = False) -
 
 def broker_job_ids(settings: Settings) -> set[str]:
     """Ids of the jobs that have a message in Redis: waiting in any priority list of our queues,
-    or held unacknowledged by a worker (running, reserved, or delayed by a countdown)."""
+    or held unacknowledged by a worker (running, reserved, or delayed by a countdown).
+
+    A message held for longer than a retry's longest countdown plus the lease does not count:
+    a live worker would have started it by then (prefetch 1), so its holder died with it and
+    only the visibility timeout (an hour) would otherwise bring it back.
+    """
+    import time
+
     import redis
 
     from .app import PRIORITY_STEPS
@@ -137,7 +144,9 @@ def broker_job_ids(settings: Settings) -> set[str]:
             for step in PRIORITY_STEPS:
                 key = prefix + (name if step == 0 else f"{name}{sep}{step}")
                 raw += client.lrange(key, 0, -1)
-        held = [json.loads(v)[0] for v in client.hvals(prefix + "unacked")]
+        oldest = time.time() - settings.retry_backoff_max - settings.lease_seconds
+        fresh = set(client.zrangebyscore(prefix + "unacked_index", oldest, "+inf"))
+        held = [json.loads(v)[0] for tag, v in client.hgetall(prefix + "unacked").items() if tag in fresh]
     finally:
         client.close()
     ids = set()

@@ -4,6 +4,7 @@ orphaned, that only one caller re-queues each, and that a live run is never touc
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from sqlalchemy import update
 
@@ -67,3 +68,29 @@ def test_a_retry_after_a_storage_error_waits_queued(service_env):
     assert (waiting.state, waiting.stage) == ("queued", "waiting to retry")
     assert recovery.requeue_orphans(settings) == []  # not running: nothing to take over
     assert workers.cancel(job.id).state == "cancelled"  # ends at once, nothing runs it
+
+
+def test_a_message_held_by_a_dead_worker_counts_as_lost(redis_deployment):
+    import redis
+
+    redis_deployment(MCVAE_PUBLISH_GRACE="0")
+    settings = workers.get_settings()
+    job = workers.submit("sample", SAMPLE)
+    assert job.id in recovery.broker_job_ids(settings) and recovery.republish_lost(settings) == []
+
+    # A worker takes the message (it is now unacknowledged, held) and dies before starting it.
+    from workers.app import get_app
+
+    with get_app().connection_for_read() as conn:
+        channel = conn.default_channel
+        held = channel.basic_get(settings.queue_name("cpu"), no_ack=False)
+        assert held is not None and held.headers["id"] == job.id
+        assert job.id in recovery.broker_job_ids(settings)  # just taken: a live worker would start it
+        client = redis.Redis.from_url(settings.broker)
+        long_ago = 10 + settings.retry_backoff_max + settings.lease_seconds
+        client.zadd(settings.redis_key_prefix + "unacked_index", {held.delivery_tag: time.time() - long_ago})
+        client.close()
+        # (inside the block: closing the channel hands its unacknowledged messages back)
+        assert job.id not in recovery.broker_job_ids(settings)
+        assert recovery.republish_lost(settings) == [job.id]
+        assert recovery.republish_lost(settings) == []  # and only once
