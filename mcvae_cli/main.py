@@ -335,9 +335,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (docker stop, kill, a scheduler's timeout) unwinds like Ctrl-C instead of killing
+    outright, so partial outputs and their preprocessing caches (patient data) are removed."""
+    import signal
+    import threading
+
+    def terminate(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminate)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import one_line
+
+    _exit_on_sigterm()
 
     try:
         return args.func(args)

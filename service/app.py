@@ -16,7 +16,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 
 from . import __version__, db, errors
-from .api.routes import augmentations, datasets, health, jobs, models
+from .api.routes import augmentations, datasets, health, jobs, models, usage
 from .logs import configure_logging
 from .metrics import Metrics
 from .middleware import RequestContext
@@ -46,6 +46,7 @@ TAGS = [
     {"name": "models", "description": "Trained MCMC-refined VAEs, and synthetic scans from them"},
     {"name": "augmentations", "description": "Balance a dataset with synthetic minority-class scans"},
     {"name": "jobs", "description": "Everything that runs on a worker: state, progress, results"},
+    {"name": "usage", "description": "Storage held by the lab's datasets, models and outputs"},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics"},
 ]
 
@@ -72,7 +73,7 @@ def create_app(settings: ServiceSettings | None = None, configure_logs: bool = T
     app.state.metrics = Metrics()
     app.state.waiter = JobWaiter(settings.job_poll_seconds)
     errors.install(app)
-    for module in (datasets, models, augmentations, jobs, health):
+    for module in (datasets, models, augmentations, jobs, usage, health):
         app.include_router(module.router)
     app.add_middleware(RequestContext, metrics=app.state.metrics)
     app.openapi = lambda: _openapi(app)

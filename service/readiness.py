@@ -18,7 +18,7 @@ from sqlalchemy import func, select, text
 from workers import db, embedded, get_settings
 from workers.app import get_app
 from workers.records import JobRecord
-from workers.settings import QUEUES
+from workers.settings import INTERACTIVE, QUEUES
 
 from . import schemas
 from .errors import scrub
@@ -89,7 +89,7 @@ def queue_depths() -> dict[str, int]:
     settings, depths = get_settings(), {}
     with get_app().connection_for_read(connect_timeout=2) as conn:
         channel = conn.default_channel
-        for logical in QUEUES:
+        for logical in (*QUEUES, INTERACTIVE):
             name = settings.queue_name(logical)
             try:
                 depths[logical] = channel.queue_declare(queue=name, passive=True).message_count

@@ -67,6 +67,10 @@ class Job(_Out):
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     updated_at: dt.datetime
+    heartbeat_at: dt.datetime | None = Field(None, description="last sign of life of its worker (running jobs)")
+    stale: bool = Field(False, description=(
+        "running, but its worker has missed its heartbeats (probably dead): the job is re-queued "
+        "and resumed elsewhere once the heartbeat is MCVAE_LEASE_SECONDS old"))
     result_url: str | None = Field(description="where to download the result, once it succeeded")
     events_url: str
 
@@ -230,3 +234,14 @@ class Check(_Out):
 class Readiness(_Out):
     status: Literal["ready", "not ready"]
     checks: dict[str, Check]
+
+
+# -- usage --------------------------------------------------------------------------------------
+class Usage(_Out):
+    """Storage held by the lab's jobs (artifact payloads as recorded in their manifests)."""
+
+    lab: str
+    total_bytes: int
+    bytes: dict[str, int] = Field(description=(
+        "per kind: datasets, models, outputs, reports, checkpoints (of unfinished, failed or "
+        "cancelled jobs, until the sweeper's retention), uploads (copies awaiting ingest)"))

@@ -27,7 +27,7 @@ def job(j: workers.Job, store: ArtifactStore) -> schemas.Job:
         metrics=j.metrics, artifacts=j.artifacts, error=public_text(j.error, store),
         attempts=j.attempts, cancel_requested=j.cancel_requested, created_at=j.created_at,
         started_at=j.started_at, finished_at=j.finished_at, updated_at=j.updated_at,
-        result_url=result, events_url=f"/v1/jobs/{j.id}/events")
+        heartbeat_at=j.heartbeat_at, stale=j.stale, result_url=result, events_url=f"/v1/jobs/{j.id}/events")
 
 
 def dataset(rec: ResourceRecord, j: workers.Job, store: ArtifactStore) -> schemas.Dataset:

@@ -17,11 +17,25 @@ from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from .logs import use_json
-from .settings import QUEUES, Settings, get_settings
+from .settings import INTERACTIVE, QUEUES, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 TASKS = ("ingest", "train", "sample", "augment", "evaluate")
+
+# Message priorities (Redis: 0 is served first; kombu keeps one list per step of
+# PRIORITY_STEPS and a worker pops the lower steps first). A job taken over from a dead worker,
+# or re-published after the broker lost it, must not queue behind work submitted after it;
+# synchronous sampling has a client waiting; deferrals of duplicates can wait.
+PRIORITY_STEPS = [0, 3, 6, 9]
+PRIORITY_URGENT, PRIORITY_NORMAL, PRIORITY_DEFERRED = 0, 6, 9
+# kombu's own redelivery of unacknowledged messages (the backstop behind workers/recovery.py):
+# it scans every unacked_restore_interval * unacked_restore_throttle seconds (kombu's defaults,
+# 10 * 10, added ~100 s to every visibility timeout) for messages older than the visibility
+# timeout, restoring at most unacked_restore_limit per scan, under a Redis mutex that a killed
+# worker holds for unacked_mutex_expire seconds (kombu: 300).
+REDIS_RESTORE = {"unacked_restore_interval": 10, "unacked_restore_throttle": 1,
+                 "unacked_restore_limit": 100, "unacked_mutex_expire": 30}
 
 
 def task_name(kind: str) -> str:
@@ -36,6 +50,10 @@ def create_app(settings: Settings) -> Celery:
         # With acks_late a message stays "unacked" in Redis while its task runs; after
         # visibility_timeout Redis hands it out again (see Settings.visibility_timeout).
         transport_options["visibility_timeout"] = settings.visibility_timeout
+        transport_options.update(REDIS_RESTORE, priority_steps=PRIORITY_STEPS,
+                                 # consume the queues in the order a worker names them
+                                 # (interactive first), not round robin
+                                 queue_order_strategy="priority")
         if settings.redis_key_prefix:
             transport_options["global_keyprefix"] = settings.redis_key_prefix
     gpu, cpu = settings.queue_name("gpu"), settings.queue_name("cpu")
@@ -43,9 +61,10 @@ def create_app(settings: Settings) -> Celery:
         # Each queue with its own direct exchange and routing key: a bare Queue(name) would be
         # bound to the default exchange/key and gpu messages could land on cpu workers.
         task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name)
-                     for name in (settings.queue_name(q) for q in QUEUES)],
+                     for name in (settings.queue_name(q) for q in (INTERACTIVE, *QUEUES))],
         task_default_queue=cpu,
         task_routes={task_name("train"): {"queue": gpu}, task_name("augment"): {"queue": gpu}},
+        task_default_priority=PRIORITY_NORMAL,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,
@@ -89,10 +108,16 @@ def _json_logs(logger=None, **_) -> None:
 
 
 @signals.worker_init.connect
-def _prepare_database(**_) -> None:
-    from . import db
+def _prepare_database(sender=None, **_) -> None:
+    from . import db, recovery
 
     db.engine()  # creates or migrates the schema once, before the pool forks
+    try:
+        # Before this worker consumes anything: a job taken back now is published first in
+        # line, ahead of whatever else waits in its queue.
+        recovery.recover(getattr(sender, "hostname", None), at_start=True)
+    except Exception:  # the periodic round will try again
+        log.exception("job recovery at worker start failed")
     db.dispose_engines()  # children must not share the parent's connections
 
 
@@ -122,12 +147,23 @@ def _hard_time_limit(task_id=None, exception=None, **_) -> None:
 
 
 @signals.worker_ready.connect
-def _recover(sender=None, **_) -> None:
-    from .jobs import recover_jobs
+def _start_housekeeping(sender=None, **_) -> None:
+    """In the worker's main process (after the recovery at start, in _prepare_database): keep
+    recovering stranded jobs, and sweep storage, from timer threads. Every worker does this; the checks are compare-and-set on the
+    job records, so several workers doing it at once take each job over once."""
+    from . import recovery, sweeper
 
-    try:
-        recovered = recover_jobs()
-        if recovered:
-            log.warning("re-queued %d orphaned job(s): %s", len(recovered), ", ".join(recovered))
-    except Exception:  # recovery is an optimisation; the broker redelivers anyway
-        log.exception("job recovery at worker start failed")
+    settings = get_settings()
+    _timers[:] = [recovery.Every("job recovery", settings.recovery_interval, recovery.recover),
+                  recovery.Every("storage sweep", settings.sweep_interval, sweeper.sweep)]
+    for timer in _timers:
+        timer.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_housekeeping(**_) -> None:
+    for timer in _timers:
+        timer.stop()
+
+
+_timers: list = []

@@ -63,9 +63,27 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def run_of(staging_name: str) -> str | None:
+    """The run token a staging or scratch folder was tagged with (see ``ArtifactStore``)."""
+    match = RUN_TAG.search(staging_name)
+    return match.group(1) if match else None
+
+
+RUN_TAG = re.compile(r"\.run-([0-9a-f]{32})(?:\.|$)")
+
+
 class ArtifactStore:
-    def __init__(self, root: str | os.PathLike):
+    """``run_tag``: the run token of the job run writing through this store; its staging and
+    scratch folders carry it (``<id>.run-<token>.<hex>``), so the sweeper removes the debris of
+    runs that are over and never the folders of a run in progress."""
+
+    def __init__(self, root: str | os.PathLike, run_tag: str | None = None):
         self.root = Path(root).expanduser()
+        self.run_tag = run_tag
+
+    def _staging_name(self, base: str) -> str:
+        tag = f".run-{self.run_tag}" if self.run_tag else ""
+        return f"{base}{tag}.{uuid.uuid4().hex[:8]}"
 
     # -- naming ------------------------------------------------------------------------------
     @staticmethod
@@ -102,7 +120,7 @@ class ArtifactStore:
             raise FileExistsError(f"artifact {artifact_id} already exists")
         staging_root = self.root / ".staging"
         staging_root.mkdir(parents=True, exist_ok=True)
-        staging = staging_root / f"{artifact_id}.{uuid.uuid4().hex[:8]}"
+        staging = staging_root / self._staging_name(artifact_id)
         payload = staging / DATA
         payload.mkdir(parents=True)
         try:
@@ -136,7 +154,7 @@ class ArtifactStore:
         """A temporary folder on the store's volume (removed afterwards), for unpacking uploads."""
         staging_root = self.root / ".staging"
         staging_root.mkdir(parents=True, exist_ok=True)
-        folder = staging_root / f"scratch-{uuid.uuid4().hex}"
+        folder = staging_root / (self._staging_name("scratch") if self.run_tag else f"scratch-{uuid.uuid4().hex}")
         folder.mkdir()
         try:
             yield folder

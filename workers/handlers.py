@@ -145,6 +145,17 @@ def _read_source(ctx: JobContext, source: str, scratch: Path):
 
 
 def ingest(ctx: JobContext, p: IngestParams) -> Outcome:
+    try:
+        return _ingest(ctx, p)
+    except (ValueError, ArtifactNotFound):
+        # Bad input fails the job for good: the gateway's copy of the upload is of no further
+        # use, and removing it here keeps that work off the gateway's requests.
+        if p.source.startswith("dataset-upload-"):
+            ctx.store.delete(p.source)
+        raise
+
+
+def _ingest(ctx: JobContext, p: IngestParams) -> Outcome:
     from models.data import read_cohort, summarize
 
     ctx.progress(0.0, "reading")
@@ -181,7 +192,9 @@ def ingest(ctx: JobContext, p: IngestParams) -> Outcome:
             meta["summary"] = json_safe(summary)
         for warning in summary["warnings"]:
             ctx.log(warning, "warning")
-    return Outcome(metrics={"summary": json_safe(summary)}, artifacts=[dataset_id],
+    # The gateway's copy of an upload has served its purpose once the dataset holds its own.
+    upload_copy = [p.source] if p.source.startswith("dataset-upload-") else []
+    return Outcome(metrics={"summary": json_safe(summary)}, artifacts=[dataset_id], obsolete=upload_copy,
                    message=f"ingested {summary['n_scans']} scans: " +
                            ", ".join(f"{c} {n}" for c, n in summary["classes"].items()))
 

@@ -21,11 +21,11 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import delete, select, update
 
 from . import db
-from .app import get_app, task_name
+from .app import get_app
 from .params import KINDS, queue_for, validate
 from .records import STATES, TERMINAL, JobEventRecord, JobRecord, utcnow
 from .runner import add_event
-from .settings import get_settings
+from .settings import INTERACTIVE, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,21 @@ class Job(BaseModel):
     updated_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    heartbeat_at: dt.datetime | None = None  # last sign of life of the run in progress
 
     @property
     def done(self) -> bool:
         return self.state in TERMINAL
+
+    @property
+    def stale(self) -> bool:
+        """Running, but its worker has missed three heartbeats: probably dead. It is taken over
+        once the heartbeat is MCVAE_LEASE_SECONDS old (workers/recovery.py)."""
+        if self.state != "running":
+            return False
+        settings = get_settings()
+        limit = min(settings.lease_seconds, 3 * settings.heartbeat_seconds)
+        return self.heartbeat_at is None or (utcnow() - self.heartbeat_at).total_seconds() > limit
 
 
 class JobEvent(BaseModel):
@@ -90,15 +101,24 @@ def _visible(s, job_id: str, owner: str | None) -> JobRecord:
 
 
 def _publish(job_id: str, kind: str, queue: str) -> None:
-    get_app().send_task(task_name(kind), args=[job_id], task_id=job_id, queue=queue)
+    from .app import PRIORITY_URGENT
+    from .recovery import publish
+
+    # A client is waiting for interactive work: it goes first within its queue as well.
+    interactive = queue == get_settings().queue_name(INTERACTIVE)
+    publish(job_id, kind, queue, PRIORITY_URGENT if interactive else None)
 
 
-def submit(kind: str, params: dict[str, Any] | None = None, owner: str = "local") -> Job:
-    """Validate, record and queue a job. ValueError (naming the field) for bad input."""
+def submit(kind: str, params: dict[str, Any] | None = None, owner: str = "local",
+           interactive: bool = False) -> Job:
+    """Validate, record and queue a job. ValueError (naming the field) for bad input.
+
+    ``interactive``: a client waits for it (synchronous sampling): it goes to the ``interactive``
+    queue, which every worker serves before the others."""
     _check_owner(owner)
     settings = get_settings()
     parsed = validate(kind, params, settings)
-    queue = queue_for(kind, parsed, settings)
+    queue = settings.queue_name(INTERACTIVE) if interactive else queue_for(kind, parsed, settings)
     job_id, now = str(uuid.uuid4()), utcnow()
     with db.session() as s:
         s.add(JobRecord(id=job_id, owner=owner, kind=kind, state="queued", stage="queued",
@@ -216,24 +236,13 @@ def wait(job_id: str, timeout: float | None = None, poll: float = 0.25, owner: s
         time.sleep(poll)
 
 
-def recover_jobs() -> list[str]:
-    """Re-queue jobs whose worker died (running, heartbeat past the lease). Called when a
-    worker starts: with Redis the broker would redeliver them after its visibility timeout
-    anyway, this is sooner; the embedded broker does not redeliver messages a dead worker had
-    taken, so there queued jobs are re-sent too (duplicates are harmless: tasks are
-    idempotent by job id)."""
-    settings = get_settings()
-    stale = utcnow() - dt.timedelta(seconds=settings.lease_seconds)
-    with db.session() as s:
-        orphaned = list(s.execute(select(JobRecord.id, JobRecord.kind, JobRecord.queue).where(
-            JobRecord.state == "running",
-            (JobRecord.heartbeat_at.is_(None)) | (JobRecord.heartbeat_at < stale))))
-        if settings.embedded:
-            orphaned += list(s.execute(select(JobRecord.id, JobRecord.kind, JobRecord.queue)
-                                       .where(JobRecord.state == "queued")))
-    for job_id, kind, queue in orphaned:
-        _publish(job_id, kind, queue)
-    return [job_id for job_id, _, _ in orphaned]
+def recover_jobs(hostname: str | None = None) -> list[str]:
+    """Re-queue orphaned jobs and re-publish lost messages now (what every worker does at start
+    and then periodically; see workers/recovery.py). Returns the ids."""
+    from .recovery import recover
+
+    done = recover(hostname, at_start=True)
+    return done["orphaned"] + done["lost"]
 
 
 def fail_running(job_id: str, error: str) -> bool:

@@ -56,6 +56,19 @@ TRANSIENT = (
     ConnectionError,
 )
 CANCEL_POLL_SECONDS = 0.5  # how often should_stop() looks at the record during a step loop
+# This worker process tree's life: the first characters of every run token it hands out (pool
+# children inherit it from the main process). A worker that restarts under the same node name
+# finds its previous life's runs by a token that does not start with it (recovery.py).
+BOOT = uuid.uuid4().hex[:8]
+
+
+def new_token() -> str:
+    return BOOT + uuid.uuid4().hex[:24]
+
+
+def previous_life(rec: JobRecord, hostname: str) -> bool:
+    """The job's run was claimed by an earlier process under this worker's node name: dead."""
+    return rec.worker == hostname and rec.run_token is not None and not rec.run_token.startswith(BOOT)
 
 
 def add_event(s, job_id: str, message: str, stage: str = "", progress: float | None = None,
@@ -86,7 +99,8 @@ def claim(job_id: str, hostname: str, settings: Settings) -> Claim:
             return Claim("skip", "no such job")
         if rec.state in TERMINAL:
             return Claim("skip", f"already {rec.state}")
-        live = rec.state == "running" and rec.heartbeat_at is not None and rec.heartbeat_at > stale_before
+        live = (rec.state == "running" and rec.heartbeat_at is not None and rec.heartbeat_at > stale_before
+                and not previous_life(rec, hostname))
         if live:
             return Claim("busy", f"running on {rec.worker}", queue=rec.queue)
         previous = rec.run_token
@@ -107,10 +121,10 @@ def claim(job_id: str, hostname: str, settings: Settings) -> Claim:
             if done.rowcount == 1:
                 add_event(s, job_id, message, state, rec.progress, "error" if error else "info")
             return Claim("skip", message)
-        token = uuid.uuid4().hex
+        token = new_token()
         # Read before the update: the ORM refreshes ``rec`` from it.
         attempt, progress = rec.attempts + 1, rec.progress
-        verb = "resumed on" if rec.state == "running" else "started on"
+        verb = "resumed on" if rec.attempts else "started on"
         won = s.execute(update(JobRecord).where(*guard).values(
             state="running", run_token=token, worker=hostname, heartbeat_at=now, updated_at=now,
             attempts=JobRecord.attempts + 1, started_at=rec.started_at or now, stage="starting",
@@ -260,11 +274,14 @@ def finish(job_id: str, token: str, state: str, message: str, *, error: str | No
 
 
 def release(job_id: str, token: str, reason: str) -> None:
-    """Give the claim back so a retry can take the job at once (no lease to wait out)."""
+    """Give the claim back so a retry can take the job at once (no lease to wait out). The job
+    is ``queued`` again until then: nothing runs it, and a cancellation ends it at once."""
     try:
         with db.session() as s:
-            done = s.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.run_token == token)
-                             .values(heartbeat_at=None, stage="waiting to retry", updated_at=utcnow()))
+            done = s.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.run_token == token,
+                                                     JobRecord.state == "running")
+                             .values(state="queued", run_token=None, heartbeat_at=None,
+                                     stage="waiting to retry", updated_at=utcnow()))
             if done.rowcount == 1:
                 add_event(s, job_id, reason, "waiting to retry", level="warning")
     except Exception:
@@ -300,7 +317,8 @@ def execute(task, job_id: str, kind: str) -> str:
         defer(task, job_id, got.queue, settings)
         return "deferred"
 
-    store = ArtifactStore(settings.artifacts)
+    # Staging folders of this run carry its token, so the sweeper can tell them from a dead run's.
+    store = ArtifactStore(settings.artifacts, run_tag=got.token)
     ctx = RecordedContext(job_id, got, store, settings)
     ctx.start()
     try:
@@ -331,6 +349,17 @@ def execute(task, job_id: str, kind: str) -> str:
         finish(job_id, got.token, "failed", f"failed: {readable(exc)}", error=readable(exc),
                metrics=ctx.metrics, progress=ctx.fraction)
         return "failed"
+    except OSError as exc:
+        # The artifact volume refused a write or read (permissions, a full disk, an NFS blip):
+        # usually passing, so the job is retried with backoff and resumes from its last
+        # checkpoint; after MCVAE_STORAGE_RETRIES it fails with the error.
+        if (task.request.retries or 0) >= settings.storage_retries:
+            error = f"storage error after {settings.storage_retries} retries: {readable(exc)}"
+            finish(job_id, got.token, "failed", f"failed: {error}", error=error, metrics=ctx.metrics,
+                   progress=ctx.fraction)
+            return "failed"
+        release(job_id, got.token, f"storage error, will retry: {readable(exc)}")
+        raise storage_retry(task, exc, settings)
     except Exception as exc:
         if _caused_by(exc, SoftTimeLimitExceeded):
             return _time_limit_failure(job_id, got.token, ctx, settings, broken_connection=True)
@@ -381,6 +410,13 @@ def retry(task, job_id: str, exc: BaseException, settings: Settings):
     return task.retry(exc=exc, countdown=countdown, max_retries=settings.max_retries, throw=False)
 
 
+def storage_retry(task, exc: BaseException, settings: Settings):
+    """Backoff for storage errors: from 2-4 s (an operator fixing a mount needs a moment)."""
+    n = task.request.retries or 0
+    countdown = random.uniform(0.5, 1.0) * min(settings.retry_backoff_max, 2 ** (n + 2))
+    return task.retry(exc=exc, countdown=countdown, max_retries=settings.storage_retries, throw=False)
+
+
 def defer(task, job_id: str, queue: str | None, settings: Settings) -> None:
     """Re-queue this delivery to look again later: the job is live on another worker.
 
@@ -389,5 +425,8 @@ def defer(task, job_id: str, queue: str | None, settings: Settings) -> None:
     a second time while it waits.
     """
     delay = max(1.0, min(settings.lease_seconds, settings.visibility_timeout / 2))
-    task.apply_async(args=(job_id,), task_id=job_id, queue=queue, countdown=delay)
+    from .app import PRIORITY_DEFERRED
+
+    task.apply_async(args=(job_id,), task_id=job_id, queue=queue, countdown=delay,
+                     priority=PRIORITY_DEFERRED)
     log.info("job %s is running elsewhere; looking again in %.0f s", job_id, delay)

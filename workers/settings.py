@@ -14,6 +14,9 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 QUEUES = ("gpu", "cpu")  # logical queue names; the broker sees settings.queue_name(...)
+# Synchronous sampling: its own queue, which every worker also consumes (first) unless
+# MCVAE_SERVE_INTERACTIVE=false, so that it never waits behind ingest or training messages.
+INTERACTIVE = "interactive"
 
 
 class Settings(BaseSettings):
@@ -57,6 +60,26 @@ class Settings(BaseSettings):
     max_sample_n: int = Field(10_000, ge=1, description="largest n a sampling job may ask for")
     gpu_sample_min: int = Field(512, ge=1, description="sampling jobs this large go to the gpu queue")
 
+    # -- recovery and housekeeping (workers/recovery.py, workers/sweeper.py) ------------------
+    # Every worker looks at the job records this often: running jobs whose heartbeat is older
+    # than lease_seconds are re-queued (taken over), queued jobs whose message the broker lost
+    # are re-published. Takeover after a worker death: about lease + interval seconds.
+    recovery_interval: float = Field(5.0, gt=0, description="seconds between recovery checks")
+    # A queued job younger than this is never called lost: its message may be on its way.
+    publish_grace: float = Field(10.0, ge=0, description="seconds")
+    serve_interactive: bool = Field(True, description="every worker also takes synchronous sampling")
+    sweep_interval: float = Field(600.0, gt=0, description="seconds between storage sweeps (0 < x)")
+    # What the sweeper removes, and after how long (seconds). Staging of a job's run is removed
+    # as soon as that run is over (its job ended or was taken over); these bound the rest.
+    staging_retention: float = Field(3600.0, ge=0, description="untagged staging (gateway writes)")
+    scratch_retention: float = Field(6 * 3600.0, ge=0, description="scratch folders (uploads, unpacking)")
+    checkpoint_retention: float = Field(24 * 3600.0, ge=0, description="checkpoints of failed/cancelled jobs")
+    upload_retention: float = Field(600.0, ge=0, description="upload copies no ingest job still needs")
+    cache_retention: float = Field(24 * 3600.0, ge=0, description="preprocessing caches of deleted datasets")
+    # Storage errors (PermissionError, a full or flaky volume) while checkpointing or writing
+    # outputs: the job is retried this many times with backoff, resuming from its checkpoint.
+    storage_retries: int = Field(5, ge=0)
+
     @model_validator(mode="after")
     def _limits(self) -> Settings:
         if self.time_limit < self.soft_time_limit:
@@ -88,8 +111,8 @@ class Settings(BaseSettings):
         return (self.artifact_root or self.data_dir / "artifacts").expanduser()
 
     def queue_name(self, logical: str) -> str:
-        if logical not in QUEUES:
-            raise ValueError(f"queue: expected one of {', '.join(QUEUES)}, got {logical!r}")
+        if logical not in (*QUEUES, INTERACTIVE):
+            raise ValueError(f"queue: expected one of {', '.join((*QUEUES, INTERACTIVE))}, got {logical!r}")
         return f"{self.queue_prefix}{logical}"
 
 

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-from .settings import QUEUES, get_settings, reset_settings
+from .settings import INTERACTIVE, QUEUES, get_settings, reset_settings
 
 
 def run_worker(
@@ -42,6 +42,9 @@ def run_worker(
     names = [settings.queue_name(q) for q in queues]
     if not names:
         raise ValueError("queues: name at least one of gpu, cpu")
+    if settings.serve_interactive and INTERACTIVE not in queues:
+        # First: the worker takes a waiting synchronous request before the next queued job.
+        names.insert(0, settings.queue_name(INTERACTIVE))
     # Import the library once here, before the pool forks, so every child starts warm
     # (importing torch does not initialise CUDA, so forking afterwards is safe).
     import models.augment  # noqa: F401  (torch, MONAI, networks; the package itself loads lazily)
@@ -105,7 +108,7 @@ def ping_local_workers(timeout: float = 5.0) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workers", description=run_worker.__doc__)
-    parser.add_argument("--queues", default=",".join(QUEUES), help="comma-separated: gpu,cpu")
+    parser.add_argument("--queues", default=",".join(QUEUES), help="comma-separated: gpu,cpu (interactive is added unless MCVAE_SERVE_INTERACTIVE=false)")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--device", default=None)
     parser.add_argument("--hostname", default=None)

@@ -188,9 +188,10 @@ def start_worker(tmp_path):
     started: list[WorkerProcess] = []
 
     def start(env: dict[str, str], name: str, queues=("gpu", "cpu"), concurrency: int = 1,
-              wait: bool = True) -> WorkerProcess:
-        hostname = f"{name}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
-        log_path = tmp_path / f"worker-{name}.log"
+              wait: bool = True, hostname: str | None = None) -> WorkerProcess:
+        # ``hostname``: a node name of a worker started before (a worker that comes back).
+        hostname = hostname or f"{name}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+        log_path = tmp_path / f"worker-{name}-{len(started)}.log"
         proc = start_worker_process(queues, concurrency=concurrency, hostname=hostname, env=env,
                                     log_path=str(log_path), device="cpu")
         worker = WorkerProcess(proc, hostname, log_path)
@@ -255,3 +256,52 @@ def assert_progress_rose(job_id: str, seen: list[float]) -> None:
     between = {p for p in seen + logged if 0 < p < 1}
     assert len(between) >= 3, f"too few intermediate progress values: {sorted(between)}"
     assert seen[-1] == 1.0
+
+
+# -- a Redis of our own (to kill and restart; never the shared one) ------------------------------
+class PrivateRedis:
+    """redis-server on a free port with no persistence: a restart comes back empty."""
+
+    def __init__(self, folder: Path):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.folder, self.proc = folder, None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        wait_for(lambda: _pings(client), 10, 0.05, f"redis-server on port {self.port}")
+        client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def _pings(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - not up yet
+        return False
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = PrivateRedis(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

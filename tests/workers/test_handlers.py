@@ -168,3 +168,16 @@ def test_a_stopped_augmentation_resumes_its_class_model_from_the_last_checkpoint
     assert len(scans_a) == len(scans_b) == 3
     for a, b in zip(scans_a, scans_b):
         np.testing.assert_allclose(nib.load(a).get_fdata(), nib.load(b).get_fdata(), atol=1e-4)
+
+
+def test_ingest_removes_the_upload_copy_it_read_whether_it_succeeds_or_fails(store, settings, demo_cohort, tmp_path):
+    good = store.put_dir("dataset", demo_cohort, artifact_id="dataset-upload-good").id
+    out = run("ingest", {"source": good}, JobContext("job-ok", store, settings=settings))
+    assert out.obsolete == [good]  # deleted by the runner once the success is recorded
+
+    (tmp_path / "one-class" / "CN").mkdir(parents=True)
+    (tmp_path / "one-class" / "CN" / "notes.txt").write_text("not a scan")
+    bad = store.put_dir("dataset", tmp_path / "one-class", artifact_id="dataset-upload-bad").id
+    with pytest.raises(ValueError):
+        run("ingest", {"source": bad}, JobContext("job-bad", store, settings=settings))
+    assert not store.exists(bad)

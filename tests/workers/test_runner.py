@@ -10,6 +10,7 @@ import sqlalchemy.exc
 
 import workers
 from workers import handlers, runner
+from workers.app import PRIORITY_DEFERRED
 from workers.context import Outcome
 
 
@@ -58,7 +59,8 @@ def test_connection_errors_are_retried_with_backoff_and_the_retry_resumes(monkey
     [retry] = task.retried
     assert retry["exc"] is lost and 0.5 <= retry["countdown"] <= 1.0
     waiting = workers.get(job.id)
-    assert (waiting.state, waiting.stage, waiting.attempts) == ("running", "waiting to retry", 1)
+    # Nothing runs it until the retry: queued again (a cancellation would end it at once).
+    assert (waiting.state, waiting.stage, waiting.attempts) == ("queued", "waiting to retry", 1)
 
     # The retried delivery takes the released job at once (no lease to wait out).
     assert runner.execute(FakeTask(retries=1), job.id, "sample") == "succeeded"
@@ -104,7 +106,7 @@ def test_a_duplicate_delivery_of_a_live_job_defers_itself(monkeypatch, job):
     task = FakeTask()
     assert runner.execute(task, job.id, "sample") == "deferred"
     [copy] = task.deferred
-    assert copy == {"args": (job.id,), "task_id": job.id, "queue": "cpu",
+    assert copy == {"args": (job.id,), "task_id": job.id, "queue": "cpu", "priority": PRIORITY_DEFERRED,
                     "countdown": min(settings.lease_seconds, settings.visibility_timeout / 2)}
     assert workers.get(job.id).worker == "live@test"  # untouched
 

@@ -76,14 +76,16 @@ def delete_model(model_id: IdPath, lab: LabDep, store: StoreDep) -> Response:
 
 # -- sampling ------------------------------------------------------------------------------------------
 def _submit_sample(lab: str, model_id: str, body: SampleRequest, store: workers.ArtifactStore,
-                   limit: int) -> workers.Job:
+                   limit: int, interactive: bool = False) -> workers.Job:
     rec = resources.owned(lab, model_id, "model", store)
     if body.n > limit:
         raise ApiError(422, f"n: at most {limit} scans per request (MCVAE_MAX_SAMPLE_N), got {body.n}")
     state = views.MODEL_STATES[workers.get(rec.job_id).state]
     if state != "ready" or not store.exists(model_id):
         raise ApiError(409, f"model {model_id} is {state}, not ready for sampling")
-    job = workers.submit("sample", {"model": model_id, "n": body.n, "seed": body.seed}, owner=lab)
+    # A client waiting for the answer: the interactive queue, served before ingest and training.
+    job = workers.submit("sample", {"model": model_id, "n": body.n, "seed": body.seed}, owner=lab,
+                         interactive=interactive)
     log.info("sampling submitted", extra={"job_id": job.id, "model": model_id, "n": body.n})
     return job
 
@@ -110,7 +112,8 @@ def _scans(job: workers.Job, store: workers.ArtifactStore):
 async def sample(model_id: IdPath, body: SampleRequest, request: Request, lab: LabDep,
                  settings: SettingsDep, store: StoreDep):
     limit = workers.get_settings().max_sample_n
-    job = await run_in_threadpool(_submit_sample, lab.name, model_id, body, store, limit)
+    waits = body.wait and body.n <= settings.sync_sample_max
+    job = await run_in_threadpool(_submit_sample, lab.name, model_id, body, store, limit, waits)
     headers = {"X-Job-ID": job.id, "Location": f"/v1/jobs/{job.id}"}
     if not body.wait or body.n > settings.sync_sample_max:
         return JSONResponse(views.job(job, store).model_dump(mode="json"), 202, headers=headers)
