@@ -536,4 +536,8 @@ class VAE(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> VAE:
+    if cfg.arch == "hconv":
+        from .hierarchy import SpatialHVAE  # local: hierarchy subclasses VAE
+
+        return SpatialHVAE(cfg)
     return VAE(cfg)
