@@ -3,12 +3,26 @@
 Imports torch, monai and nibabel only; never imports ``workers`` or ``service``.
 """
 
-from .checkpoint import load, save
-from .config import ModelConfig, SamplerConfig, TrainConfig
-from .evaluation import bits_per_dim, log_likelihood
-from .samplers import build_sampler
-from .training import EpochRecord, Trainer, TrainHistory, TrainingCancelled, train
-from .vae import VAE, build_model
+import importlib
+
+# Names resolve on first use (PEP 562), so that torch-free modules of this package
+# (models.config, models.profiles) can be imported by the gateway without loading torch.
+_EXPORTS = {
+    "load": "checkpoint", "save": "checkpoint",
+    "ModelConfig": "config", "SamplerConfig": "config", "TrainConfig": "config",
+    "bits_per_dim": "evaluation", "log_likelihood": "evaluation",
+    "build_sampler": "samplers",
+    "EpochRecord": "training", "Trainer": "training", "TrainHistory": "training",
+    "TrainingCancelled": "training", "train": "training",
+    "VAE": "vae", "build_model": "vae",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "VAE",
