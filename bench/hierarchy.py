@@ -7,8 +7,8 @@ Generators, each with the augment budget (600 plain-ELBO + 150 MALA-refined step
 lr 2e-3, entropy-adapted MALA x5, diag C) and aggregate-posterior sampling:
 
   conv per-class     today's default: one model per class on its 4 AD scans, latent [16]
-  hconv per-class    the hierarchy: vector 16 on top of latent maps of 4 channels at 4^3 and
-                     2 channels at 8^3 (1296 chain coordinates, moved jointly)
+  hconv per-class    the hierarchy: vector 16 on top of a latent map of 4 channels at 4^3
+                     (272 chain coordinates, moved jointly); maps drawn from their prior
   hconv shared       one class-conditional hconv on all 44 training scans, AD drawn by label
   conv shared        one class-conditional conv, the same way
 
@@ -49,7 +49,12 @@ SHAPE = (1, 32, 32, 32)
 BASE = dict(data_shape=SHAPE, channels=(8, 16, 32), hidden=(256,), obs_log_var=-4.0)
 MODELS = {
     "conv": ModelConfig(arch="conv", latent_dims=[16], **BASE),
-    "hconv": ModelConfig(arch="hconv", latent_dims=[16], latent_channels=(2, 4), **BASE),
+    # one map (4 channels at 4^3): 272 chain coordinates. Two maps (2 x 8^3 + 4 x 4^3, 1296
+    # coordinates) were tried first: entropy-adapted MALA's acceptance fell to 0 within ~10 MCMC
+    # steps and training diverged (docs/RESULTS.md, "Hierarchical and class-conditional models").
+    "hconv": ModelConfig(arch="hconv", latent_dims=[16], latent_channels=(4,), **BASE),
+    # two maps in the centered parameterisation, which trained stably where noncentered diverged
+    "hconv2c": ModelConfig(arch="hconv", latent_dims=[16], latent_channels=(2, 4), parameterization="centered", **BASE),
 }
 VARIANTS = ["conv per-class", "hconv per-class", "hconv shared", "conv shared"]
 

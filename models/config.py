@@ -31,6 +31,12 @@ class ModelConfig(_Config):
     # resolution, each one below at twice the resolution of the one above; ``latent_dims`` then
     # holds one entry, the size of the vector latent above all maps.
     latent_channels: tuple[int, ...] = ()
+    # hconv: where new scans' latent maps come from. "prior": the top-down prior p(z_k | h) given
+    # the layers above (the top vector from ``sampling``), its scale times ``map_temperature``;
+    # "aggregate": the diagonal Gaussian fitted to the training scans' map posteriors (it ignores
+    # the maps' spatial correlations, so its draws decode to high-frequency noise).
+    map_sampling: Literal["prior", "aggregate"] = "prior"
+    map_temperature: float = Field(1.0, ge=0)
     # Class-conditional when > 0: labels 0..n_classes-1 enter the encoder, the top layer's prior
     # (a learned mean and scale per class) and the decoder (models/conditional.py).
     n_classes: int = Field(0, ge=0)

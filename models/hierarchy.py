@@ -218,6 +218,24 @@ class SpatialHVAE(VAE):
         values = self._descend(draw, onehot, self._top_prior(onehot))[0]
         return torch.cat(values, dim=-1)
 
+    def sample_latent(self, n: int, generator: torch.Generator | None = None, y=None) -> torch.Tensor:
+        """The top vector from the sampling distribution that cfg.sampling names; the maps from
+        the one cfg.map_sampling names (see ModelConfig)."""
+        u = super().sample_latent(n, generator, y)
+        if self.cfg.map_sampling == "aggregate" and self.cfg.sampling == "aggregate":
+            return u
+        top = self.split_layers(u)[-1]
+        noise = self.split_layers(_randn((n, self.latent_dim), generator, self._a_parameter()))
+        t = self.cfg.map_temperature
+        onehot = self._onehot(self._row_labels(y, n), n)
+
+        def draw(layer, loc, log_std):
+            if layer == len(self.latent_dims) - 1:
+                return top
+            return loc + t * torch.exp(torch.as_tensor(log_std)) * noise[layer]
+
+        return torch.cat(self._descend(draw, onehot, self._top_prior(onehot))[0], dim=-1)
+
     def encoder_parameters(self) -> list[nn.Parameter]:
         modules = (self.encoder_stages, self.posterior_top, self.map_posteriors)
         return [p for m in modules for p in m.parameters()]

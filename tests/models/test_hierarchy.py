@@ -108,3 +108,25 @@ def test_chains_move_every_layer_and_training_fits_the_sampling_distribution(tmp
 def test_bad_hconv_config_names_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig(data_shape=(1, 16, 16), channels=(4, 8), **kwargs)
+
+
+@pytest.mark.parametrize("parameterization", ["noncentered", "centered"])
+def test_maps_are_drawn_from_their_prior_at_the_configured_temperature(parameterization):
+    """map_sampling "prior": maps follow p(z_k | h) given the top vector, scaled by the
+    temperature; at temperature 0 each map is its prior mean, so the top vector alone sets the scan."""
+    model = _model(parameterization=parameterization)
+    cold = model.cfg.model_copy(update={"map_sampling": "prior", "map_temperature": 0.0})
+    model.cfg = cold
+    u = model.sample_latent(3, torch.Generator().manual_seed(0))
+    top = model.split_layers(u)[-1]
+    # the same top vector with the maps at their prior means, built independently
+    def given_top(layer, loc, log_std):  # noncentered: the prior's loc is the scalar 0
+        return top if layer == len(model.latent_dims) - 1 else torch.as_tensor(loc).expand(3, model.latent_dims[layer])
+
+    expected = torch.cat(model._descend(given_top, None, None)[0], dim=-1)
+    torch.testing.assert_close(u, expected)
+    if parameterization == "noncentered":
+        assert torch.count_nonzero(u[:, :-4]) == 0
+    model.cfg = cold.model_copy(update={"map_temperature": 1.0})
+    warm = model.sample_latent(3, torch.Generator().manual_seed(0))
+    assert not torch.allclose(warm[:, :-4], u[:, :-4])
