@@ -22,6 +22,13 @@ def _augment_config(args) -> "object":
         from .config_file import read_config_file
 
         data = read_config_file(args.config)
+    # A resolution profile (models/profiles.py) gives the base settings; the file's own override it.
+    profile = getattr(args, "profile", None) or data.pop("profile", None)
+    data.pop("profile", None)
+    if profile:
+        from models.profiles import profile_settings
+
+        data = profile_settings(profile, data)
     for flag, key in (("pretrain_steps", "pretrain_steps"), ("mcmc_steps", "mcmc_steps"), ("seed", "seed")):
         value = getattr(args, flag, None)
         if value is not None:
@@ -153,6 +160,10 @@ def cmd_worker(args) -> int:
 def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML or TOML file with AugmentConfig settings "
                    "(preprocess, model, sampler, train, pretrain_steps, mcmc_steps, seed)")
+    from models.profiles import PROFILE_NAMES
+
+    p.add_argument("--profile", choices=PROFILE_NAMES,
+                   help="resolution profile: demo (32^3, 6 mm), standard (64^3, 3 mm), research (2 mm, GPU)")
     p.add_argument("--pretrain-steps", type=int, help="plain-ELBO steps per model (default 600)")
     p.add_argument("--mcmc-steps", type=int, help="MCMC-refined steps per model (default 150)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")

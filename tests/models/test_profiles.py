@@ -45,3 +45,19 @@ def test_overrides_merge_key_by_key_and_unknown_names_are_refused():
     assert profile_settings("standard")["mcmc_steps"] == 150  # the definition is not mutated
     with pytest.raises(ValueError, match="profile: unknown profile 'huge'"):
         profile_settings("huge")
+
+
+def test_cli_takes_a_profile_from_the_flag_or_the_config_file(tmp_path):
+    from mcvae_cli.main import _augment_config, build_parser
+
+    args = build_parser().parse_args(["demo", "--profile", "standard", "--mcmc-steps", "7"])
+    config = _augment_config(args)
+    assert config.preprocess.target_shape == (64, 64, 64) and config.model.channels == (8, 16, 32, 64)
+    assert config.mcmc_steps == 7  # flags still override the profile
+    path = tmp_path / "c.yaml"
+    path.write_text("profile: research\ntrain: {device: cpu}\n")
+    config = _augment_config(build_parser().parse_args(["demo", "--config", str(path)]))
+    assert config.preprocess.target_spacing == (2.0, 2.0, 2.0) and config.train.device == "cpu"
+    assert config.train.amp  # the profile's other train settings stay
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--profile", "huge"])
