@@ -161,3 +161,17 @@ def test_fit_shared_model_draws_the_requested_class():
     assert class_view(shared, "right").sampling_fitted
     with pytest.raises(ValueError, match="not one of the model's classes"):
         sample_class(shared, "middle", 1, seed=0)
+
+
+def test_unconditional_states_saved_before_the_diagonal_block_still_load():
+    """Saved unconditional models have no ``sampling_diag_scale``: they load, fitted as they were."""
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    cfg = ModelConfig(data_shape=(1, 8, 8), arch="mlp", latent_dims=[3], hidden=(16,))
+    model = build_model(cfg)
+    model.fit_sampling_distribution(x)
+    state = model.state_dict()
+    del state["sampling_diag_scale"]
+    fresh = build_model(cfg)
+    fresh.load_state_dict(state)
+    assert fresh.sampling_fitted and fresh.sampling_scale_tril.shape == (3, 3)
+    assert torch.equal(model.sample(2, torch.Generator().manual_seed(1)), fresh.sample(2, torch.Generator().manual_seed(1)))
