@@ -80,11 +80,11 @@ class Trainer:
         # beside a tensor of items, or a Dataset whose items are (x, y) pairs.
         self.conditional = bool(getattr(model.cfg, "n_classes", 0))
         self.dataset = as_dataset(data) if labels is None else TensorDataset(data, torch.as_tensor(labels).long())
+        if len(self.dataset) == 0:
+            raise ValueError("data: the training set is empty")
         first = self.dataset[0]
         if self.conditional and labels is None and not (isinstance(first, (tuple, list)) and len(first) > 1):
             raise ValueError("labels: a class-conditional model needs a class index per item")
-        if len(self.dataset) == 0:
-            raise ValueError("data: the training set is empty")
         first = _batch_tensor(self.dataset[0])
         expected = tuple(model.cfg.data_shape)
         if tuple(first.shape) != expected:
