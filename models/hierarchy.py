@@ -15,8 +15,12 @@ residual q(z_k | h, x) = N(mu_k + dmu_k, sigma_k^2 ds_k^2), (dmu_k, log ds_k) fr
 
 Chain space is the base class's: the layers flattened and concatenated, bottom (finest map)
 first, top vector last; ``noncentered`` chains hold eps with z_k = mu_k + sigma_k eps_k, so the
-prior there is N(0, I) and the chain moves every layer jointly. The aggregate sampling
-distribution has a full covariance over z_top and a diagonal one over the maps.
+prior there is N(0, I) and the chain moves every layer jointly. New scans: z_top from the
+sampling distribution (aggregate posterior: full covariance), the maps from their top-down prior
+at ``map_temperature`` (default) or from a diagonal aggregate-posterior Gaussian.
+
+Measured on the demo cohort (docs/RESULTS.md): not sharper than ``conv``; in the noncentered
+parameterisation, phase 2 with 784+ chain coordinates diverged, the centered one did not.
 """
 
 from __future__ import annotations
