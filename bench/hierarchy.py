@@ -26,7 +26,6 @@ Figures per generator, over 30 synthetic AD scans:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ from models.report import memorisation_audit
 from models.shared_model import fit_shared_model, sample_class
 
 SHAPE = (1, 32, 32, 32)
-BASE = dict(data_shape=SHAPE, channels=(8, 16, 32), hidden=(256,), obs_log_var=-4.0)
+BASE = {"data_shape": SHAPE, "channels": (8, 16, 32), "hidden": (256,), "obs_log_var": -4.0}
 MODELS = {
     "conv": ModelConfig(arch="conv", latent_dims=[16], **BASE),
     # one map (4 channels at 4^3): 272 chain coordinates. Two maps (2 x 8^3 + 4 x 4^3, 1296
@@ -140,7 +139,7 @@ def main() -> None:
         s["kid"] = {k: 1e3 * v for k, v in s["kid"].items()}
         extra = {k: mean_sd([r[k] for r in mine]) for k in ("train_seconds", "flagged") if k in mine[0]}
         summary[variant] = {**s, **extra}
-        fmt = lambda d, f: f"{f.format(d['mean'])} ± {f.format(d['sd'])}" if d else ""  # noqa: E731
+        fmt = lambda d, f: f"{f.format(d['mean'])} ± {f.format(d['sd'])}" if d else ""
         print(f"| {variant} | {fmt(extra.get('train_seconds'), '{:.0f}')} | {fmt(s['kid'], '{:.2f}')} | "
               f"{fmt(s['grad_ratio'], '{:.3f}')} | {fmt(s['hf_ratio'], '{:.3f}')} | {fmt(extra.get('flagged'), '{:.1f}')} |")
     RESULTS.mkdir(parents=True, exist_ok=True)

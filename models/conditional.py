@@ -45,11 +45,11 @@ class ClassView:
     def parameters(self):
         return self.model.parameters()
 
-    def eval(self) -> "ClassView":
+    def eval(self) -> ClassView:
         self.model.eval()
         return self
 
-    def train(self, mode: bool = True) -> "ClassView":
+    def train(self, mode: bool = True) -> ClassView:
         self.model.train(mode)
         return self
 

@@ -111,7 +111,7 @@ class SpatialHVAE(VAE):
         onehot = self._onehot(y, x.shape[0])
         levels = self._features(x)
         top_in = self._with_label(levels[0].flatten(1), onehot)
-        tiled = lambda t: None if t is None else self._repeat_rows(t, rows)  # noqa: E731
+        tiled = lambda t: None if t is None else self._repeat_rows(t, rows)
         features = {"levels": [tiled(f) for f in levels[:len(self.map_shapes)]], "top": tiled(top_in),
                     "onehot": tiled(onehot)}
         return features, self._top_prior(features["onehot"])

@@ -10,8 +10,8 @@ that ``models.augment.write_synthetic`` and ``models.evaluation.log_likelihood``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn

@@ -101,9 +101,9 @@ def test_chains_move_every_layer_and_training_fits_the_sampling_distribution(tmp
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(arch="hconv", latent_dims=[4, 2]), "latent_dims: hconv takes one entry"),
-    (dict(arch="hconv", latent_channels=(2, 2, 2)), "latent_channels: at most 2"),
-    (dict(arch="conv", latent_channels=(2,)), "latent_channels: spatial latent maps need arch 'hconv'"),
+    ({"arch": "hconv", "latent_dims": [4, 2]}, "latent_dims: hconv takes one entry"),
+    ({"arch": "hconv", "latent_channels": (2, 2, 2)}, "latent_channels: at most 2"),
+    ({"arch": "conv", "latent_channels": (2,)}, "latent_channels: spatial latent maps need arch 'hconv'"),
 ])
 def test_bad_hconv_config_names_the_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
