@@ -26,6 +26,13 @@ def _augment_config(args) -> "object":
         from .config_file import read_config_file
 
         data = read_config_file(args.config)
+    # A resolution profile (models/profiles.py) gives the base settings; the file's own override it.
+    profile = getattr(args, "profile", None) or data.pop("profile", None)
+    data.pop("profile", None)
+    if profile:
+        from models.profiles import profile_settings
+
+        data = profile_settings(profile, data)
     for flag, key in (("pretrain_steps", "pretrain_steps"), ("mcmc_steps", "mcmc_steps"), ("seed", "seed")):
         value = getattr(args, flag, None)
         if value is not None:
@@ -248,6 +255,10 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML or TOML file with AugmentConfig settings "
                    "(preprocess, model, sampler, train, pretrain_steps, mcmc_steps, seed, near_copies, ...); "
                    "flags given here override it")
+    from models.profiles import PROFILE_NAMES
+
+    p.add_argument("--profile", choices=PROFILE_NAMES,
+                   help="resolution profile: demo (32^3, 6 mm), standard (64^3, 3 mm), research (2 mm, GPU)")
     p.add_argument("--pretrain-steps", type=int, metavar="N", help="plain-ELBO optimiser steps per model (default 600)")
     p.add_argument("--mcmc-steps", type=int, metavar="N", help="MCMC-refined optimiser steps per model (default 150)")
     p.add_argument("--seed", type=int, help="random seed of training and sampling (default 0)")

@@ -6,6 +6,7 @@ Configs are pydantic models, so a bad value raises ``pydantic.ValidationError`` 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,8 +24,22 @@ class ModelConfig(_Config):
     """
 
     data_shape: tuple[int, ...] = Field(description="channel-first shape of one item, e.g. (1, 32, 32, 32)")
-    arch: Literal["linear", "mlp", "conv"] = "conv"
+    arch: Literal["linear", "mlp", "conv", "hconv"] = "conv"
     latent_dims: list[int] = Field(default_factory=lambda: [16])
+    # hconv (models/hierarchy.py): spatial latent maps of the top-down path, one entry (its
+    # channels) per map, bottom (finest) first. The top map lives at the encoder's bottleneck
+    # resolution, each one below at twice the resolution of the one above; ``latent_dims`` then
+    # holds one entry, the size of the vector latent above all maps.
+    latent_channels: tuple[int, ...] = ()
+    # hconv: where new scans' latent maps come from. "prior": the top-down prior p(z_k | h) given
+    # the layers above (the top vector from ``sampling``), its scale times ``map_temperature``;
+    # "aggregate": the diagonal Gaussian fitted to the training scans' map posteriors (it ignores
+    # the maps' spatial correlations, so its draws decode to high-frequency noise).
+    map_sampling: Literal["prior", "aggregate"] = "prior"
+    map_temperature: float = Field(1.0, ge=0)
+    # Class-conditional when > 0: labels 0..n_classes-1 enter the encoder, the top layer's prior
+    # (a learned mean and scale per class) and the decoder (models/conditional.py).
+    n_classes: int = Field(0, ge=0)
     likelihood: Literal["gaussian", "logistic", "bernoulli"] = "gaussian"
     parameterization: Literal["centered", "noncentered"] = "noncentered"
     # conv: channels per down-sampling stage (each halves every spatial size).
@@ -66,7 +81,18 @@ class ModelConfig(_Config):
 
     @model_validator(mode="after")
     def _conv_fits(self) -> "ModelConfig":
-        if self.arch == "conv":
+        if self.arch == "hconv":
+            if len(self.latent_dims) != 1:
+                raise ValueError("latent_dims: hconv takes one entry, the top vector latent's size; "
+                                 "the spatial layers are latent_channels")
+            if len(self.latent_channels) > len(self.channels):
+                raise ValueError(f"latent_channels: at most {len(self.channels)} maps (one per "
+                                 f"coarse resolution, len(channels)), got {len(self.latent_channels)}")
+            if any(c < 1 for c in self.latent_channels):
+                raise ValueError("latent_channels entries must be positive")
+        elif self.latent_channels:
+            raise ValueError("latent_channels: spatial latent maps need arch 'hconv'")
+        if self.arch in ("conv", "hconv"):
             spatial = self.data_shape[1:]
             if len(spatial) not in (2, 3):
                 raise ValueError(
@@ -85,8 +111,20 @@ class ModelConfig(_Config):
         return len(self.data_shape) - 1
 
     @property
+    def layer_sizes(self) -> list[int]:
+        """Units per latent layer in chain space, bottom first (a map counts all its voxels)."""
+        if self.arch != "hconv":
+            return list(self.latent_dims)
+        factor = 2 ** len(self.channels)
+        bottleneck = [s // factor for s in self.data_shape[1:]]
+        n_maps = len(self.latent_channels)
+        sizes = [c * math.prod(b * 2 ** (n_maps - 1 - k) for b in bottleneck)
+                 for k, c in enumerate(self.latent_channels)]
+        return sizes + list(self.latent_dims)
+
+    @property
     def latent_dim(self) -> int:
-        return sum(self.latent_dims)
+        return sum(self.layer_sizes)
 
 
 class SamplerConfig(_Config):

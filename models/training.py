@@ -72,12 +72,19 @@ def _batch_tensor(batch: Any) -> Tensor:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, sampler: nn.Module, data: Tensor | Dataset, cfg: TrainConfig):
+    def __init__(self, model: nn.Module, sampler: nn.Module, data: Tensor | Dataset, cfg: TrainConfig,
+                 labels: Tensor | None = None):
         self.model, self.sampler, self.cfg = model, sampler, cfg
         self.device = torch.device(cfg.device)
-        self.dataset = as_dataset(data)
+        # A class-conditional model (cfg.n_classes > 0) learns from (x, y) items: ``labels``
+        # beside a tensor of items, or a Dataset whose items are (x, y) pairs.
+        self.conditional = bool(getattr(model.cfg, "n_classes", 0))
+        self.dataset = as_dataset(data) if labels is None else TensorDataset(data, torch.as_tensor(labels).long())
         if len(self.dataset) == 0:
             raise ValueError("data: the training set is empty")
+        first = self.dataset[0]
+        if self.conditional and labels is None and not (isinstance(first, (tuple, list)) and len(first) > 1):
+            raise ValueError("labels: a class-conditional model needs a class index per item")
         first = _batch_tensor(self.dataset[0])
         expected = tuple(model.cfg.data_shape)
         if tuple(first.shape) != expected:
@@ -152,14 +159,19 @@ class Trainer:
         if self.cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
 
-    def _elbo(self, x: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    def _labels(self, batch: Any) -> dict[str, Tensor]:
+        """{"y": labels} for a class-conditional model's minibatch, else {} (the models'
+        keyword for the class, left out so that unconditional models keep their signature)."""
+        return {"y": batch[1].to(self.device)} if self.conditional else {}
+
+    def _elbo(self, x: Tensor, generator: torch.Generator | None, **y) -> tuple[Tensor, Tensor]:
         """Per-item ELBO at a reparameterised encoder draw, and that draw."""
         with self._autocast():
-            u, log_q = self.model.rsample(x, generator=generator)
-            return (self.model.log_joint(x, u) - log_q).float(), u
+            u, log_q = self.model.rsample(x, generator=generator, **y)
+            return (self.model.log_joint(x, u, **y) - log_q).float(), u
 
-    def _pretrain_step(self, x: Tensor, generator) -> dict[str, float]:
-        elbo, _ = self._elbo(x, generator)
+    def _pretrain_step(self, x: Tensor, generator, **y) -> dict[str, float]:
+        elbo, _ = self._elbo(x, generator, **y)
         loss = -elbo.mean()
         self.opt_encoder.zero_grad(set_to_none=True)
         self.opt_generative.zero_grad(set_to_none=True)
@@ -169,16 +181,16 @@ class Trainer:
         self.opt_generative.step()
         return {"elbo": float(elbo.detach().mean())}
 
-    def _mcmc_step(self, x: Tensor, generator) -> dict[str, float]:
+    def _mcmc_step(self, x: Tensor, generator, **y) -> dict[str, float]:
         model, sampler = self.model, self.sampler
-        elbo, u0 = self._elbo(x, generator)
+        elbo, u0 = self._elbo(x, generator, **y)
         self.opt_encoder.zero_grad(set_to_none=True)
         (-elbo.mean()).backward(inputs=self.encoder_params)
         self._clip(self.encoder_params)
         self.opt_encoder.step()
 
         # The same encoder draw starts the chains (run() detaches it).
-        target = lambda u: model.log_joint(x, u)  # noqa: E731
+        target = lambda u: model.log_joint(x, u, **y)  # noqa: E731
         if not self._warm_start_asked and hasattr(sampler, "warm_start"):
             # Once per fit(), on its first MCMC step: the sampler's own flag (saved in checkpoints)
             # makes it a no-op after a resume; asking only once keeps a device sync off every step.
@@ -192,7 +204,7 @@ class Trainer:
             self.opt_sampler.step()
 
         with self._autocast():
-            decoder_loss = -model.log_joint(x, u_end.detach()).float().mean()
+            decoder_loss = -model.log_joint(x, u_end.detach(), **y).float().mean()
         self.opt_generative.zero_grad(set_to_none=True)
         decoder_loss.backward(inputs=self.generative_params)
         self._clip(self.generative_params)
@@ -230,7 +242,8 @@ class Trainer:
                 x = _batch_tensor(batch).to(self.device, non_blocking=True)
                 step_seed = self.cfg.seed * 1_000_003 + epoch * 10_007 + index
                 gen = torch.Generator(device=self.device).manual_seed(step_seed)
-                stats = self._pretrain_step(x, gen) if phase == 1 else self._mcmc_step(x, gen)
+                y = self._labels(batch)
+                stats = self._pretrain_step(x, gen, **y) if phase == 1 else self._mcmc_step(x, gen, **y)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value * len(x)
                 count += len(x)
@@ -274,8 +287,12 @@ class Trainer:
         order = torch.arange(n) if n <= limit else torch.randperm(
             n, generator=torch.Generator().manual_seed(self.cfg.seed))[:limit]
         for start in range(0, len(order), self.cfg.batch_size):
-            items = [_batch_tensor(self.dataset[int(i)]) for i in order[start:start + self.cfg.batch_size]]
-            yield torch.stack([torch.as_tensor(i).float() for i in items]).to(self.device)
+            rows = [self.dataset[int(i)] for i in order[start:start + self.cfg.batch_size]]
+            x = torch.stack([torch.as_tensor(_batch_tensor(r)).float() for r in rows]).to(self.device)
+            if self.conditional:  # (x, y): one sampling distribution per class
+                yield x, torch.as_tensor([int(r[1]) for r in rows], device=self.device)
+            else:
+                yield x
 
 
 def train(
@@ -284,7 +301,9 @@ def train(
     data: Tensor | Dataset,
     cfg: TrainConfig,
     callback: Callable[[EpochRecord], None] | None = None,
+    labels: Tensor | None = None,
 ) -> TrainHistory:
-    """Train ``model`` and ``sampler`` in place on ``data`` ((N, *data_shape) or a Dataset)."""
+    """Train ``model`` and ``sampler`` in place on ``data`` ((N, *data_shape) or a Dataset);
+    ``labels`` (N,) class indices for a class-conditional model."""
     torch.manual_seed(cfg.seed)
-    return Trainer(model, sampler, data, cfg).fit(callback=callback)
+    return Trainer(model, sampler, data, cfg, labels=labels).fit(callback=callback)

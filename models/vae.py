@@ -76,9 +76,11 @@ class VAE(nn.Module):
         def small_net(in_dim: int, out_dim: int) -> nn.Module:
             return nn.Linear(in_dim, out_dim) if affine else mlp(in_dim, (width,), out_dim)
 
+        n_classes = cfg.n_classes
         # --- inference network (phi) ---
         self.encoder, feature_dim = build_encoder(cfg)
-        heads, head_dims, in_dim = [], [], feature_dim
+        # A class-conditional encoder sees the label as a one-hot beside the image features.
+        heads, head_dims, in_dim = [], [], feature_dim + n_classes
         for layer in range(n_layers):
             if affine and layer == 0:
                 head, out_dim = nn.Identity(), in_dim  # d_1 = x: the most general affine encoder
@@ -99,18 +101,33 @@ class VAE(nn.Module):
         self.priors = nn.ModuleList(
             small_net(self.latent_dims[l + 1], 2 * self.latent_dims[l]) for l in range(n_layers - 1)
         )
-        self.decoder = build_decoder(cfg, self.latent_dims[0])
+        self.decoder = build_decoder(cfg, self.latent_dims[0] + n_classes)
+        self._init_class_prior(self.latent_dims[-1])
         self.likelihood = build_likelihood(cfg)
         # The decoder predicts a residual around a per-voxel offset that starts at the training
         # data's mean image (initialize_from_data). Without it, an untrained decoder can only
         # brighten its output through large latents, and training drives the encoder's scales
         # to their bound before the decoder's biases catch up: prior draws then decode to noise.
         self.output_offset = nn.Parameter(torch.zeros(cfg.data_shape))
-        # The sampling distribution for cfg.sampling == "aggregate" (chain space), set by
-        # fit_sampling_distribution; until then sample() draws from the prior.
-        self.register_buffer("sampling_loc", torch.zeros(self.latent_dim))
-        self.register_buffer("sampling_scale_tril", torch.eye(self.latent_dim))
-        self.register_buffer("sampling_is_fitted", torch.zeros((), dtype=torch.bool))
+        self._init_sampling_buffers(full_block=self.latent_dim)
+
+    def _init_class_prior(self, top_dim: int) -> None:
+        """p(z_L | y) = N(m_y, s_y^2): a learned mean and log-scale per class (zeros: N(0, I))."""
+        if self.cfg.n_classes:
+            self.class_prior = nn.Parameter(torch.zeros(self.cfg.n_classes, 2 * top_dim))
+
+    def _init_sampling_buffers(self, full_block: int) -> None:
+        """The sampling distribution for cfg.sampling == "aggregate" (chain space), set by
+        fit_sampling_distribution; until then sample() draws from the prior. A Gaussian with a
+        full covariance over the last ``full_block`` chain coordinates (the top layers) and a
+        diagonal one over the others; one per class for a class-conditional model."""
+        lead = (self.cfg.n_classes,) if self.cfg.n_classes else ()
+        self._full_block = full_block
+        eye = torch.eye(full_block).expand(*lead, full_block, full_block).clone()
+        self.register_buffer("sampling_loc", torch.zeros(*lead, self.latent_dim))
+        self.register_buffer("sampling_scale_tril", eye)
+        self.register_buffer("sampling_diag_scale", torch.ones(*lead, self.latent_dim - full_block))
+        self.register_buffer("sampling_is_fitted", torch.zeros(lead, dtype=torch.bool))
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -132,6 +149,39 @@ class VAE(nn.Module):
     def _a_parameter(self) -> torch.Tensor:
         """Any parameter: its device and dtype are the model's (noise is drawn to match)."""
         return next(self.posterior_top.parameters())
+
+    def _onehot(self, y, rows: int) -> torch.Tensor | None:
+        """Labels -> a (rows, n_classes) one-hot (None for an unconditional model).
+
+        ``y`` is a class index (int) for every row, or a (B,) tensor tiled sample-major to rows."""
+        n_classes = self.cfg.n_classes
+        if not n_classes:
+            if y is not None:
+                raise ValueError("y: this model is not class-conditional (n_classes=0); give no label")
+            return None
+        if y is None:
+            raise ValueError(f"y: this model is class-conditional (n_classes={n_classes}); "
+                             "give class indices")
+        like = self._a_parameter()
+        y = torch.as_tensor(y, device=like.device).long()
+        if y.dim() == 0:
+            y = y.expand(rows)
+        if y.dim() != 1:
+            raise ValueError(f"y: expected a class index or a (batch,) tensor, got shape {tuple(y.shape)}")
+        if bool(((y < 0) | (y >= n_classes)).any()):
+            raise ValueError(f"y: class indices must lie in [0, {n_classes - 1}]")
+        return nn.functional.one_hot(self._repeat_rows(y, rows), n_classes).to(like.dtype)
+
+    def _top_prior(self, onehot: torch.Tensor | None):
+        """(m_y, log s_y) of p(z_L | y) per row, or None for N(0, I)."""
+        if onehot is None:
+            return None
+        loc, log_std = (onehot @ self.class_prior).chunk(2, dim=-1)
+        return loc, soft_bound(log_std, *LOG_STD_RANGE)
+
+    @staticmethod
+    def _with_label(t: torch.Tensor, onehot: torch.Tensor | None) -> torch.Tensor:
+        return t if onehot is None else torch.cat([t, onehot.to(t.dtype)], dim=-1)
 
     def split_layers(self, t: torch.Tensor) -> list[torch.Tensor]:
         """(B, latent_dim) -> one (B, d_l) tensor per latent layer, bottom first."""
@@ -164,42 +214,58 @@ class VAE(nn.Module):
         return t.repeat(rows // batch, *([1] * (t.dim() - 1)))
 
     # ------------------------------------------------------- chain <-> latents
-    def _eps_to_z(self, eps: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _eps_to_z(self, eps: list[torch.Tensor], top=None) -> list[torch.Tensor]:
         z = list(eps)
+        if top is not None:
+            z[-1] = top[0] + torch.exp(top[1]) * eps[-1]
         for layer in reversed(range(len(eps) - 1)):
             mu, log_sigma = self._prior(layer, z[layer + 1])
             z[layer] = mu + torch.exp(log_sigma) * eps[layer]
         return z
 
-    def chain_to_latent(self, u: torch.Tensor) -> torch.Tensor:
+    def chain_to_latent(self, u: torch.Tensor, y=None) -> torch.Tensor:
         """Chain coordinates -> z = [z_1, ..., z_L] (B, latent_dim); identity when centered."""
         self._check_u(u)
+        top = self._top_prior(self._onehot(self._row_labels(y, u.shape[0]), u.shape[0]))
         if not self.noncentered:
             return u
-        return torch.cat(self._eps_to_z(self.split_layers(u)), dim=-1)
+        return torch.cat(self._eps_to_z(self.split_layers(u), top), dim=-1)
 
-    def latent_to_chain(self, z: torch.Tensor) -> torch.Tensor:
+    def latent_to_chain(self, z: torch.Tensor, y=None) -> torch.Tensor:
         """z (B, latent_dim) -> chain coordinates; the inverse of ``chain_to_latent``."""
         self._check_u(z)
+        top = self._top_prior(self._onehot(self._row_labels(y, z.shape[0]), z.shape[0]))
         if not self.noncentered:
             return z
         zs = self.split_layers(z)
         eps = list(zs)
+        if top is not None:
+            eps[-1] = (zs[-1] - top[0]) * torch.exp(-top[1])
         for layer in range(len(zs) - 1):
             mu, log_sigma = self._prior(layer, zs[layer + 1])
             eps[layer] = (zs[layer] - mu) * torch.exp(-log_sigma)
         return torch.cat(eps, dim=-1)
 
     # ---------------------------------------------------------------- inference
-    def _bottom_up(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feature = self.encoder(x)
+    def _bottom_up(self, x: torch.Tensor, onehot: torch.Tensor | None = None) -> list[torch.Tensor]:
+        feature = self._with_label(self.encoder(x), onehot)
         features = []
         for head in self.bottom_up:
             feature = head(feature)
             features.append(feature)
         return features
 
-    def _top_down(self, features: list[torch.Tensor], pick) -> tuple[list, list, list]:
+    def _posterior_top(self, feature: torch.Tensor, top) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loc, log_std) of q(top layer | x) in chain coordinates, in residual form around the
+        class prior N(m_y, s_y^2) when there is one: q = N(m_y + dmu, s_y^2 ds^2)."""
+        delta_mu, log_delta_s = self._gaussian(self.posterior_top, feature)
+        if top is None:
+            return delta_mu, log_delta_s
+        if self.noncentered:
+            return delta_mu * torch.exp(-top[1]), log_delta_s
+        return top[0] + delta_mu, top[1] + log_delta_s
+
+    def _top_down(self, features: list[torch.Tensor], pick, top=None) -> tuple[list, list, list]:
         """Walk q from the top layer down, in chain coordinates.
 
         ``pick(layer, loc, log_std)`` returns the chain value of that layer (a draw, a given
@@ -210,7 +276,7 @@ class VAE(nn.Module):
         z_above = None
         for layer in reversed(range(n_layers)):
             if layer == n_layers - 1:
-                loc, log_std = self._gaussian(self.posterior_top, features[layer])
+                loc, log_std = self._posterior_top(features[layer], top)
             else:
                 mu, log_sigma = self._prior(layer, z_above)
                 residual_in = torch.cat([features[layer], z_above], dim=-1)
@@ -222,17 +288,25 @@ class VAE(nn.Module):
                     loc, log_std = mu + delta_mu, log_sigma + log_delta_s
             value = pick(layer, loc, log_std)
             values[layer], locs[layer], log_stds[layer] = value, loc, log_std
-            if layer == n_layers - 1 or not self.noncentered:
+            if layer == n_layers - 1:
+                z_above = top[0] + torch.exp(top[1]) * value if top is not None and self.noncentered else value
+            elif not self.noncentered:
                 z_above = value
             else:
                 z_above = mu + torch.exp(log_sigma) * value
         return values, locs, log_stds
 
+    def _inference(self, x: torch.Tensor, y, rows: int):
+        """Bottom-up features tiled to ``rows`` and the class prior of the top layer per row."""
+        onehot = self._onehot(y, x.shape[0])
+        features = [self._repeat_rows(f, rows) for f in self._bottom_up(x, onehot)]
+        return features, self._top_prior(None if onehot is None else self._repeat_rows(onehot, rows))
+
     @staticmethod
     def _log_density(values, locs, log_stds) -> torch.Tensor:
         return sum(_normal_log_prob(v, m, s) for v, m, s in zip(values, locs, log_stds))
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, y=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, logvar) of q in chain space, each (B, latent_dim).
 
         Exact for one latent layer. With L > 1, q is not Gaussian; each layer's Gaussian is then
@@ -240,141 +314,204 @@ class VAE(nn.Module):
         an approximation meant for inflated-variance proposals, not for densities.
         """
         self._check_x(x)
-        values, _, log_stds = self._top_down(self._bottom_up(x), lambda layer, loc, log_std: loc)
+        features, top = self._inference(x, y, x.shape[0])
+        values, _, log_stds = self._top_down(features, lambda layer, loc, log_std: loc, top)
         return torch.cat(values, dim=-1), 2 * torch.cat(log_stds, dim=-1)
 
     def rsample(
-        self, x: torch.Tensor, n: int = 1, generator: torch.Generator | None = None
+        self, x: torch.Tensor, n: int = 1, generator: torch.Generator | None = None, y=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised draws u ~ q(. | x) in chain space and their exact log q.
+        """Reparameterised draws u ~ q(. | x[, y]) in chain space and their exact log q.
 
         u is (n * B, latent_dim), sample-major (``u.view(n, B, -1)[s]`` is draw s for every item);
         log_q is (n * B,).
         """
         self._check_x(x)
-        features = [self._repeat_rows(f, n * x.shape[0]) for f in self._bottom_up(x)]
+        features, top = self._inference(x, y, n * x.shape[0])
         noise = self.split_layers(
             _randn((n * x.shape[0], self.latent_dim), generator, self._a_parameter())
         )
         values, locs, log_stds = self._top_down(
-            features, lambda layer, loc, log_std: loc + torch.exp(log_std) * noise[layer]
+            features, lambda layer, loc, log_std: loc + torch.exp(log_std) * noise[layer], top
         )
         return torch.cat(values, dim=-1), self._log_density(values, locs, log_stds)
 
-    def log_q(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def log_q(self, x: torch.Tensor, u: torch.Tensor, y=None) -> torch.Tensor:
         """log q(u | x) in chain space; u may hold n * B rows (x is then tiled sample-major)."""
         self._check_x(x)
         self._check_u(u)
-        features = [self._repeat_rows(f, u.shape[0]) for f in self._bottom_up(x)]
+        features, top = self._inference(x, y, u.shape[0])
         given = self.split_layers(u)
-        values, locs, log_stds = self._top_down(features, lambda layer, loc, log_std: given[layer])
+        values, locs, log_stds = self._top_down(features, lambda layer, loc, log_std: given[layer], top)
         return self._log_density(values, locs, log_stds)
 
     # --------------------------------------------------------------- generative
-    def log_prior(self, u: torch.Tensor) -> torch.Tensor:
-        """log p(u) in chain space, (B,)."""
+    def _row_labels(self, y, rows: int):
+        """Labels for ``rows`` chain points: a scalar stays, a (B,) tensor is tiled to rows."""
+        if y is None or torch.as_tensor(y).dim() == 0:
+            return y
+        return self._repeat_rows(torch.as_tensor(y), rows)
+
+    def log_prior(self, u: torch.Tensor, y=None) -> torch.Tensor:
+        """log p(u[ | y]) in chain space, (B,)."""
         self._check_u(u)
+        top = self._top_prior(self._onehot(self._row_labels(y, u.shape[0]), u.shape[0]))
         if self.noncentered:
             return _standard_normal_log_prob(u)
         zs = self.split_layers(u)
-        total = _standard_normal_log_prob(zs[-1])
+        total = (_standard_normal_log_prob(zs[-1]) if top is None
+                 else _normal_log_prob(zs[-1], top[0], top[1]))
         for layer in range(len(zs) - 1):
             mu, log_sigma = self._prior(layer, zs[layer + 1])
             total = total + _normal_log_prob(zs[layer], mu, log_sigma)
         return total
 
-    def _decoder_out(self, u: torch.Tensor) -> torch.Tensor:
-        z_bottom = self.split_layers(self.chain_to_latent(u))[0]
-        return self.decoder(z_bottom) + self.output_offset
+    def _decoder_out(self, u: torch.Tensor, y=None) -> torch.Tensor:
+        y = self._row_labels(y, u.shape[0])
+        z_bottom = self.split_layers(self.chain_to_latent(u, y))[0]
+        return self.decoder(self._with_label(z_bottom, self._onehot(y, u.shape[0]))) + self.output_offset
 
-    def log_likelihood_given(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """log p(x | z_1(u)), (B,); u may hold n * B rows (x is then tiled sample-major)."""
+    def log_likelihood_given(self, x: torch.Tensor, u: torch.Tensor, y=None) -> torch.Tensor:
+        """log p(x | z_1(u)[, y]), (B,); u may hold n * B rows (x is then tiled sample-major)."""
         self._check_x(x)
         self._check_u(u)
-        return self.likelihood.log_prob(self._repeat_rows(x, u.shape[0]), self._decoder_out(u))
+        return self.likelihood.log_prob(self._repeat_rows(x, u.shape[0]), self._decoder_out(u, y))
 
-    def log_joint(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """log p(x, u) in chain space, (B,): the MCMC target, differentiable in u."""
+    def log_joint(self, x: torch.Tensor, u: torch.Tensor, y=None) -> torch.Tensor:
+        """log p(x, u[ | y]) in chain space, (B,): the MCMC target, differentiable in u."""
         self._check_x(x)
         self._check_u(u)
-        return self.log_prior(u) + self.log_likelihood_given(x, u)
+        return self.log_prior(u, y) + self.log_likelihood_given(x, u, y)
 
-    def decode(self, u: torch.Tensor) -> torch.Tensor:
+    def decode(self, u: torch.Tensor, y=None) -> torch.Tensor:
         """The noise-free scan (likelihood mean) at chain point u, (B, *data_shape)."""
-        return self.likelihood.mean(self._decoder_out(u))
+        return self.likelihood.mean(self._decoder_out(u, y))
 
-    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_prior(self, n: int, generator: torch.Generator | None = None, y=None) -> torch.Tensor:
         """n chain-space draws from the prior (ancestral, through the same noise, if centered)."""
         eps = _randn((n, self.latent_dim), generator, self._a_parameter())
+        top = self._top_prior(self._onehot(self._row_labels(y, n), n))
         if self.noncentered:
             return eps
-        return torch.cat(self._eps_to_z(self.split_layers(eps)), dim=-1)
+        return torch.cat(self._eps_to_z(self.split_layers(eps), top), dim=-1)
 
     @property
     def sampling_fitted(self) -> bool:
-        return bool(self.sampling_is_fitted)
+        """Whether the aggregate sampling distribution is fitted (for every class)."""
+        return bool(self.sampling_is_fitted.all())
 
-    def sample_latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _class_slot(self, y) -> tuple:
+        """Index into the sampling buffers: () unconditional, (class,) conditional."""
+        if not self.cfg.n_classes:
+            self._onehot(y, 1)  # raises if a label is given
+            return ()
+        if y is None or torch.as_tensor(y).dim() != 0:
+            raise ValueError("y: sampling a class-conditional model needs one class index")
+        self._onehot(y, 1)  # validates the range
+        return (int(y),)
+
+    def sample_latent(self, n: int, generator: torch.Generator | None = None, y=None) -> torch.Tensor:
         """n chain-space draws from the sampling distribution that cfg.sampling names."""
-        if self.cfg.sampling == "aggregate" and self.sampling_fitted:
+        slot = self._class_slot(y)
+        if self.cfg.sampling == "aggregate" and bool(self.sampling_is_fitted[slot]):
             eps = _randn((n, self.latent_dim), generator, self._a_parameter())
-            return self.sampling_loc + eps @ self.sampling_scale_tril.T
-        return self.sample_prior(n, generator)
+            split = self.latent_dim - self._full_block
+            scale = torch.cat([self.sampling_diag_scale[slot] * eps[:, :split],
+                               eps[:, split:] @ self.sampling_scale_tril[slot].T], dim=-1)
+            return self.sampling_loc[slot] + scale
+        return self.sample_prior(n, generator, y)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n mean scans, (n, *data_shape), from latents of sample_latent()."""
-        return self.decode(self.sample_latent(n, generator))
+    def sample(self, n: int, generator: torch.Generator | None = None, y=None) -> torch.Tensor:
+        """n mean scans, (n, *data_shape), from latents of sample_latent() (of class y)."""
+        return self.decode(self.sample_latent(n, generator, y), y)
+
+    def _posterior_moments(self, x: torch.Tensor, y, draws: int, generator) -> tuple[torch.Tensor, ...]:
+        """Sums over x's scans of the posterior's first moment, the second moment of the full block
+        (outer products) and the squares of the diagonal block, as (count, sum, outer, squares)."""
+        split = self.latent_dim - self._full_block
+        if len(self.latent_dims) == 1:
+            mu, logvar = (t.double() for t in self.encode(x, y))
+            full_mu, var = mu[:, split:], logvar.exp()
+            outer = full_mu.T @ full_mu + torch.diag(var[:, split:].sum(0))
+            squares = (mu[:, :split] ** 2 + var[:, :split]).sum(0)
+            return mu.shape[0], mu.sum(0), outer, squares
+        n = max(draws, 4 * self._full_block)
+        u, _ = self.rsample(x, n=n, generator=generator, y=y)
+        u = u.double()
+        return u.shape[0], u.sum(0), u[:, split:].T @ u[:, split:], (u[:, :split] ** 2).sum(0)
 
     @torch.no_grad()
     def fit_sampling_distribution(self, batches, draws: int = 16, generator: torch.Generator | None = None) -> bool:
         """Moment-match a Gaussian to the aggregate posterior (1/N) sum_i q(u | x_i) of the scans
-        in ``batches`` (a tensor (B, *data_shape) or an iterable of them); returns whether it did.
+        in ``batches`` (a tensor (B, *data_shape) or an iterable of them; for a class-conditional
+        model (x, y) pairs, one Gaussian per class); returns whether it did (for every class).
 
         One latent layer: q is Gaussian, so the moments are exact (law of total covariance:
         the spread of the posterior means plus the mean posterior variance), full rank even for
-        a single scan. Several layers: from max(draws, 4 d) draws of q per scan. If the
-        covariance is not positive definite (non-finite latents), the model keeps sampling from
-        its prior.
+        a single scan. Several layers: from max(draws, 4 f) draws of q per scan (f: the size of
+        the full-covariance block). If the covariance is not positive definite (non-finite
+        latents), or a class has no scans, that class keeps sampling from its prior.
         """
-        batches = [batches] if isinstance(batches, torch.Tensor) else batches
-        d, device = self.latent_dim, self.sampling_loc.device
-        total = torch.zeros(d, dtype=torch.float64, device=device)
-        outer = torch.zeros(d, d, dtype=torch.float64, device=device)
-        count = 0
-        for x in batches:
+        batches = [batches] if isinstance(batches, (torch.Tensor, tuple)) else batches
+        n_slots = max(self.cfg.n_classes, 1)
+        d, f, device = self.latent_dim, self._full_block, self.sampling_loc.device
+        count = [0] * n_slots
+        total = torch.zeros(n_slots, d, dtype=torch.float64, device=device)
+        outer = torch.zeros(n_slots, f, f, dtype=torch.float64, device=device)
+        squares = torch.zeros(n_slots, d - f, dtype=torch.float64, device=device)
+        for batch in batches:
+            x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
             x = x.to(device).float()
-            if len(self.latent_dims) == 1:
-                mu, logvar = (t.double() for t in self.encode(x))
-                total += mu.sum(0)
-                outer += mu.T @ mu + torch.diag(logvar.exp().sum(0))
-                count += mu.shape[0]
+            if not self.cfg.n_classes:
+                groups = [(0, x, None)]
             else:
-                u, _ = self.rsample(x, n=max(draws, 4 * d), generator=generator)
-                u = u.double()
-                total += u.sum(0)
-                outer += u.T @ u
-                count += u.shape[0]
-        if count == 0:
+                if y is None:
+                    raise ValueError("fit_sampling_distribution: a class-conditional model needs (x, y) batches")
+                y = torch.as_tensor(y, device=device).long()
+                groups = [(int(c), x[y == c], int(c)) for c in torch.unique(y)]
+            for slot, xs, label in groups:
+                k, s, o, q = self._posterior_moments(xs, label, draws, generator)
+                count[slot] += k
+                total[slot] += s
+                outer[slot] += o
+                squares[slot] += q
+        if sum(count) == 0:
             raise ValueError("fit_sampling_distribution: no scans given")
+        fitted_all = True
+        for slot in range(n_slots):
+            index = (slot,) if self.cfg.n_classes else ()
+            fitted = count[slot] > 0 and self._store_moments(index, count[slot], total[slot], outer[slot], squares[slot])
+            if not fitted:
+                what = f"class {slot}" if self.cfg.n_classes else "this model"
+                warnings.warn(f"no usable aggregate posterior for {what} (no scans, or a covariance "
+                              "that is not positive definite); it samples from its prior",
+                              RuntimeWarning, stacklevel=2)
+            self.sampling_is_fitted[index] = fitted
+            fitted_all = fitted_all and fitted
+        return fitted_all
+
+    def _store_moments(self, index: tuple, count: int, total, outer, squares) -> bool:
+        f = self._full_block
+        split = self.latent_dim - f
         mean = total / count
-        cov = outer / count - torch.outer(mean, mean)
-        cov = 0.5 * (cov + cov.T) + 1e-6 * torch.eye(d, dtype=torch.float64, device=device)
+        cov = outer / count - torch.outer(mean[split:], mean[split:])
+        cov = 0.5 * (cov + cov.T) + 1e-6 * torch.eye(f, dtype=torch.float64, device=cov.device)
         tril, info = torch.linalg.cholesky_ex(cov)
-        if int(info) != 0 or not torch.isfinite(tril).all():
-            warnings.warn("the aggregate posterior's covariance is not positive definite; "
-                          "this model samples from its prior", RuntimeWarning, stacklevel=2)
-            self.sampling_is_fitted.fill_(False)
+        var = squares / count - mean[:split] ** 2 + 1e-6
+        if int(info) != 0 or not torch.isfinite(tril).all() or not bool((var > 0).all()):
             return False
-        self.sampling_loc.copy_(mean.float())
-        self.sampling_scale_tril.copy_(tril.float())
-        self.sampling_is_fitted.fill_(True)
+        self.sampling_loc[index] = mean.float()
+        self.sampling_scale_tril[index] = tril.float()
+        self.sampling_diag_scale[index] = var.sqrt().float()
         return True
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # States saved before the sampling distribution existed: load them as unfitted (prior).
+        # States saved before the sampling distribution existed: load them as unfitted (prior);
+        # states from before the diagonal block: it is empty for these models.
         defaults = {"sampling_loc": self.sampling_loc, "sampling_scale_tril": self.sampling_scale_tril,
-                    "sampling_is_fitted": torch.zeros((), dtype=torch.bool)}
+                    "sampling_diag_scale": self.sampling_diag_scale,
+                    "sampling_is_fitted": torch.zeros_like(self.sampling_is_fitted)}
         for name, value in defaults.items():
             state_dict.setdefault(prefix + name, value.detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -388,7 +525,8 @@ class VAE(nn.Module):
     def generative_parameters(self) -> list[nn.Parameter]:
         """theta: prior networks, decoder, likelihood parameters."""
         modules = (self.priors, self.decoder, self.likelihood)
-        return [self.output_offset, *chained.from_iterable(m.parameters() for m in modules)]
+        own = [self.output_offset] + ([self.class_prior] if self.cfg.n_classes else [])
+        return [*own, *chained.from_iterable(m.parameters() for m in modules)]
 
     @torch.no_grad()
     def initialize_from_data(self, x: torch.Tensor) -> None:
@@ -398,4 +536,8 @@ class VAE(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> VAE:
+    if cfg.arch == "hconv":
+        from .hierarchy import SpatialHVAE  # local: hierarchy subclasses VAE
+
+        return SpatialHVAE(cfg)
     return VAE(cfg)
