@@ -1,4 +1,5 @@
 # One entry point for every set-up step: `make test` and `make demo` work from a fresh clone.
+# CI (.ci/run) runs `make test test-deploy`: the suite, then the container tests.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -16,14 +17,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 venv: $(VENV)/.installed
 
+# Everything but the container builds (about 10-13 minutes on 2 cores).
 test: venv
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -m "not deploy"
 
 test-fast: venv
 	$(PY) -m pytest tests -m "not slow and not deploy"
 
 # The deploy tests only: build the images and run gateway + worker containers end to end
-# (podman; skipped without it). `make test` runs them too.
+# (podman; skipped, with the reason, without it): 2-10 minutes, most of it building images.
 test-deploy: venv
 	$(PY) -m pytest tests/deploy -m deploy
 

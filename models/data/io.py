@@ -31,10 +31,12 @@ FREE_TEXT_FIELDS = ("descrip", "aux_file", "db_name", "intent_name")
 # float32) is above any whole-head MRI (0.5 mm isotropic is about 400x480x360 = 69M), while a
 # 1 MB .nii.gz can declare 640^3 zeros (1 GiB as float32). MCVAE_MAX_SCAN_VOXELS overrides it.
 DEFAULT_MAX_SCAN_VOXELS = 512**3
+# The library reads its one setting itself (it never imports workers' settings).
+MAX_SCAN_VOXELS_ENV = "MCVAE_MAX_SCAN_VOXELS"
 
 
 def max_scan_voxels() -> int:
-    raw = os.environ.get("MCVAE_MAX_SCAN_VOXELS", "").strip()
+    raw = os.environ.get(MAX_SCAN_VOXELS_ENV, "").strip()
     if not raw:
         return DEFAULT_MAX_SCAN_VOXELS
     if not raw.isdigit() or int(raw) < 1:

@@ -33,7 +33,9 @@ def _settings_env_names() -> set[str]:
     for cls in (Settings, ServiceSettings):
         prefix = cls.model_config.get("env_prefix", "")
         names |= {f"{prefix}{field}".upper() for field in cls.model_fields}
-    return names
+    from models.data.io import MAX_SCAN_VOXELS_ENV  # the library's own setting (CLI and workers)
+
+    return names | {MAX_SCAN_VOXELS_ENV}
 
 
 def _services():
