@@ -91,7 +91,7 @@ class Trainer:
         self.opt_encoder = torch.optim.Adam(self.encoder_params, lr=cfg.lr)
         self.opt_generative = torch.optim.Adam(self.generative_params, lr=cfg.lr)
         self.opt_sampler = (
-            torch.optim.Adam(self.sampler_params, lr=cfg.sampler_lr) if self.sampler_params else None
+            torch.optim.Adam(self.sampler_params, lr=self._sampler_lr()) if self.sampler_params else None
         )
         self.steps_per_epoch = math.ceil(len(self.dataset) / cfg.batch_size)
         self.total_epochs = cfg.pretrain_epochs + cfg.epochs
@@ -102,6 +102,13 @@ class Trainer:
             model.initialize_from_data(self._data_mean())
         self.history = TrainHistory()
         self._warm_start_asked = False
+
+    def _sampler_lr(self) -> float:
+        """SamplerConfig.lr; the deprecated TrainConfig.sampler_lr overrides it when given."""
+        if self.cfg.sampler_lr is not None:
+            return self.cfg.sampler_lr
+        sampler_cfg = getattr(self.sampler, "cfg", None)
+        return getattr(sampler_cfg, "lr", 1e-2)
 
     def _data_mean(self) -> Tensor:
         """Mean training item (first 256 items: enough for an initial offset)."""
@@ -216,8 +223,18 @@ class Trainer:
         """Train from ``global_step`` to the end.
 
         ``on_step(done, total)`` runs after every step and may raise TrainingCancelled;
-        ``on_checkpoint(state_dict)`` runs every ``checkpoint_every`` steps.
+        ``on_checkpoint(state_dict)`` runs every ``checkpoint_every`` steps. With ``cfg.threads``
+        set, torch uses that many CPU threads meanwhile (the previous count is restored).
         """
+        previous_threads = torch.get_num_threads()
+        if self.cfg.threads is not None:
+            torch.set_num_threads(self.cfg.threads)
+        try:
+            return self._fit(callback, on_step, checkpoint_every, on_checkpoint)
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    def _fit(self, callback, on_step, checkpoint_every, on_checkpoint) -> TrainHistory:
         self.model.train()
         n_dims = math.prod(self.model.cfg.data_shape)
         start_epoch, skip = divmod(self.global_step, self.steps_per_epoch)
@@ -285,6 +302,9 @@ def train(
     cfg: TrainConfig,
     callback: Callable[[EpochRecord], None] | None = None,
 ) -> TrainHistory:
-    """Train ``model`` and ``sampler`` in place on ``data`` ((N, *data_shape) or a Dataset)."""
-    torch.manual_seed(cfg.seed)
+    """Train ``model`` and ``sampler`` in place on ``data`` ((N, *data_shape) or a Dataset).
+
+    Every random draw comes from generators seeded by ``cfg.seed``: torch's global RNG is
+    neither used nor reseeded (the caller's stream of random numbers is left as it was).
+    """
     return Trainer(model, sampler, data, cfg).fit(callback=callback)
