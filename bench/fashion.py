@@ -80,7 +80,8 @@ def run_one(variant: str, seed: int, train_x, test_x, args) -> dict:
     row = {"variant": variant, "seed": seed, "log_px": float(log_px.mean()), "test_elbo": test_elbo,
            "train_elbo_last_epoch": last.elbo, "seconds_per_epoch": train_seconds / args.epochs,
            "eval_seconds": eval_seconds,
-           "accept_last_epoch": last.accept, "step_size_last_epoch": last.step_size}
+           "accept_last_epoch": last.accept, "step_size_last_epoch": last.step_size,
+           "sampler": VARIANTS[variant].model_dump(), "pretrain_epochs": pretrain}
     print(json.dumps(row), flush=True)
     return row
 

@@ -114,10 +114,22 @@ class SamplerConfig(_Config):
         30, ge=0, description="entropy adaptation: transitions of a search that sets h once, on the "
         "first batch of phase 2, before the speed measure takes over (0: start from step_size)")
     beta_init: float = Field(1.0, gt=0)
+    beta_balance: bool = Field(
+        True, description="entropy adaptation in training: after the warm start, set beta so that "
+        "the warm-started h is a stationary point of the speed measure (else beta starts at beta_init)")
     beta_min: float = Field(1e-3, gt=0)
     beta_max: float = Field(100.0, gt=0)
-    beta_rate: float = Field(0.02, ge=0, description="rho in beta <- beta (1 + rho (alpha - target))")
+    beta_rate: float = Field(0.05, ge=0, description="rho in beta <- beta exp(rho (alpha - target))")
     lr: float = Field(1e-2, gt=0, description="entropy adaptation: Adam learning rate of (h, C)")
+    accept_gain: float | None = Field(
+        None, ge=0, description="entropy adaptation: after every adapting transition, log h += "
+        "accept_gain * (mean acceptance - target), an acceptance-controlled correction of the speed "
+        "measure's step; default 0.3 for MALA, 0 for HMC (whose acceptance is not monotone in h, "
+        "so the correction could chase it); 0: the speed measure alone")
+    update: Literal["per_step", "per_batch"] = Field(
+        "per_step", description="entropy adaptation in training: one optimiser step on (h, C) after "
+        "every MCMC transition (per_step), or one per minibatch on the mean loss of its K transitions "
+        "(per_batch, the rule before issue 12)")
 
     @model_validator(mode="after")
     def _beta_bounds(self) -> "SamplerConfig":
@@ -126,6 +138,12 @@ class SamplerConfig(_Config):
         if not self.beta_min <= self.beta_init <= self.beta_max:
             raise ValueError("beta_init must lie within [beta_min, beta_max]")
         return self
+
+    @property
+    def step_gain(self) -> float:
+        if self.accept_gain is not None:
+            return self.accept_gain
+        return 0.0 if self.kind == "hmc" else 0.3
 
     @property
     def accept_target(self) -> float:

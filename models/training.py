@@ -176,6 +176,12 @@ class Trainer:
         self.opt_generative.step()
         return {"elbo": float(elbo.detach().mean())}
 
+    def _sampler_step(self, loss: Tensor) -> None:
+        """One optimiser step of the sampler's (h, C) on a speed-measure loss."""
+        self.opt_sampler.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_sampler.step()
+
     def _mcmc_step(self, x: Tensor, generator) -> dict[str, float]:
         model, sampler = self.model, self.sampler
         elbo, u0 = self._elbo(x, generator)
@@ -189,14 +195,15 @@ class Trainer:
         if not self._warm_start_asked and hasattr(sampler, "warm_start"):
             # Once per fit(), on its first MCMC step: the sampler's own flag (saved in checkpoints)
             # makes it a no-op after a resume; asking only once keeps a device sync off every step.
-            sampler.warm_start(target, u0.float(), generator=generator)
+            sampler.warm_start(target, u0.float(), generator=generator,
+                               balance_beta=getattr(sampler.cfg, "beta_balance", False))
             self._warm_start_asked = True
         sampler.train()
-        u_end, infos = sampler.run(u0.float(), target, generator=generator)
-        if self.opt_sampler is not None and infos and infos[0].loss is not None:
-            self.opt_sampler.zero_grad(set_to_none=True)
-            torch.stack([i.loss for i in infos]).mean().backward()
-            self.opt_sampler.step()
+        per_step = self.opt_sampler is not None and getattr(sampler.cfg, "update", "per_batch") == "per_step"
+        u_end, infos = sampler.run(u0.float(), target, generator=generator,
+                                   on_loss=self._sampler_step if per_step else None)
+        if self.opt_sampler is not None and not per_step and infos and infos[0].loss is not None:
+            self._sampler_step(torch.stack([i.loss for i in infos]).mean())
 
         with self._autocast():
             decoder_loss = -model.log_joint(x, u_end.detach()).float().mean()
