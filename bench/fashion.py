@@ -5,8 +5,9 @@ reaches -125.10 nats held out (test ELBO -131.07). Settings, identical for every
 784-200-200 (encoder) / 10-200-200-784 (decoder), latent 10, ReLU, Glorot init, batch 100,
 Adam 5e-4, 15 epochs, static binarisation at 0.5, Bernoulli likelihood, all 60 000 training
 images; log p(x) by 1000-particle importance sampling (mcvae's encoder proposal) on the first
-2000 test images. Every MCMC variant spends the same 5 gradient evaluations per chain and
-minibatch: MALA 5 steps, HMC 1 step of 5 leapfrogs.
+2000 test images. MCMC variants train 10 epochs of plain ELBO, then 5 with chains (--pretrain;
+15 epochs in all, like the plain VAE), each spending the same 5 gradient evaluations per chain
+and minibatch: MALA 5 steps, HMC 1 step of 5 leapfrogs.
 
     apt-get install dataset-fashion-mnist
     OMP_NUM_THREADS=1 python bench/fashion.py [--variants plain mala_entropy ...] [--seeds 0 1 2]
@@ -86,29 +87,7 @@ def run_one(variant: str, seed: int, train_x, test_x, args) -> dict:
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--pretrain", type=int, default=0,
-                        help="MCMC variants: plain-ELBO epochs before the chains start (of --epochs)")
-    parser.add_argument("--particles", type=int, default=1000)
-    parser.add_argument("--test-items", type=int, default=2000)
-    parser.add_argument("--activation", default="relu")
-    parser.add_argument("--init", default="xavier")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--tag", default="", help="suffix of the result file (for side experiments)")
-    args = parser.parse_args()
-    train_x, test_x = load_split("train"), load_split("t10k")[: args.test_items]
-    out_name = f"fashion_cpu{args.tag}"
-    previous = RESULTS / f"{out_name}.json"
-    runs = json.loads(previous.read_text())["runs"] if previous.exists() else []
-    for variant in args.variants:
-        for seed in args.seeds:
-            row = run_one(variant, seed, train_x, test_x, args)
-            runs = [r for r in runs if (r["variant"], r["seed"]) != (variant, seed)] + [row]
-            write_result(out_name, {"machine": machine(), "settings": vars(args), "runs": runs})
+def summarise(runs: list[dict], args) -> None:
     print(f"\nheld-out log p(x), nats (higher is better), first {args.test_items} test images, "
           f"{args.particles} particles; official TF plain VAE {OFFICIAL_PLAIN}; {machine()}")
     print(f"{'variant':22s} {'seeds':>5s} {'log p(x)':>17s} {'test ELBO':>9s} {'vs plain':>8s} {'s/epoch':>8s} {'accept':>6s}")
@@ -125,6 +104,42 @@ def main() -> None:
               f"{statistics.mean(r['test_elbo'] for r in rows):9.2f} {gain:+8.2f} "
               f"{statistics.mean(r['seconds_per_epoch'] for r in rows):8.1f} "
               + (f"{statistics.mean(accepts):6.3f}" if accepts else "     -"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--pretrain", type=int, default=10,
+                        help="MCMC variants: plain-ELBO epochs before the chains start (of --epochs)")
+    parser.add_argument("--particles", type=int, default=1000)
+    parser.add_argument("--test-items", type=int, default=2000)
+    parser.add_argument("--activation", default="relu")
+    parser.add_argument("--init", default="xavier")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", default="", help="suffix of the result file (for side experiments)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="TAG",
+                        help="no training: merge the runs of earlier --tag result files into this one")
+    args = parser.parse_args()
+    if args.merge:
+        runs = []
+        for tag in args.merge:
+            for row in json.loads((RESULTS / f"fashion_cpu{tag}.json").read_text())["runs"]:
+                runs = [r for r in runs if (r["variant"], r["seed"]) != (row["variant"], row["seed"])] + [row]
+        write_result(f"fashion_cpu{args.tag}", {"machine": machine(), "merged_from": args.merge, "runs": runs})
+        summarise(runs, args)
+        return
+    train_x, test_x = load_split("train"), load_split("t10k")[: args.test_items]
+    out_name = f"fashion_cpu{args.tag}"
+    previous = RESULTS / f"{out_name}.json"
+    runs = json.loads(previous.read_text())["runs"] if previous.exists() else []
+    for variant in args.variants:
+        for seed in args.seeds:
+            row = run_one(variant, seed, train_x, test_x, args)
+            runs = [r for r in runs if (r["variant"], r["seed"]) != (variant, seed)] + [row]
+            write_result(out_name, {"machine": machine(), "settings": vars(args), "runs": runs})
+    summarise(runs, args)
     print(f"wrote {RESULTS / (out_name + '.json')}")
 
 
