@@ -7,7 +7,10 @@ leaves its target invariant.
 
 Adaptation kinds:
 - ``entropy``: (h, C) are parameters; ``info.loss = -mean log alpha - beta H`` is minimised by
-  the caller's optimiser (or by ``adapt``) and beta follows the acceptance rule.
+  the caller's optimiser (or by ``adapt``; in training one step per transition) and beta follows
+  the acceptance rule. For MALA, log h also takes a Robbins-Monro step towards the acceptance
+  target after every adapting transition (``SamplerConfig.accept_gain``; issue 12: in short
+  runs on sharp posteriors the speed measure alone sat far off target, docs/RESULTS.md).
 - ``dual_averaging``: C = I, log h by dual averaging towards the target acceptance.
 - ``fixed``: C = I, h as configured.
 """
