@@ -7,6 +7,7 @@ Configs are pydantic models, so a bad value raises ``pydantic.ValidationError`` 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -44,8 +45,15 @@ class ModelConfig(_Config):
     parameterization: Literal["centered", "noncentered"] = "noncentered"
     # conv: channels per down-sampling stage (each halves every spatial size).
     channels: tuple[int, ...] = (16, 32, 64)
-    # mlp: hidden widths; also the width of the hierarchical VAE's per-layer networks.
+    # mlp: exactly the hidden widths of the encoder (in order) and the decoder (reversed), e.g.
+    # (200, 200) is 784-200-200-(q's parameters) and z-200-200-784; the last width is also the
+    # width of the hierarchical VAE's per-layer networks.
     hidden: tuple[int, ...] = (256,)
+    # mlp (and the hierarchy's small networks): activation between hidden layers, and how their
+    # linear layers start ("torch": torch's default; "xavier": Glorot-uniform, zero bias, as in
+    # TensorFlow; "kaiming": He-normal, zero bias).
+    activation: Literal["silu", "relu", "elu", "gelu", "tanh", "softplus"] = "silu"
+    init: Literal["torch", "xavier", "kaiming"] = "torch"
     # gaussian / logistic: initial global log-variance (log-scale for logistic) of p(x | z).
     obs_log_var: float = -3.0
     learn_obs_var: bool = True
@@ -144,9 +152,22 @@ class SamplerConfig(_Config):
         30, ge=0, description="entropy adaptation: transitions of a search that sets h once, on the "
         "first batch of phase 2, before the speed measure takes over (0: start from step_size)")
     beta_init: float = Field(1.0, gt=0)
+    beta_balance: bool = Field(
+        True, description="entropy adaptation in training: after the warm start, set beta so that "
+        "the warm-started h is a stationary point of the speed measure (else beta starts at beta_init)")
     beta_min: float = Field(1e-3, gt=0)
     beta_max: float = Field(100.0, gt=0)
-    beta_rate: float = Field(0.02, ge=0, description="rho in beta <- beta (1 + rho (alpha - target))")
+    beta_rate: float = Field(0.05, ge=0, description="rho in beta <- beta exp(rho (alpha - target))")
+    lr: float = Field(1e-2, gt=0, description="entropy adaptation: Adam learning rate of (h, C)")
+    accept_gain: float | None = Field(
+        None, ge=0, description="entropy adaptation: after every adapting transition, log h += "
+        "accept_gain * (mean acceptance - target), an acceptance-controlled correction of the speed "
+        "measure's step; default 0.3 for MALA, 0 for HMC (whose acceptance is not monotone in h, "
+        "so the correction could chase it); 0: the speed measure alone")
+    update: Literal["per_step", "per_batch"] = Field(
+        "per_step", description="entropy adaptation in training: one optimiser step on (h, C) after "
+        "every MCMC transition (per_step), or one per minibatch on the mean loss of its K transitions "
+        "(per_batch, the rule before issue 12)")
 
     @model_validator(mode="after")
     def _beta_bounds(self) -> "SamplerConfig":
@@ -155,6 +176,12 @@ class SamplerConfig(_Config):
         if not self.beta_min <= self.beta_init <= self.beta_max:
             raise ValueError("beta_init must lie within [beta_min, beta_max]")
         return self
+
+    @property
+    def step_gain(self) -> float:
+        if self.accept_gain is not None:
+            return self.accept_gain
+        return 0.0 if self.kind == "hmc" else 0.3
 
     @property
     def accept_target(self) -> float:
@@ -170,9 +197,21 @@ class TrainConfig(_Config):
     epochs: int = Field(10, ge=0, description="phase 2: encoder ELBO, decoder on MCMC end states")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0, description="encoder and decoder learning rate")
-    sampler_lr: float = Field(1e-2, gt=0, description="learning rate of the sampler's (h, C)")
+    sampler_lr: float | None = Field(
+        None, gt=0, description="deprecated: set SamplerConfig.lr; when given, it overrides it")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads while training (torch.set_num_threads); None "
+        "leaves the process's setting. On a loaded machine fewer threads are often faster")
     device: str = "cpu"
     amp: bool = Field(False, description="bf16 autocast for network passes on CUDA")
     seed: int = 0
     grad_clip: float | None = Field(100.0, gt=0)
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+    @field_validator("sampler_lr")
+    @classmethod
+    def _deprecated_sampler_lr(cls, v: float | None) -> float | None:
+        if v is not None:
+            warnings.warn("TrainConfig.sampler_lr is deprecated: the sampler's learning rate is "
+                          "SamplerConfig.lr", DeprecationWarning, stacklevel=2)
+        return v

@@ -53,22 +53,8 @@ def _log_weights_chunk(model, x, mean, log_std, centre, n, generator) -> Tensor:
     return log_w.view(n, b)
 
 
-def log_likelihood(
-    model: nn.Module,
-    x: Tensor,
-    n_particles: int = 1000,
-    proposal: Literal["encoder", "mcmc"] = "encoder",
-    sampler: nn.Module | None = None,
-    chunk: int = 100,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Importance-sampled log p(x) per item, (B,), in nats."""
-    if proposal not in ("encoder", "mcmc"):
-        raise ValueError(f"proposal: expected 'encoder' or 'mcmc', got {proposal!r}")
-    if n_particles < 1:
-        raise ValueError(f"n_particles: must be positive, got {n_particles}")
-    was_training = model.training
-    model.eval()
+def _log_weights(model, x, n_particles, proposal, sampler, chunk, generator) -> Tensor:
+    """log w, (n_particles, B), with model (and sampler) in eval mode."""
     with torch.no_grad():
         mean, log_var = model.encode(x)
     log_std = 0.5 * log_var
@@ -86,8 +72,30 @@ def log_likelihood(
         n = min(chunk, n_particles - done)
         chunks.append(_log_weights_chunk(model, x, mean, log_std, centre, n, generator))
         done += n
-    log_w = torch.cat(chunks, 0)
-    model.train(was_training)
+    return torch.cat(chunks, 0)
+
+
+def log_likelihood(
+    model: nn.Module,
+    x: Tensor,
+    n_particles: int = 1000,
+    proposal: Literal["encoder", "mcmc"] = "encoder",
+    sampler: nn.Module | None = None,
+    chunk: int = 100,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Importance-sampled log p(x) per item, (B,), in nats."""
+    if proposal not in ("encoder", "mcmc"):
+        raise ValueError(f"proposal: expected 'encoder' or 'mcmc', got {proposal!r}")
+    if n_particles < 1:
+        raise ValueError(f"n_particles: must be positive, got {n_particles}")
+    modes = [(m, m.training) for m in (model, sampler) if m is not None]
+    model.eval()  # and the sampler, below: no adaptation while estimating
+    try:
+        log_w = _log_weights(model, x, n_particles, proposal, sampler, chunk, generator)
+    finally:
+        for module, was_training in modes:  # the caller's modes, whatever happened
+            module.train(was_training)
     return torch.logsumexp(log_w, 0) - math.log(n_particles)
 
 

@@ -6,14 +6,17 @@ to the likelihood's parameter tensor ``out`` (B, *data_shape).
 Two rules hold for every network here:
 - no batch norm (nor anything else that mixes batch items): each MCMC chain targets one scan's
   posterior, which must not depend on the other scans in the batch;
-- smooth activations (SiLU / MONAI's SWISH): MALA and HMC follow grad log p(x | z), which is
-  then continuous in z.
+- the MLP's activation and initialisation are ``ModelConfig.activation`` / ``.init``. SiLU (the
+  default) is smooth, so grad log p(x | z), which MALA and HMC follow, is continuous in z; ReLU
+  (the speed-measure paper's choice) gives piecewise-constant decoder Jacobians, which the
+  Metropolis correction still handles. The conv networks use MONAI's SWISH (= SiLU).
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
@@ -21,20 +24,49 @@ from .config import ModelConfig
 
 ACTIVATION = nn.SiLU
 MONAI_ACTIVATION = "SWISH"  # x * sigmoid(x), the same function as nn.SiLU
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "silu": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
+}
 
 
 def mlp(
-    in_dim: int, widths: tuple[int, ...] | list[int], out_dim: int, final_activation: bool = False
+    in_dim: int,
+    widths: tuple[int, ...] | list[int],
+    out_dim: int,
+    final_activation: bool = False,
+    activation: str = "silu",
 ) -> nn.Sequential:
-    """Linear layers through ``widths`` to ``out_dim``, SiLU between (and after, if asked)."""
+    """Linear layers through ``widths`` to ``out_dim``, ``activation`` between (and after, if asked)."""
+    act = ACTIVATIONS[activation]
     layers: list[nn.Module] = []
     for width in widths:
-        layers += [nn.Linear(in_dim, width), ACTIVATION()]
+        layers += [nn.Linear(in_dim, width), act()]
         in_dim = width
     layers.append(nn.Linear(in_dim, out_dim))
     if final_activation:
-        layers.append(ACTIVATION())
+        layers.append(act())
     return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def initialize_linear(module: nn.Module, scheme: str) -> None:
+    """Re-initialise every nn.Linear in ``module``: ``torch`` keeps torch's default
+    (kaiming-uniform with a=sqrt(5), i.e. U(+-1/sqrt(fan_in)), biases likewise); ``xavier`` is
+    Glorot-uniform weights and zero biases (TensorFlow/Keras's default, the paper's code);
+    ``kaiming`` is He-normal for ReLU-like nets, zero biases."""
+    if scheme == "torch":
+        return
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            if scheme == "xavier":
+                nn.init.xavier_uniform_(layer.weight)
+            elif scheme == "kaiming":
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            else:
+                raise ValueError(f"init: unknown scheme {scheme!r}")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 def _n_voxels(cfg: ModelConfig) -> int:
@@ -64,9 +96,11 @@ def build_encoder(cfg: ModelConfig) -> tuple[nn.Module, int]:
         # The features are x itself, so whatever affine head follows keeps the encoder affine.
         return nn.Flatten(), _n_voxels(cfg)
     if cfg.arch == "mlp":
+        # Exactly the hidden layers ``hidden`` (each followed by the activation); the VAE's
+        # affine head maps the last one to q's parameters.
         widths = cfg.hidden
         return nn.Sequential(
-            nn.Flatten(), mlp(_n_voxels(cfg), widths[:-1], widths[-1], True)
+            nn.Flatten(), mlp(_n_voxels(cfg), widths[:-1], widths[-1], True, cfg.activation)
         ), widths[-1]
     if cfg.arch == "conv":
         stages, c_in = [], cfg.data_shape[0]
@@ -86,7 +120,8 @@ def build_decoder(cfg: ModelConfig, in_dim: int) -> nn.Module:
         return nn.Sequential(nn.Linear(in_dim, _n_voxels(cfg)), nn.Unflatten(1, shape))
     if cfg.arch == "mlp":
         return nn.Sequential(
-            mlp(in_dim, tuple(reversed(cfg.hidden)), _n_voxels(cfg)), nn.Unflatten(1, shape)
+            mlp(in_dim, tuple(reversed(cfg.hidden)), _n_voxels(cfg), activation=cfg.activation),
+            nn.Unflatten(1, shape),
         )
     if cfg.arch == "conv":
         bottleneck = (cfg.channels[-1], *_bottleneck_spatial(cfg))

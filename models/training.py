@@ -98,7 +98,7 @@ class Trainer:
         self.opt_encoder = torch.optim.Adam(self.encoder_params, lr=cfg.lr)
         self.opt_generative = torch.optim.Adam(self.generative_params, lr=cfg.lr)
         self.opt_sampler = (
-            torch.optim.Adam(self.sampler_params, lr=cfg.sampler_lr) if self.sampler_params else None
+            torch.optim.Adam(self.sampler_params, lr=self._sampler_lr()) if self.sampler_params else None
         )
         self.steps_per_epoch = math.ceil(len(self.dataset) / cfg.batch_size)
         self.total_epochs = cfg.pretrain_epochs + cfg.epochs
@@ -109,6 +109,13 @@ class Trainer:
             model.initialize_from_data(self._data_mean())
         self.history = TrainHistory()
         self._warm_start_asked = False
+
+    def _sampler_lr(self) -> float:
+        """SamplerConfig.lr; the deprecated TrainConfig.sampler_lr overrides it when given."""
+        if self.cfg.sampler_lr is not None:
+            return self.cfg.sampler_lr
+        sampler_cfg = getattr(self.sampler, "cfg", None)
+        return getattr(sampler_cfg, "lr", 1e-2)
 
     def _data_mean(self) -> Tensor:
         """Mean training item (first 256 items: enough for an initial offset)."""
@@ -181,6 +188,12 @@ class Trainer:
         self.opt_generative.step()
         return {"elbo": float(elbo.detach().mean())}
 
+    def _sampler_step(self, loss: Tensor) -> None:
+        """One optimiser step of the sampler's (h, C) on a speed-measure loss."""
+        self.opt_sampler.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_sampler.step()
+
     def _mcmc_step(self, x: Tensor, generator, **y) -> dict[str, float]:
         model, sampler = self.model, self.sampler
         elbo, u0 = self._elbo(x, generator, **y)
@@ -194,14 +207,15 @@ class Trainer:
         if not self._warm_start_asked and hasattr(sampler, "warm_start"):
             # Once per fit(), on its first MCMC step: the sampler's own flag (saved in checkpoints)
             # makes it a no-op after a resume; asking only once keeps a device sync off every step.
-            sampler.warm_start(target, u0.float(), generator=generator)
+            sampler.warm_start(target, u0.float(), generator=generator,
+                               balance_beta=getattr(sampler.cfg, "beta_balance", False))
             self._warm_start_asked = True
         sampler.train()
-        u_end, infos = sampler.run(u0.float(), target, generator=generator)
-        if self.opt_sampler is not None and infos and infos[0].loss is not None:
-            self.opt_sampler.zero_grad(set_to_none=True)
-            torch.stack([i.loss for i in infos]).mean().backward()
-            self.opt_sampler.step()
+        per_step = self.opt_sampler is not None and getattr(sampler.cfg, "update", "per_batch") == "per_step"
+        u_end, infos = sampler.run(u0.float(), target, generator=generator,
+                                   on_loss=self._sampler_step if per_step else None)
+        if self.opt_sampler is not None and not per_step and infos and infos[0].loss is not None:
+            self._sampler_step(torch.stack([i.loss for i in infos]).mean())
 
         with self._autocast():
             decoder_loss = -model.log_joint(x, u_end.detach(), **y).float().mean()
@@ -228,8 +242,18 @@ class Trainer:
         """Train from ``global_step`` to the end.
 
         ``on_step(done, total)`` runs after every step and may raise TrainingCancelled;
-        ``on_checkpoint(state_dict)`` runs every ``checkpoint_every`` steps.
+        ``on_checkpoint(state_dict)`` runs every ``checkpoint_every`` steps. With ``cfg.threads``
+        set, torch uses that many CPU threads meanwhile (the previous count is restored).
         """
+        previous_threads = torch.get_num_threads()
+        if self.cfg.threads is not None:
+            torch.set_num_threads(self.cfg.threads)
+        try:
+            return self._fit(callback, on_step, checkpoint_every, on_checkpoint)
+        finally:
+            torch.set_num_threads(previous_threads)
+
+    def _fit(self, callback, on_step, checkpoint_every, on_checkpoint) -> TrainHistory:
         self.model.train()
         n_dims = math.prod(self.model.cfg.data_shape)
         start_epoch, skip = divmod(self.global_step, self.steps_per_epoch)
@@ -304,6 +328,9 @@ def train(
     labels: Tensor | None = None,
 ) -> TrainHistory:
     """Train ``model`` and ``sampler`` in place on ``data`` ((N, *data_shape) or a Dataset);
-    ``labels`` (N,) class indices for a class-conditional model."""
-    torch.manual_seed(cfg.seed)
+    ``labels`` (N,) class indices for a class-conditional model.
+
+    Every random draw comes from generators seeded by ``cfg.seed``: torch's global RNG is
+    neither used nor reseeded (the caller's stream of random numbers is left as it was).
+    """
     return Trainer(model, sampler, data, cfg, labels=labels).fit(callback=callback)

@@ -26,7 +26,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .likelihoods import build_likelihood
-from .networks import build_decoder, build_encoder, mlp
+from .networks import build_decoder, build_encoder, initialize_linear, mlp
 
 # Latent log standard deviations are bounded: a collapsed or exploding scale would make the
 # chain-space map (noncentered) or the prior density (centered) numerically useless. The bound
@@ -74,7 +74,8 @@ class VAE(nn.Module):
         affine = cfg.arch == "linear"
 
         def small_net(in_dim: int, out_dim: int) -> nn.Module:
-            return nn.Linear(in_dim, out_dim) if affine else mlp(in_dim, (width,), out_dim)
+            return nn.Linear(in_dim, out_dim) if affine else mlp(in_dim, (width,), out_dim,
+                                                                  activation=cfg.activation)
 
         n_classes = cfg.n_classes
         # --- inference network (phi) ---
@@ -82,17 +83,24 @@ class VAE(nn.Module):
         # A class-conditional encoder sees the label as a one-hot beside the image features.
         heads, head_dims, in_dim = [], [], feature_dim + n_classes
         for layer in range(n_layers):
-            if affine and layer == 0:
-                head, out_dim = nn.Identity(), in_dim  # d_1 = x: the most general affine encoder
+            if (affine or cfg.arch == "mlp") and layer == 0:
+                # linear: d_1 = x, the most general affine encoder. mlp: d_1 = the encoder's last
+                # hidden layer, so that ``hidden`` lists every hidden layer there is.
+                head, out_dim = nn.Identity(), in_dim
             elif affine:
                 head, out_dim = nn.Linear(in_dim, width), width
             else:
-                head, out_dim = mlp(in_dim, (), width, final_activation=True), width
+                head, out_dim = mlp(in_dim, (), width, final_activation=True,
+                                    activation=cfg.activation), width
             heads.append(head)
             head_dims.append(out_dim)
             in_dim = out_dim
         self.bottom_up = nn.ModuleList(heads)
-        self.posterior_top = small_net(head_dims[-1], 2 * self.latent_dims[-1])
+        # mlp, one latent layer: q's parameters are an affine map of the last hidden layer (the
+        # standard VAE encoder); otherwise the top posterior has a hidden layer of its own.
+        plain_mlp = cfg.arch == "mlp" and n_layers == 1
+        self.posterior_top = (nn.Linear(head_dims[-1], 2 * self.latent_dims[-1]) if plain_mlp
+                              else small_net(head_dims[-1], 2 * self.latent_dims[-1]))
         self.posterior_residuals = nn.ModuleList(
             small_net(head_dims[l] + self.latent_dims[l + 1], 2 * self.latent_dims[l])
             for l in range(n_layers - 1)
@@ -110,6 +118,7 @@ class VAE(nn.Module):
         # to their bound before the decoder's biases catch up: prior draws then decode to noise.
         self.output_offset = nn.Parameter(torch.zeros(cfg.data_shape))
         self._init_sampling_buffers(full_block=self.latent_dim)
+        initialize_linear(self, cfg.init)
 
     def _init_class_prior(self, top_dim: int) -> None:
         """p(z_L | y) = N(m_y, s_y^2): a learned mean and log-scale per class (zeros: N(0, I))."""

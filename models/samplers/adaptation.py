@@ -10,11 +10,13 @@ from torch import Tensor, nn
 
 def update_beta(beta: Tensor, mean_accept: float, target: float, rate: float,
                 beta_min: float, beta_max: float) -> Tensor:
-    """beta <- clip(beta (1 + rho (alpha - alpha*)), beta_min, beta_max).
+    """beta <- clip(beta exp(rho (alpha - alpha*)), beta_min, beta_max): a step in log beta.
 
-    Too many acceptances mean the proposal is timid: weigh its entropy (spread) more.
+    Too many acceptances mean the proposal is timid: weigh its entropy (spread) more. To first
+    order this is the paper's beta (1 + rho (alpha - alpha*)); in log space it stays positive and
+    symmetric for any rate rho, which lets beta move by orders of magnitude within a short run.
     """
-    return (beta * (1.0 + rate * (mean_accept - target))).clamp(beta_min, beta_max)
+    return (beta * math.exp(rate * (mean_accept - target))).clamp(beta_min, beta_max)
 
 
 class DualAveraging(nn.Module):

@@ -7,7 +7,10 @@ leaves its target invariant.
 
 Adaptation kinds:
 - ``entropy``: (h, C) are parameters; ``info.loss = -mean log alpha - beta H`` is minimised by
-  the caller's optimiser (or by ``adapt``) and beta follows the acceptance rule.
+  the caller's optimiser (or by ``adapt``; in training one step per transition) and beta follows
+  the acceptance rule. For MALA, log h also takes a Robbins-Monro step towards the acceptance
+  target after every adapting transition (``SamplerConfig.accept_gain``; issue 12: in short
+  runs on sharp posteriors the speed measure alone sat far off target, docs/RESULTS.md).
 - ``dual_averaging``: C = I, log h by dual averaging towards the target acceptance.
 - ``fixed``: C = I, h as configured.
 """
@@ -88,16 +91,7 @@ class MCMCSampler(nn.Module):
         if not differentiable:
             log_h = log_h.detach()
         with torch.set_grad_enabled(differentiable):
-            xi = torch.randn(state.z.shape, generator=generator, device=state.z.device)
-            if self.cfg.kind == "mala":
-                proposal, log_ratio = mala_propose(state, log_prob_fn, log_h, self.preconditioner, xi)
-            else:
-                proposal, log_ratio = hmc_propose(
-                    state, log_prob_fn, log_h, self.preconditioner, xi, self.cfg.n_leapfrog
-                )
-            finite = torch.isfinite(log_ratio) & torch.isfinite(proposal.grad).all(-1)
-            safe_ratio = torch.where(finite, log_ratio, torch.full_like(log_ratio, _REJECTED_LOG_ACCEPT))
-            log_accept = safe_ratio.clamp(max=0.0)
+            proposal, log_accept, finite = self._propose(state, log_prob_fn, log_h, generator)
             log_det = self.preconditioner.log_det()
             entropy = log_entropy_scale(log_h, log_det, self.dim, self.n_leapfrog)
             loss = None
@@ -133,12 +127,33 @@ class MCMCSampler(nn.Module):
         )
         return next_state.z, info
 
+    def _propose(self, state: ChainState, log_prob_fn: LogProbFn, log_h: Tensor,
+                 generator: torch.Generator | None) -> tuple[ChainState, Tensor, Tensor]:
+        """The proposal from ``state``, its log acceptance probability (differentiable in (h, C)
+        when grad is on) and whether it is finite."""
+        xi = torch.randn(state.z.shape, generator=generator, device=state.z.device)
+        if self.cfg.kind == "mala":
+            proposal, log_ratio = mala_propose(state, log_prob_fn, log_h, self.preconditioner, xi)
+        else:
+            proposal, log_ratio = hmc_propose(
+                state, log_prob_fn, log_h, self.preconditioner, xi, self.cfg.n_leapfrog
+            )
+        finite = torch.isfinite(log_ratio) & torch.isfinite(proposal.grad).all(-1)
+        safe_ratio = torch.where(finite, log_ratio, torch.full_like(log_ratio, _REJECTED_LOG_ACCEPT))
+        return proposal, safe_ratio.clamp(max=0.0), finite
+
     @torch.no_grad()
     def _adapt_rules(self, mean_accept: float) -> None:
         target = self.cfg.accept_target
         if self.learns_proposal:
             c = self.cfg
             self.beta.copy_(update_beta(self.beta, mean_accept, target, c.beta_rate, c.beta_min, c.beta_max))
+            # The speed measure's gradient moves log h by optimiser steps of about lr, and its
+            # acceptance term is heavy-tailed (a few far-off proposals dominate -mean log alpha),
+            # so (h, C) can sit far off target for hundreds of steps while the model sharpens.
+            # A Robbins-Monro step on log h keeps the chain on target; beta's rule meanwhile
+            # settles where the speed measure itself no longer pushes h away.
+            self.log_step.add_(c.step_gain * (mean_accept - target))
         if self.dual_averaging is not None:
             self.dual_averaging.update(mean_accept, target)
 
@@ -149,14 +164,21 @@ class MCMCSampler(nn.Module):
         log_prob_fn: LogProbFn,
         n_steps: int | None = None,
         generator: torch.Generator | None = None,
+        on_loss: Callable[[Tensor], None] | None = None,
     ) -> tuple[Tensor, list[StepInfo]]:
-        """n_steps transitions (default cfg.n_steps); returns final positions and the infos."""
+        """n_steps transitions (default cfg.n_steps); returns final positions and the infos.
+
+        ``on_loss(loss)``, if given, runs after each transition that has a speed-measure loss
+        (an optimiser step on (h, C)), so the next transition already uses the updated proposal.
+        """
         n_steps = self.cfg.n_steps if n_steps is None else n_steps
         z, state, infos = z0.detach(), None, []
         for _ in range(n_steps):
             z, info = self.step(z, log_prob_fn, state, generator)
             state = info.state
             infos.append(info)
+            if on_loss is not None and info.loss is not None:
+                on_loss(info.loss)
         return z, infos
 
     @torch.no_grad()
@@ -166,10 +188,13 @@ class MCMCSampler(nn.Module):
         z0: Tensor,
         n_steps: int | None = None,
         generator: torch.Generator | None = None,
+        balance_beta: bool = False,
     ) -> Tensor:
         """Entropy adaptation only, once: set h by a bracketing search on the mean acceptance
-        over n_steps transitions (default cfg.warmup_steps), C and beta as they are; returns
-        the final states.
+        over n_steps transitions (default cfg.warmup_steps), C as it is; returns the final states.
+        With ``balance_beta``, beta is then set so that this h is a stationary point of the
+        speed measure in log h (``balanced_beta``): adaptation starts on target and in balance,
+        instead of pulling h off target until beta's rule has caught up.
 
         The speed measure moves log h by small optimiser steps, so from a poor initial h it needs
         hundreds of updates to reach a useful step (acceptance near 1 or 0 all the while). The
@@ -199,10 +224,36 @@ class MCMCSampler(nn.Module):
                 else:
                     log_h = log_h + (math.log(2.0) if too_large is None else -math.log(2.0))
             self.log_step.copy_(log_h)
+            if balance_beta:
+                self.beta.copy_(self.balanced_beta(log_prob_fn, z, generator=generator))
             self.warmed_up.fill_(True)
         finally:
             self.train(was_training)
         return z
+
+    def balanced_beta(self, log_prob_fn: LogProbFn, z: Tensor, n_steps: int = 5,
+                      generator: torch.Generator | None = None) -> Tensor:
+        """The beta at which the speed measure's gradient in log h vanishes at the current (h, C):
+        d(-mean log alpha)/d log h = beta dH/d log h = beta d, with the acceptance gradient
+        averaged over n_steps transitions from z (chains move as usual; nothing is adapted),
+        clipped to [beta_min, beta_max]."""
+        log_h = self.log_step.detach().clone().requires_grad_(True)
+        grads, state = [], None
+        for _ in range(n_steps):
+            if state is None:
+                state = evaluate(log_prob_fn, z)
+            with torch.enable_grad():
+                proposal, log_accept, finite = self._propose(state, log_prob_fn, log_h, generator)
+                (grad,) = torch.autograd.grad(-log_accept.mean(), log_h)
+            grads.append(grad)
+            with torch.no_grad():
+                uniform = torch.rand(log_accept.shape, generator=generator, device=log_accept.device)
+                keep = (finite & (uniform.log() < log_accept.detach())).unsqueeze(-1)
+                state = ChainState(torch.where(keep, proposal.z, state.z),
+                                   torch.where(keep[:, 0], proposal.log_prob, state.log_prob),
+                                   torch.where(keep, proposal.grad, state.grad))
+        beta = torch.stack(grads).mean() / self.dim
+        return beta.detach().clamp(self.cfg.beta_min, self.cfg.beta_max)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # States saved before the warm start existed were adapting already: never warm them.

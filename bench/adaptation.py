@@ -1,0 +1,130 @@
+"""Entropy adaptation in the product's own runs: acceptance and beta per epoch of the default
+`mcvae demo` class model (3-D, 32^3), on several seeds, against the acceptance target.
+
+Each seed builds the demo cohort as `mcvae demo --seed S` does (40 CN, 4 AD), preprocesses it with
+the demo's defaults and trains the AD model with the default AugmentConfig through
+``fit_class_model`` (the code path of `mcvae demo` / augment). Prints per seed the final
+acceptance (mean of the last 10 % of phase 2, and the last epoch), the minimum over phase 2 after
+its first 10 epochs, and writes bench/results/adaptation_demo.json and
+docs/figures/adaptation_demo.png (acceptance and beta per epoch, target line).
+
+    OMP_NUM_THREADS=1 python bench/adaptation.py [--seeds 0 1 2] [--beta-rate R] [--sampler-lr L]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import RESULTS, machine, write_result  # noqa: E402
+from models.augment import AugmentConfig, ModelConfig, fit_class_model  # noqa: E402
+from models.data import PreprocessConfig, load_tensors, make_demo_cohort  # noqa: E402
+
+FIGURE = Path(__file__).resolve().parent.parent / "docs" / "figures" / "adaptation_demo.png"
+
+
+def run_seed(seed: int, config: AugmentConfig, work: Path) -> dict:
+    cohort = make_demo_cohort(work / f"cohort{seed}", n_control=40, n_ad=4, shape=(32, 32, 32), seed=seed)
+    pre = config.preprocess or PreprocessConfig(spatial_dims=cohort.spatial_dims)
+    x = load_tensors(cohort, pre, work / f"cache{seed}", "AD")
+    model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
+    config = config.model_copy(update={"seed": seed})
+    started = time.perf_counter()
+    # The demo's first (and only) minority class: seed = config.seed * 1009 + 0, as in augment.
+    _, sampler, history, _ = fit_class_model(x, model_cfg, config, seed * 1009)
+    seconds = time.perf_counter() - started
+    phase2 = [r for r in history.records if r.phase == 2]
+    accepts = [r.accept for r in phase2]
+    tail = accepts[-max(1, len(accepts) // 10):]
+    return {
+        "seed": seed,
+        "target": sampler.cfg.accept_target,
+        "final_accept_tail_mean": statistics.mean(tail),
+        "final_accept_last_epoch": accepts[-1],
+        "min_accept_after_10": min(accepts[10:]) if len(accepts) > 10 else min(accepts),
+        "max_accept_after_10": max(accepts[10:]) if len(accepts) > 10 else max(accepts),
+        "train_seconds": seconds,
+        "epochs": [r.epoch for r in phase2],
+        "accept": accepts,
+        "beta": [r.beta for r in phase2],
+        "step_size": [r.step_size for r in phase2],
+        "log_det_c": [r.log_det_c for r in phase2],
+    }
+
+
+def plot(runs: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for run in runs:
+        ax_a.plot(run["epochs"], run["accept"], lw=1, label=f"seed {run['seed']}")
+        ax_b.semilogy(run["epochs"], run["beta"], lw=1, label=f"seed {run['seed']}")
+    target = runs[0]["target"]
+    ax_a.axhline(target, color="k", ls="--", lw=1, label=f"target {target}")
+    ax_a.axhspan(target - 0.05, target + 0.05, color="k", alpha=0.08)
+    ax_a.set(xlabel="epoch (phase 2; 1 minibatch each)", ylabel="mean acceptance", ylim=(0, 1))
+    ax_b.set(xlabel="epoch (phase 2)", ylabel="beta (entropy weight)")
+    ax_a.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--mcmc-steps", type=int, default=None, help="override the default budget")
+    parser.add_argument("--sampler", default="{}", help="JSON overrides of the SamplerConfig")
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--merge", nargs="+", default=None, metavar="TAG",
+                        help="no training: summarise and plot the runs of earlier --tag results")
+    args = parser.parse_args()
+    import json
+
+    torch.set_num_threads(args.threads)
+    config = AugmentConfig()
+    overrides = json.loads(args.sampler)
+    if overrides:
+        config = config.model_copy(update={"sampler": config.sampler.model_copy(update=overrides)})
+    if args.mcmc_steps is not None:
+        config = config.model_copy(update={"mcmc_steps": args.mcmc_steps})
+    runs = []
+    if args.merge:  # seeds run as separate processes, one --tag each
+        for tag in args.merge:
+            runs += json.loads((RESULTS / f"adaptation_demo{tag}.json").read_text())["runs"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in [] if args.merge else args.seeds:
+            runs.append(run_seed(seed, config, Path(tmp)))
+    for run in runs:
+        print(f"seed {run['seed']}: final acceptance {run['final_accept_tail_mean']:.3f} (last 10%), "
+                  f"{run['final_accept_last_epoch']:.3f} (last epoch); phase 2 after epoch 10: "
+              f"min {run['min_accept_after_10']:.3f} max {run['max_accept_after_10']:.3f}; "
+              f"beta {run['beta'][-1]:.3g}; h {run['step_size'][-1]:.3g}; train {run['train_seconds']:.0f} s",
+              flush=True)
+    where = machine()
+    target = runs[0]["target"]
+    ok = all(abs(r["final_accept_tail_mean"] - target) <= 0.05 for r in runs)
+    print(f"target {target}; every final acceptance within 0.05: {ok}; {where}")
+    name = f"adaptation_demo{args.tag}"
+    out = write_result(name, {"machine": where, "sampler": config.sampler.model_dump(),
+                              "pretrain_steps": config.pretrain_steps, "mcmc_steps": config.mcmc_steps,
+                              "runs": runs})
+    figure = FIGURE.with_name(f"{name}.png")
+    plot(runs, figure, f"default demo AD model (32^3), {config.sampler.kind} {config.sampler.adaptation}; {where}")
+    print(f"wrote {out} and {figure}")
+
+
+if __name__ == "__main__":
+    main()
