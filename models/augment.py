@@ -263,12 +263,7 @@ def fit_class_model(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConf
     torch.manual_seed(seed)
     model = build_model(model_cfg)
     sampler = build_sampler(config.sampler, model.latent_dim)
-    batch = min(config.train.batch_size, len(x))
-    steps_per_epoch = -(-len(x) // batch)
-    train_cfg = config.train.model_copy(update={
-        "seed": seed, "batch_size": batch,
-        "pretrain_epochs": -(-config.pretrain_steps // steps_per_epoch),
-        "epochs": -(-config.mcmc_steps // steps_per_epoch)})
+    train_cfg = config.train_config(len(x), seed)
     trainer = Trainer(model, sampler, x, train_cfg)
     if checkpoints is None:
         return model, sampler, trainer.fit(on_step=on_step), train_cfg

@@ -64,3 +64,13 @@ class AugmentConfig(BaseModel):
         "preprocessed: the output holds the real scans on the synthetic scans' grid, intensity "
         "scale and clean header; raw: byte copies of the inputs (for labs that preprocess "
         "themselves; headers are not cleaned)"))
+
+    def train_config(self, n_scans: int, seed: int) -> TrainConfig:
+        """The TrainConfig of one model fitted on ``n_scans`` scans: the step budget
+        (pretrain_steps, mcmc_steps) turned into whole epochs of the batch size that fits."""
+        batch = min(self.train.batch_size, n_scans)
+        steps_per_epoch = -(-n_scans // batch)
+        return self.train.model_copy(update={
+            "seed": seed, "batch_size": batch,
+            "pretrain_epochs": -(-self.pretrain_steps // steps_per_epoch),
+            "epochs": -(-self.mcmc_steps // steps_per_epoch)})

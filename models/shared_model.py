@@ -59,12 +59,7 @@ def fit_shared_model(scans: dict[str, Tensor], model_cfg: ModelConfig, config, s
     torch.manual_seed(seed)
     model = build_model(model_cfg.model_copy(update={"n_classes": len(classes)}))
     sampler = build_sampler(config.sampler, model.latent_dim)
-    batch = min(config.train.batch_size, len(x))
-    steps_per_epoch = -(-len(x) // batch)
-    train_cfg = config.train.model_copy(update={
-        "seed": seed, "batch_size": batch,
-        "pretrain_epochs": -(-config.pretrain_steps // steps_per_epoch),
-        "epochs": -(-config.mcmc_steps // steps_per_epoch)})
+    train_cfg = config.train_config(len(x), seed)
     history = Trainer(model, sampler, x, train_cfg, labels=y).fit(on_step=on_step)
     return SharedModel(model, sampler, classes, history, train_cfg)
 
