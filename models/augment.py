@@ -42,6 +42,7 @@ from .data.quality import preprocessed_problem, raw_problem, refuse
 from .options import AugmentConfig, ModelChoice
 from .report import memorisation_audit, near_copy_threshold, nearest_real, slice_montage, training_curves
 from .samplers import build_sampler
+from .shared_model import class_view, fit_shared_model
 from .targets import synthetic_counts
 from .training import Trainer, TrainingCancelled
 from .vae import build_model
@@ -346,6 +347,52 @@ def _sidecar(model, model_id: str, job_id: str | None, seed: int, sampler_name: 
             "latent_source": model.cfg.sampling if model.sampling_fitted else "prior"}
 
 
+def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted: dict[str, int],
+                  names: list[str], train_seconds: float, history, trained_on: list[str], near: dict[str, Any],
+                  train_x: torch.Tensor, synthetic: torch.Tensor, staging: Path, config: AugmentConfig) -> None:
+    """One class's montage, curves and metrics entry (memorisation audit of what is delivered)."""
+    audit = memorisation_audit(train_x, synthetic, config.near_copy_fraction)
+    slice_montage([s[0].numpy() for s in train_x], [s[0].numpy() for s in synthetic],
+                  staging / "report" / f"montage_{label}.png",
+                  f"class {label}: real training scans (top) vs synthetic (bottom)")
+    training_curves(history.as_dicts(), staging / "report" / f"curves_{label}.png", f"class {label}",
+                    target_accept=config.sampler.accept_target if config.sampler.kind != "none" else None)
+    last = history.records[-1] if history.records else None
+    metrics["classes"][label] = {
+        "n_train": len(picked), "n_requested": int(wanted[label]), "n_synthetic": len(names),
+        "train_seconds": round(train_seconds, 2), "model_scope": config.model_scope,
+        "final_elbo": last.elbo if last else None, "final_accept": last.accept if last else None,
+        "trained_on": trained_on, "near_copies": near,
+        "memorisation": {key: v for key, v in audit.items() if key != "synthetic_nn"},
+    }
+
+
+def _fit_shared(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[dict[str, str]],
+                model_cfg: ModelConfig, config: AugmentConfig, staging: Path, report: Progress, should_stop,
+                job_id: str, pre: PreprocessConfig):
+    """``model_scope: shared``: one class-conditional model on the train scans of every class
+    (models/shared_model.py); returns it, its training seconds and where it was saved."""
+    scans = {c: x[[i for i in train_idx if real.items[i].label == c]] for c in real.classes}
+    scans = {c: v for c, v in scans.items() if len(v)}
+
+    def on_step(done: int, total: int) -> None:
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled("cancelled while training the shared model")
+        report("training shared model", 0.05 + 0.5 * done / max(total, 1))
+
+    started = time.perf_counter()
+    try:
+        shared = fit_shared_model(scans, model_cfg, config, config.seed * 1009, on_step)
+    except TrainingCancelled as stop:
+        raise Cancelled(str(stop)) from None
+    seconds = time.perf_counter() - started
+    model_dir = save(staging / "models" / "shared", shared.model, shared.sampler, {
+        "classes": shared.classes, "job_id": job_id, "seed": config.seed * 1009,
+        "preprocess": pre.model_dump(mode="json"), "train": shared.train_cfg.model_dump(mode="json"),
+        "history": shared.history.as_dicts(), "trained_on": [rows[i]["source_path"] for i in train_idx]})
+    return shared, seconds, model_dir
+
+
 def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[dict[str, str]],
               wanted: dict[str, int], pre: PreprocessConfig, config: AugmentConfig, staging: Path,
               report: Progress, should_stop, job_id: str, checkpoints: ClassCheckpoints | None,
@@ -364,12 +411,31 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
                                "notes": notes, "classes": {}}
     delivered = {c: 0 for c in real.classes}
     models: dict[str, Path] = {}
-    span = 0.9 / max(len(classes), 1)
+    shared = None
+    if config.model_scope == "shared" and classes:
+        shared, shared_seconds, models["shared"] = _fit_shared(real, x, train_idx, rows, model_cfg, config,
+                                                               staging, report, should_stop, job_id, pre)
+    span = (0.9 if shared is None else 0.4) / max(len(classes), 1)
     for k, label in enumerate(classes):
-        base = 0.05 + k * span
+        base = (0.05 if shared is None else 0.55) + k * span
         picked = [i for i in train_idx if real.items[i].label == label]
         train_x = x[picked]
         seed = config.seed * 1009 + k
+        if shared is not None:
+            model, sampler = class_view(shared, label), shared.sampler
+            history, train_cfg, train_seconds = shared.history, shared.train_cfg, shared_seconds
+            trained_on = [rows[i]["path"] for i in picked]
+            report(f"sampling {label}", base)
+            synthetic, near = draw_synthetic(model, wanted[label], train_x, seed + 1, config.near_copies,
+                                             config.near_copy_fraction, config.max_redraws)
+            names = write_scans(synthetic, staging / "synthetic" / label, label, affine,
+                                _sidecar(model, f"{job_id}/shared", job_id, seed + 1, sampler_label(config.sampler)))
+            delivered[label] = len(names)
+            manifest_rows += [{"path": f"synthetic/{label}/{name}", "label": label, "split": TRAIN,
+                               "synthetic": "true", "source_path": ""} for name in names]
+            _class_report(metrics, label, picked, wanted, names, train_seconds, history, trained_on, near,
+                          train_x, synthetic, staging, config)
+            continue
 
         def on_step(done: int, total: int, base=base, label=label) -> None:
             if should_stop is not None and should_stop():
@@ -400,20 +466,8 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
                            "synthetic": "true", "source_path": ""} for name in names]
 
         report(f"report {label}", base + 0.9 * span)
-        audit = memorisation_audit(train_x, synthetic, config.near_copy_fraction)
-        slice_montage([s[0].numpy() for s in train_x], [s[0].numpy() for s in synthetic],
-                      staging / "report" / f"montage_{label}.png",
-                      f"class {label}: real training scans (top) vs synthetic (bottom)")
-        training_curves(history.as_dicts(), staging / "report" / f"curves_{label}.png", f"class {label}",
-                        target_accept=config.sampler.accept_target if config.sampler.kind != "none" else None)
-        last = history.records[-1] if history.records else None
-        metrics["classes"][label] = {
-            "n_train": len(picked), "n_requested": int(wanted[label]), "n_synthetic": len(names),
-            "train_seconds": round(train_seconds, 2),
-            "final_elbo": last.elbo if last else None, "final_accept": last.accept if last else None,
-            "trained_on": trained_on, "near_copies": near,
-            "memorisation": {key: v for key, v in audit.items() if key != "synthetic_nn"},
-        }
+        _class_report(metrics, label, picked, wanted, names, train_seconds, history, trained_on, near,
+                      train_x, synthetic, staging, config)
 
     manifest = staging / "manifest.csv"
     with manifest.open("w", newline="") as fh:

@@ -60,6 +60,11 @@ class AugmentConfig(BaseModel):
         "deliver it and only flag it in the report"))
     near_copy_fraction: float = Field(NEAR_COPY_FRACTION, gt=0, le=1)
     max_redraws: int = Field(10, ge=0, le=1000, description="redraw rounds per batch of scans")
+    model_scope: Literal["per_class", "shared"] = Field("per_class", description=(
+        "per_class: one model per minority class, trained on that class's train scans; shared: one "
+        "class-conditional model trained on the train scans of every class, sampled per class "
+        "(experimental: at the default step budget its scans were blurrier, docs/RESULTS.md; no "
+        "checkpoints, so a job whose worker dies retrains it from the start)"))
     real_scans: Literal["preprocessed", "raw"] = Field("preprocessed", description=(
         "preprocessed: the output holds the real scans on the synthetic scans' grid, intensity "
         "scale and clean header; raw: byte copies of the inputs (for labs that preprocess "
