@@ -422,52 +422,39 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
         train_x = x[picked]
         seed = config.seed * 1009 + k
         if shared is not None:
-            model, sampler = class_view(shared, label), shared.sampler
-            history, train_cfg, train_seconds = shared.history, shared.train_cfg, shared_seconds
-            trained_on = [rows[i]["path"] for i in picked]
-            report(f"sampling {label}", base)
-            synthetic, near = draw_synthetic(model, wanted[label], train_x, seed + 1, config.near_copies,
-                                             config.near_copy_fraction, config.max_redraws)
-            names = write_scans(synthetic, staging / "synthetic" / label, label, affine,
-                                _sidecar(model, f"{job_id}/shared", job_id, seed + 1, sampler_label(config.sampler)))
-            delivered[label] = len(names)
-            manifest_rows += [{"path": f"synthetic/{label}/{name}", "label": label, "split": TRAIN,
-                               "synthetic": "true", "source_path": ""} for name in names]
-            _class_report(metrics, label, picked, wanted, names, train_seconds, history, trained_on, near,
-                          train_x, synthetic, staging, config)
-            continue
+            model, history, train_seconds, model_id = (class_view(shared, label), shared.history,
+                                                       shared_seconds, f"{job_id}/shared")
+        else:
+            def on_step(done: int, total: int, base=base, label=label) -> None:
+                if should_stop is not None and should_stop():
+                    raise TrainingCancelled(f"cancelled while training class '{label}'")
+                report(f"training {label}", base + 0.8 * span * done / max(total, 1))
 
-        def on_step(done: int, total: int, base=base, label=label) -> None:
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled(f"cancelled while training class '{label}'")
-            report(f"training {label}", base + 0.8 * span * done / max(total, 1))
-
-        started = time.perf_counter()
-        try:
-            model, sampler, history, train_cfg = fit_class_model(train_x, model_cfg, config, seed, on_step,
-                                                                 checkpoints=checkpoints, label=label)
-        except TrainingCancelled as stop:
-            raise Cancelled(str(stop)) from None
-        train_seconds = time.perf_counter() - started
-        trained_on = [rows[i]["path"] for i in picked]
-        model_dir = save(staging / "models" / label, model, sampler, {
-            "class": label, "job_id": job_id, "seed": seed, "preprocess": pre.model_dump(mode="json"),
-            "train": train_cfg.model_dump(mode="json"), "history": history.as_dicts(),
-            "trained_on": [rows[i]["source_path"] for i in picked]})
-        models[label] = model_dir
+            started = time.perf_counter()
+            try:
+                model, sampler, history, train_cfg = fit_class_model(train_x, model_cfg, config, seed, on_step,
+                                                                     checkpoints=checkpoints, label=label)
+            except TrainingCancelled as stop:
+                raise Cancelled(str(stop)) from None
+            train_seconds = time.perf_counter() - started
+            models[label] = save(staging / "models" / label, model, sampler, {
+                "class": label, "job_id": job_id, "seed": seed, "preprocess": pre.model_dump(mode="json"),
+                "train": train_cfg.model_dump(mode="json"), "history": history.as_dicts(),
+                "trained_on": [rows[i]["source_path"] for i in picked]})
+            model_id = f"{job_id}/{label}"
 
         report(f"sampling {label}", base + 0.8 * span)
         synthetic, near = draw_synthetic(model, wanted[label], train_x, seed + 1, config.near_copies,
                                          config.near_copy_fraction, config.max_redraws)
         names = write_scans(synthetic, staging / "synthetic" / label, label, affine,
-                            _sidecar(model, f"{job_id}/{label}", job_id, seed + 1, sampler_label(config.sampler)))
+                            _sidecar(model, model_id, job_id, seed + 1, sampler_label(config.sampler)))
         delivered[label] = len(names)
         manifest_rows += [{"path": f"synthetic/{label}/{name}", "label": label, "split": TRAIN,
                            "synthetic": "true", "source_path": ""} for name in names]
 
         report(f"report {label}", base + 0.9 * span)
-        _class_report(metrics, label, picked, wanted, names, train_seconds, history, trained_on, near,
-                      train_x, synthetic, staging, config)
+        _class_report(metrics, label, picked, wanted, names, train_seconds, history,
+                      [rows[i]["path"] for i in picked], near, train_x, synthetic, staging, config)
 
     manifest = staging / "manifest.csv"
     with manifest.open("w", newline="") as fh:

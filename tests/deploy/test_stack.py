@@ -31,6 +31,8 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.sse import read_sse
+
 # A first build downloads and installs the images' packages: minutes, beyond the suite's 600 s.
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(3600)]
 
@@ -188,19 +190,6 @@ def stack(images):
         stale = list(client.scan_iter(match=f"{prefix}*", count=1000))
         if stale:
             client.delete(*stale)
-
-
-def read_sse(response) -> list[tuple[str, dict]]:
-    events, name, data = [], "message", []
-    for line in response.iter_lines():
-        if line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif line == "" and data:
-            events.append((name, json.loads("\n".join(data))))
-            name, data = "message", []
-    return events
 
 
 def test_gateway_image_carries_no_torch_and_runs_as_non_root(images):

@@ -15,23 +15,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.sse import read_sse
+
 from .conftest import TINY_AUGMENT
 
 pytestmark = pytest.mark.slow
-
-
-def read_sse(response) -> list[tuple[str, dict]]:
-    """(event name, data) of every event of a text/event-stream response, to its end."""
-    events, name, data = [], "message", []
-    for line in response.iter_lines():
-        if line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif line == "" and data:
-            events.append((name, json.loads("\n".join(data))))
-            name, data = "message", []
-    return events
 
 
 def read_nifti(raw: bytes) -> nib.Nifti1Image:
