@@ -56,9 +56,12 @@ METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "ad_recall": "AD recal
 
 # ----------------------------------------------------------------------------- data
 
-def build_data(seed: int, root: Path, n_control: int, n_ad: int, n_test: int, pre: PreprocessConfig):
-    train = make_demo_cohort(root / "train", n_control=n_control, n_ad=n_ad, shape=(32, 32, 32), seed=seed)
-    test = make_demo_cohort(root / "test", n_control=n_test, n_ad=n_test, shape=(32, 32, 32), seed=1000 + seed)
+def build_data(seed: int, root: Path, n_control: int, n_ad: int, n_test: int, pre: PreprocessConfig,
+               difficulty: float = 0.0):
+    train = make_demo_cohort(root / "train", n_control=n_control, n_ad=n_ad, shape=(32, 32, 32), seed=seed,
+                             difficulty=difficulty)
+    test = make_demo_cohort(root / "test", n_control=n_test, n_ad=n_test, shape=(32, 32, 32), seed=1000 + seed,
+                            difficulty=difficulty)
     out = {}
     for name, cohort in (("train", train), ("test", test)):
         for label in ("CN", "AD"):

@@ -54,6 +54,7 @@ MODELS = {
     "hconv": ModelConfig(arch="hconv", latent_dims=[16], latent_channels=(4,), **BASE),
     # two maps in the centered parameterisation, which trained stably where noncentered diverged
     "hconv2c": ModelConfig(arch="hconv", latent_dims=[16], latent_channels=(2, 4), parameterization="centered", **BASE),
+    "hconv1c": ModelConfig(arch="hconv", latent_dims=[16], latent_channels=(4,), parameterization="centered", **BASE),
 }
 VARIANTS = ["conv per-class", "hconv per-class", "hconv shared", "conv shared"]
 
@@ -95,6 +96,10 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=VARIANTS)
     ap.add_argument("--steps-scale", type=float, default=1.0, help="scale the 600 + 150 step budget")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--difficulty", type=float, default=0.0, help="make_demo_cohort's difficulty (0 easy, 1 hard)")
+    ap.add_argument("--n-control", type=int, default=40)
+    ap.add_argument("--n-ad", type=int, default=4)
+    ap.add_argument("--tag", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pre = PreprocessConfig()
@@ -107,7 +112,7 @@ def main() -> None:
     started = time.perf_counter()
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="hier-") as tmp:
-            data = build_data(seed, Path(tmp), 40, 4, 20, pre)
+            data = build_data(seed, Path(tmp), args.n_control, args.n_ad, 20, pre, difficulty=args.difficulty)
         test_ad = data["test_AD"]
         f_test = features(test_ad)
         real_grad, real_hf = gradient_magnitude(test_ad), high_frequency_fraction(test_ad)
@@ -143,10 +148,10 @@ def main() -> None:
         print(f"| {variant} | {fmt(extra.get('train_seconds'), '{:.0f}')} | {fmt(s['kid'], '{:.2f}')} | "
               f"{fmt(s['grad_ratio'], '{:.3f}')} | {fmt(s['hf_ratio'], '{:.3f}')} | {fmt(extra.get('flagged'), '{:.1f}')} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot_montage(montage, RESULTS / "hierarchy_montage.png")
-    out = write_result("hierarchy", {"machine": mach, "seeds": args.seeds, "steps_scale": args.steps_scale,
-                                     "rows": rows, "summary": summary})
-    print(f"wrote {out} and hierarchy_montage.png")
+    plot_montage(montage, RESULTS / f"hierarchy_montage{args.tag}.png")
+    out = write_result(f"hierarchy{args.tag}", {"machine": mach, "seeds": args.seeds, "steps_scale": args.steps_scale,
+                                                "difficulty": args.difficulty, "rows": rows, "summary": summary})
+    print(f"wrote {out} and hierarchy_montage{args.tag}.png")
 
 
 if __name__ == "__main__":

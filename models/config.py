@@ -206,6 +206,10 @@ class TrainConfig(_Config):
     amp: bool = Field(False, description="bf16 autocast for network passes on CUDA")
     seed: int = 0
     grad_clip: float | None = Field(100.0, gt=0)
+    class_balance: bool = Field(
+        True, description="class-conditional models: draw each minibatch item's class uniformly (items "
+        "drawn with replacement, weight 1 / class count), so a minority class of a few scans is seen as "
+        "often as the majority instead of once in a dozen batches; an epoch is still len(data) items")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
 
     @field_validator("sampler_lr")

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 
 from .config import TrainConfig
 
@@ -148,14 +148,24 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------
     def _loader(self, epoch: int) -> DataLoader:
         order = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        balanced = self._class_weights() if self.conditional and self.cfg.class_balance else None
         return DataLoader(
             self.dataset,
             batch_size=self.cfg.batch_size,
-            shuffle=True,
+            shuffle=balanced is None,
+            sampler=None if balanced is None else WeightedRandomSampler(
+                balanced, num_samples=len(self.dataset), replacement=True, generator=order),
             generator=order,
             num_workers=self.cfg.num_workers,
             drop_last=False,
         )
+
+    def _class_weights(self) -> Tensor:
+        """1 / (its class's count) per item: every class equally likely in a minibatch."""
+        if not hasattr(self, "_weights"):
+            labels = torch.as_tensor([int(self.dataset[i][1]) for i in range(len(self.dataset))])
+            self._weights = 1.0 / torch.bincount(labels).double()[labels]
+        return self._weights
 
     def _autocast(self):
         if self.cfg.amp and self.device.type == "cuda":

@@ -8,6 +8,14 @@ filling a 3-5 mm periventricular shell) and grey-matter atrophy (grey matter dar
 CSF), strongest in the medial temporal lobes. Everything is drawn from one seed, so a seed gives
 byte-identical files (on one platform and library version).
 
+``difficulty`` (0 to 1) makes the task harder the way real cohorts are hard: at 0 (the default) AD
+is the strong, easy signature above; raising it shrinks the AD effects towards normal ageing
+(effect size 1 - 0.7 d), lets every subject's ventricles and cortex vary with age whatever the
+class, widens the anatomical variation (pose, deformation) and the intensity variation (bias
+field, gain, contrast curve), and adds a scanner/site effect: each subject is scanned on one of
+``SITES`` (a contrast curve, gain and noise level of its own). Difficulty 0 draws exactly the
+random numbers it always did, so seeds keep giving the same subjects.
+
 Scans are rendered by sampling the template at each output voxel's warped position, so the
 cost is that of the output grid (a 32^3 scan takes milliseconds), not of the 1 mm template.
 """
@@ -37,6 +45,14 @@ HIPPOCAMPUS_RADIUS_MM = 11.0
 # The axial plane of the 2-D demo: through the bodies of the lateral ventricles.
 SLICE_Z_MM = 14.0
 NATIVE_SPACING_MM = 2.0
+# Scanner/site effects at difficulty 1: contrast exponent (T1 -> T1^gamma on the 0-1 scale), gain
+# and noise (relative to white matter). Scaled by the difficulty; the same sites for every seed,
+# so a training cohort and its held-out test cohort share their scanners.
+SITES = (
+    {"gamma": 0.80, "gain": 1.10, "noise": 0.020},
+    {"gamma": 1.00, "gain": 1.00, "noise": 0.035},
+    {"gamma": 1.25, "gain": 0.88, "noise": 0.050},
+)
 
 
 def make_demo_cohort(
@@ -45,12 +61,15 @@ def make_demo_cohort(
     n_ad: int = 2,
     shape: tuple[int, int, int] | None = (32, 32, 32),
     seed: int = 0,
+    difficulty: float = 0.0,
 ) -> Cohort:
     """Write ``out_dir/CN/CN_000.nii.gz ...`` and ``out_dir/AD/AD_000.nii.gz ...``; return them.
 
     ``shape`` is the voxel grid (isotropic spacing chosen so the brain fits with a margin);
-    None gives a 2 mm grid over the brain (about 84 x 104 x 89 voxels).
+    None gives a 2 mm grid over the brain (about 84 x 104 x 89 voxels). ``difficulty`` in [0, 1]:
+    see the module's docstring.
     """
+    difficulty = _check_difficulty(difficulty)
     out_dir = Path(out_dir)
     grid_shape, affine = _grid(shape)
     points = _voxel_centres(grid_shape, affine)
@@ -58,7 +77,7 @@ def make_demo_cohort(
     for label, count in zip(CLASSES, _counts(n_control, n_ad)):
         for i in range(count):
             rng = _subject_rng(seed, label, i)
-            volume = _render(points, rng, ad=label == "AD", spacing=_spacing(affine))
+            volume = _render(points, rng, ad=label == "AD", spacing=_spacing(affine), difficulty=difficulty)
             path = out_dir / label / f"{label}_{i:03d}.nii.gz"
             write_scan(path, volume.reshape(grid_shape), affine)
             items.append(CohortItem(path, label))
@@ -71,11 +90,13 @@ def make_demo_slices(
     n_ad: int = 2,
     shape: tuple[int, int] = (64, 64),
     seed: int = 0,
+    difficulty: float = 0.0,
 ) -> Cohort:
     """2-D variant: one axial 8-bit PNG per subject through the lateral ventricles, in class
     folders, like the public Kaggle Alzheimer slice sets (anterior at the top of the image)."""
     from PIL import Image
 
+    difficulty = _check_difficulty(difficulty)
     out_dir = Path(out_dir)
     grid3, affine3 = _grid((shape[0], shape[1], 1))
     affine3[2, 3] = SLICE_Z_MM  # put the one-voxel-thick grid on the ventricle plane
@@ -84,7 +105,7 @@ def make_demo_slices(
     for label, count in zip(CLASSES, _counts(n_control, n_ad)):
         for i in range(count):
             rng = _subject_rng(seed, label, i)
-            plane = _render(points, rng, ad=label == "AD", spacing=_spacing(affine3)[:2])
+            plane = _render(points, rng, ad=label == "AD", spacing=_spacing(affine3)[:2], difficulty=difficulty)
             plane = plane.reshape(shape)  # indexed [x, y]
             top = np.percentile(plane, 99.5)
             pixels = np.clip(plane / top * 255.0, 0, 255).round().astype(np.uint8)
@@ -100,6 +121,13 @@ def _counts(n_control: int, n_ad: int) -> tuple[int, int]:
     if n_control < 0 or n_ad < 0 or n_control + n_ad == 0:
         raise ValueError(f"need non-negative counts and at least one scan, got {n_control}, {n_ad}")
     return n_control, n_ad
+
+
+def _check_difficulty(difficulty: float) -> float:
+    difficulty = float(difficulty)
+    if not 0.0 <= difficulty <= 1.0:  # also refuses NaN
+        raise ValueError(f"difficulty must lie between 0 (easy) and 1 (hard), got {difficulty}")
+    return difficulty
 
 
 def _subject_rng(seed: int, label: str, index: int) -> np.random.Generator:
@@ -207,20 +235,31 @@ def _voxel_centres(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
 
 
 def _render(
-    points: np.ndarray, rng: np.random.Generator, ad: bool, spacing: np.ndarray
+    points: np.ndarray, rng: np.random.Generator, ad: bool, spacing: np.ndarray, difficulty: float = 0.0
 ) -> np.ndarray:
     """Intensities (float32) of one subject at world points (N, 3)."""
     factor = max(1, int(np.ceil(float(np.min(spacing)) / 2.0)))
     t1_map, gm_map, ventricle_map, affine, bbox = _template(factor)
     unit = (points - bbox[0]) / (bbox[1] - bbox[0])  # ~[0, 1] over the brain: for smooth fields
+    d = difficulty
+    # Harder cohorts draw their extra variation from a stream of their own, so that difficulty 0
+    # consumes exactly the draws it always did.
+    extra = np.random.default_rng(rng.integers(2**63)) if d > 0 else None
+    effect = 1.0 - 0.7 * d  # AD effect size relative to the easy cohort
 
     # Where in the template each point comes from: global pose, then a smooth displacement.
     centre = bbox.mean(axis=0)
     pose = _rotation(rng.uniform(-4, 4, 3)) * rng.uniform(0.94, 1.06)
-    source = (points - centre) @ pose.T + centre + rng.normal(0, 3.0, 3)
-    source += _smooth_field(rng, unit, channels=3, scale=2.5)
-    if ad:
-        source = _expand_ventricles(source, strength=rng.uniform(0.2, 0.3))
+    shift = rng.normal(0, 3.0, 3)
+    if extra is not None:
+        pose = _rotation(extra.uniform(-4, 4, 3) * d) @ pose * extra.uniform(1 - 0.05 * d, 1 + 0.05 * d)
+    source = (points - centre) @ pose.T + centre + shift
+    source += _smooth_field(rng, unit, channels=3, scale=2.5) * (1.0 + d)
+    strength = rng.uniform(0.2, 0.3) * effect if ad else 0.0
+    if extra is not None:  # ventricles enlarge with age in everyone
+        strength += extra.uniform(-0.05, 0.15) * d
+    if ad or extra is not None:
+        source = _expand_ventricles(source, strength=strength)
 
     vox = (source - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
     t1 = ndimage.map_coordinates(t1_map, vox.T, order=1, mode="constant", cval=0.0)
@@ -229,19 +268,33 @@ def _render(
 
     # Periventricular tissue loss: CSF fills a shell around the ventricles (AD: 3-5 mm wide).
     shell = rng.uniform(3.0, 5.0) if ad else rng.uniform(0.0, 1.0)
+    if extra is not None:  # AD's shell nearer a normal one; everyone's widening with age
+        if ad:
+            normal = extra.uniform(0.0, 1.0)
+            shell = normal + (shell - normal) * effect
+        shell += extra.uniform(0.0, 2.0) * d
     csf = np.clip((shell - to_ventricle) / 2.0 + 0.5, 0.0, 1.0)
     t1 = t1 * (1.0 - csf) + VENTRICLE_CSF_T1 * csf
 
     # Grey-matter loss darkens GM towards CSF: mild and global with age, strong in AD's MTL.
-    cortical = rng.uniform(0.08, 0.15) if ad else rng.uniform(0.0, 0.04)
-    temporal = rng.uniform(0.35, 0.5) if ad else 0.0
+    cortical = rng.uniform(0.08, 0.15) * effect if ad else rng.uniform(0.0, 0.04)
+    temporal = rng.uniform(0.35, 0.5) * effect if ad else 0.0
+    if extra is not None:
+        cortical += extra.uniform(0.0, 0.08) * d
+        temporal += extra.uniform(0.0, 0.12) * d
     mtl = sum(np.exp(-((source - h) ** 2).sum(-1) / (2 * HIPPOCAMPUS_RADIUS_MM**2))
               for h in HIPPOCAMPI_MM)
     t1 = t1 * (1.0 - gm * (cortical + temporal * mtl))
 
-    bias = np.exp(_smooth_field(rng, unit, channels=1, scale=0.12)[:, 0])
+    bias = np.exp(_smooth_field(rng, unit, channels=1, scale=0.12)[:, 0] * (1.0 + 1.5 * d))
     t1 = t1 * bias * rng.uniform(0.9, 1.1)
     sigma = rng.uniform(0.015, 0.03) * 214.0  # relative to white matter (~214 in the template)
+    if extra is not None:  # the scanner: contrast curve, gain and noise of its site
+        site = SITES[int(extra.integers(len(SITES)))]
+        gamma = (1.0 + (site["gamma"] - 1.0) * d) * extra.uniform(1 - 0.1 * d, 1 + 0.1 * d)
+        t1 = 255.0 * (np.clip(t1, 0.0, None) / 255.0) ** gamma
+        t1 = t1 * (1.0 + (site["gain"] - 1.0) * d)
+        sigma = (1 - d) * sigma + d * site["noise"] * 214.0
     real = t1 + rng.normal(0.0, sigma, t1.shape)
     imag = rng.normal(0.0, sigma, t1.shape)
     return np.sqrt(real**2 + imag**2).astype(np.float32)  # Rician, as magnitude MRI is

@@ -1,0 +1,243 @@
+"""Issue 12's proof on a harder cohort: do synthetic AD scans beat duplicates and classical
+augmentation for a downstream classifier, and which generator makes the best ones?
+
+Per seed: a harder demo cohort (``make_demo_cohort(difficulty=D)``: subtler atrophy, anatomical
+and intensity heterogeneity, three scanner sites) of 60 CN + 6 AD for training and a held-out
+balanced 20 + 20 test cohort (demo seed 1000 + s, same difficulty) that no generator sees. The
+classifier recipe of bench/downstream.py (small 3-D CNN, 100 steps, class-weighted loss) learns
+AD vs CN from the training set plus 1x / 2x / 5x the minority count of extra AD scans from:
+
+  duplicates              random copies of the real AD scans
+  classical               MONAI RandAffine + Rand3DElastic copies of the real AD scans
+  per-class MCMC-VAE      `model_scope: per_class`: a conv VAE (latent 16) on the 6 AD scans,
+                          MALA entropy-adapted refinement (the augment default before issue 12)
+  shared plain VAE        one class-conditional conv VAE on all 66 training scans, no MCMC
+  shared MCMC-HVAE        one class-conditional hierarchical VAE (hconv: a vector latent over
+                          spatial latent maps) on all 66 scans, MALA refinement of all layers
+  more real AD            new real AD subjects of the same cohort: the ceiling a perfect
+                          generator could reach (not available to a lab; shown for scale)
+
+Every generator has the augment step budget (AugmentConfig: 600 plain-ELBO + 150 refined steps,
+batch 8) and delivers what `mcvae augment` delivers: decoder means from aggregate-posterior latents
+with near-copies of a training scan redrawn (models.augment.draw_synthetic). Counts are prefixes
+of the largest draw. Also per generator, over its 30 scans: KID against the held-out real AD scans
+(random-feature KID of bench/posterior_quality.py), sharpness ratios to the held-out real AD scans
+(bench/hierarchy.py), near-copies redrawn, and training seconds.
+
+    nice -n 15 python bench/cohort_utility.py --seeds 0 1 --tag _a    # one process per seed group
+    nice -n 15 python bench/cohort_utility.py --seeds 2 3 4 --tag _b
+    python bench/cohort_utility.py --merge _a _b                      # the tables and plots
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS, machine, write_result
+from bench.downstream import (
+    METRICS, build_data, classical_copies, duplicate_copies, mean_sd, plot_montage, score, train_classifier,
+)
+from bench.hierarchy import gradient_magnitude, high_frequency_fraction
+from bench.posterior_quality import FeatureNet, kid
+from models.augment import AugmentConfig, draw_synthetic, fit_class_model
+from models.config import ModelConfig, SamplerConfig
+from models.data import PreprocessConfig
+from models.options import ModelChoice
+from models.report import memorisation_audit
+from models.shared_model import class_view, fit_shared_model
+
+DIFFICULTY = 0.6
+GENERATORS = ["per-class MCMC-VAE", "shared plain VAE", "shared MCMC-HVAE"]
+SOURCES = ["duplicates", "classical", *GENERATORS, "more real AD"]
+CONV = ModelChoice(arch="conv", latent_dims=[16], obs_log_var=-4.0)
+HCONV = ModelChoice(arch="hconv", latent_dims=[16], latent_channels=(2, 4), parameterization="centered",
+                    obs_log_var=-4.0)
+
+
+def generator_config(name: str, hconv: ModelChoice) -> tuple[ModelChoice, AugmentConfig, str]:
+    mcmc = AugmentConfig()
+    plain = AugmentConfig(sampler=SamplerConfig(kind="none"))
+    return {"per-class MCMC-VAE": (CONV, mcmc, "per_class"), "shared plain VAE": (CONV, plain, "shared"),
+            "shared MCMC-HVAE": (hconv, mcmc, "shared")}[name]
+
+
+def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hconv: ModelChoice):
+    """Train one generator as `mcvae augment` would and draw n AD scans; (scans, info)."""
+    choice, config, scope = generator_config(name, hconv)
+    model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **choice.model_dump())
+    started = time.perf_counter()
+    if scope == "per_class":
+        model, _, history, _ = fit_class_model(data["train_AD"], model_cfg, config, seed)
+    else:
+        shared = fit_shared_model({"CN": data["train_CN"], "AD": data["train_AD"]}, model_cfg, config, seed)
+        model, history = class_view(shared, "AD"), shared.history
+    seconds = time.perf_counter() - started
+    scans, near = draw_synthetic(model, n, data["train_AD"], seed + 1, config.near_copies,
+                                 config.near_copy_fraction, config.max_redraws)
+    last = history.records[-1] if history.records else None
+    return scans.float(), {"train_seconds": round(seconds, 1), "final_accept": getattr(last, "accept", None),
+                           "final_elbo": getattr(last, "elbo", None), "replaced": near["replaced"],
+                           "left_out": near["left_out"], "delivered": len(scans)}
+
+
+def run(args) -> dict:
+    pre = PreprocessConfig()
+    hconv = HCONV.model_copy(update=json.loads(args.hconv)) if args.hconv else HCONV
+    counts = sorted(args.counts)
+    n_max = max(counts) * args.n_ad
+    features = FeatureNet(spatial_dims=3)
+    runs, quality, montage = [], [], None
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="utility-") as tmp:  # subject k is the same at any count
+            data = build_data(seed, Path(tmp), args.n_control, args.n_ad + n_max, args.n_test, pre,
+                              difficulty=args.difficulty)
+        more_real = data["train_AD"][args.n_ad:]
+        data["train_AD"] = data["train_AD"][:args.n_ad]
+        x_cn, x_ad = data["train_CN"], data["train_AD"]
+        x_test = torch.cat([data["test_CN"], data["test_AD"]])
+        y_test = torch.cat([torch.zeros(len(data["test_CN"])), torch.ones(len(data["test_AD"]))]).long()
+        extras = {"duplicates": duplicate_copies(x_ad, n_max, seed), "classical": classical_copies(x_ad, n_max, seed),
+                  "more real AD": more_real}
+        print(f"seed {seed}: data {time.perf_counter() - t0:.1f} s", flush=True)
+        test_ad = data["test_AD"]
+        f_test, real_grad, real_hf = features(test_ad), gradient_magnitude(test_ad), high_frequency_fraction(test_ad)
+        for name in args.generators:
+            extras[name], info = generate(name, data, n_max, seed * 1009, pre, hconv)
+            quality.append({"seed": seed, "source": name, **info})
+            print(f"seed {seed}: {name} trained in {info['train_seconds']} s (accept {info['final_accept']}, "
+                  f"{info['replaced']} near-copies redrawn, {info['left_out']} left out)", flush=True)
+        for name in ["more real AD", "duplicates", "classical", *args.generators]:
+            scans = extras[name]
+            audit = memorisation_audit(x_ad, scans)
+            row = next((q for q in quality if q["seed"] == seed and q["source"] == name), None)
+            if row is None:
+                row = {"seed": seed, "source": name}
+                quality.append(row)
+            row.update({"kid_x1e3": 1e3 * kid(f_test, features(scans)),
+                        "grad_ratio": gradient_magnitude(scans) / real_grad,
+                        "hf_ratio": high_frequency_fraction(scans) / real_hf,
+                        "flagged": len(audit["flagged"]), "n": len(scans)})
+        if montage is None:
+            montage = [("real AD (training)", x_ad), ("real AD (held out)", test_ad)] + [
+                (name, extras[name]) for name in ["classical", *args.generators]]
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            plot_montage(montage, RESULTS / f"cohort_utility_montage{args.tag}.png")
+
+        conditions = [("real", 0)] + [(name, c) for name in [*SOURCES] if name in extras for c in counts]
+        for name, c in conditions:
+            t1 = time.perf_counter()
+            extra = extras[name][: c * args.n_ad] if c else x_ad[:0]
+            x = torch.cat([x_cn, x_ad, extra])
+            y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(extra))]).long()
+            s = score(train_classifier(x, y, seed, args.clf_steps, 16, 3e-3), x_test, y_test)
+            key = "real only" if not c else f"{name} {c}x"
+            runs.append({"seed": seed, "condition": key, "source": name if c else "real only", "count": c,
+                         "n_extra": len(extra), **s})
+            print(f"seed {seed}: {key:24s} bal.acc {s['balanced_accuracy']:.3f}  AUROC {s['auroc']:.3f}  "
+                  f"({time.perf_counter() - t1:.1f} s)", flush=True)
+    return {"runs": runs, "quality": quality}
+
+
+def report(payload: dict) -> None:
+    runs, quality, args = payload["runs"], payload["quality"], payload["args"]
+    seeds = sorted({r["seed"] for r in runs})
+    keys = list(dict.fromkeys(r["condition"] for r in runs))
+    print(f"\nDownstream AD vs CN, difficulty {args['difficulty']}, seeds {seeds}; train {args['n_control']} CN + "
+          f"{args['n_ad']} AD; test {args['n_test']} + {args['n_test']} held-out real; mean ± sd over seeds")
+    print("| condition | extra AD | balanced accuracy | AD recall | AUROC |\n|---|---|---|---|---|")
+    summary = {}
+    for k in keys:
+        mine = [r for r in runs if r["condition"] == k]
+        summary[k] = {m: mean_sd([r[m] for r in mine]) for m in METRICS}
+        cells = " | ".join(f"{summary[k][m]['mean']:.3f} ± {summary[k][m]['sd']:.3f}" for m in METRICS)
+        print(f"| {k} | {mine[0]['n_extra']} | {cells} |")
+    print("\nGenerated / extra scans (30 per seed): KID x 1e3 vs held-out real AD, sharpness ratios to held-out "
+          "real AD, flagged near-copies after redraws, train seconds, final acceptance; mean ± sd over seeds")
+    print("| source | KID x 1e3 | gradient / real | HF / real | flagged | redrawn | train s | final accept |")
+    print("|---|---|---|---|---|---|---|---|")
+    fmt = lambda vals, f: f"{f.format(mean_sd(vals)['mean'])} ± {f.format(mean_sd(vals)['sd'])}" if vals else ""  # noqa: E731
+    for source in list(dict.fromkeys(q["source"] for q in quality)):
+        mine = [q for q in quality if q["source"] == source]
+        col = lambda key: [q[key] for q in mine if q.get(key) is not None]  # noqa: E731
+        print(f"| {source} | {fmt(col('kid_x1e3'), '{:.1f}')} | {fmt(col('grad_ratio'), '{:.3f}')} | "
+              f"{fmt(col('hf_ratio'), '{:.3f}')} | {fmt(col('flagged'), '{:.1f}')} | {fmt(col('replaced'), '{:.1f}')} | "
+              f"{fmt(col('train_seconds'), '{:.0f}')} | {fmt(col('final_accept'), '{:.3f}')} |")
+    payload["summary"] = summary
+    plot(summary, payload, RESULTS / f"cohort_utility{payload.get('tag', '')}.png")
+
+
+def plot(summary: dict, payload: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = sorted({r["count"] for r in payload["runs"] if r["count"]})
+    sources = list(dict.fromkeys(r["source"] for r in payload["runs"] if r["count"]))
+    colours = {"duplicates": "tab:gray", "classical": "tab:green", "per-class MCMC-VAE": "tab:orange",
+               "shared plain VAE": "tab:blue", "shared MCMC-HVAE": "tab:red", "more real AD": "k"}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric in zip(axes, ["balanced_accuracy", "auroc"]):
+        base = summary["real only"][metric]
+        ax.axhline(base["mean"], color="k", lw=1, ls="--", label="real only")
+        ax.axhspan(base["mean"] - base["sd"], base["mean"] + base["sd"], color="k", alpha=0.07)
+        for k, source in enumerate(sources):
+            xs = [c + (k - (len(sources) - 1) / 2) * 0.08 for c in counts]
+            stats = [summary[f"{source} {c}x"][metric] for c in counts]
+            ax.errorbar(xs, [s["mean"] for s in stats], yerr=[s["sd"] for s in stats], marker="o", ms=4, capsize=2,
+                        lw=1, color=colours.get(source), ls=":" if source == "more real AD" else "-", label=source)
+        ax.set_xticks(counts)
+        ax.set_xlabel("extra AD scans (x minority count)")
+        ax.set_title(metric.replace("_", " "))
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"harder demo cohort (difficulty {payload['args']['difficulty']}), held-out real test set; "
+                 f"mean ± sd over {len({r['seed'] for r in payload['runs']})} seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--difficulty", type=float, default=DIFFICULTY)
+    ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 5])
+    ap.add_argument("--n-control", type=int, default=60)
+    ap.add_argument("--n-ad", type=int, default=6)
+    ap.add_argument("--n-test", type=int, default=20)
+    ap.add_argument("--clf-steps", type=int, default=100)
+    ap.add_argument("--generators", nargs="*", default=GENERATORS, choices=GENERATORS)
+    ap.add_argument("--hconv", default="", help="JSON overrides of the shared MCMC-HVAE's ModelChoice")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--merge", nargs="+", metavar="TAG", help="merge the JSON of earlier runs and report")
+    args = ap.parse_args()
+    if args.merge:
+        parts = [json.loads((RESULTS / f"cohort_utility{t}.json").read_text()) for t in args.merge]
+        payload = {"args": parts[0]["args"], "machine": parts[0]["machine"], "tag": "",
+                   "runs": [r for p in parts for r in p["runs"]], "quality": [q for p in parts for q in p["quality"]],
+                   "merged": args.merge}
+        report(payload)
+        write_result("cohort_utility", payload)
+        return
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    payload = {"args": vars(args), "machine": machine(), "tag": args.tag, "command": "python " + " ".join(sys.argv),
+               **run(args)}
+    payload["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"{payload['machine']}; {payload['seconds'] / 60:.1f} min")
+    report(payload)
+    write_result(f"cohort_utility{args.tag}", payload)
+
+
+if __name__ == "__main__":
+    main()
