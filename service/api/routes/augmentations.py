@@ -82,7 +82,8 @@ def start_augmentation(body: AugmentRequest, lab: LabDep, settings: SettingsDep,
     summary = ready_dataset(lab.name, body.dataset, store)
     # Config and target syntax first (workers.params: the library's torch-free rules), then the
     # checks that need the dataset: a 422 now rather than a failed job later.
-    params = validate("augment", {"dataset": body.dataset, "target": body.target, "config": body.config},
+    params = validate("augment", {"dataset": body.dataset, "target": body.target, "config": body.config,
+                                  **({"profile": body.profile} if body.profile is not None else {})},
                       settings)
     check_quality(summary)
     check_target(params.target, train_counts(summary), settings.max_synthetic_per_class)
