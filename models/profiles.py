@@ -68,5 +68,5 @@ def config_with_profile(data: dict[str, Any], profile: str | None = None) -> dic
     if not name:
         return data
     if not isinstance(name, str):
-        raise ValueError(f"profile: expected a profile name ({', '.join(PROFILE_NAMES)}), got {name!r}")
+        raise ValueError(f"profile: expected a profile name ({', '.join(PROFILE_NAMES)}), got {name!r}")  # noqa: TRY004
     return profile_settings(name, data)
