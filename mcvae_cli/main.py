@@ -26,13 +26,11 @@ def _augment_config(args) -> "object":
         from .config_file import read_config_file
 
         data = read_config_file(args.config)
-    # A resolution profile (models/profiles.py) gives the base settings; the file's own override it.
-    profile = getattr(args, "profile", None) or data.pop("profile", None)
-    data.pop("profile", None)
-    if profile:
-        from models.profiles import profile_settings
+    # A resolution profile (models/profiles.py) gives the base settings; the file's own override
+    # them, and --profile overrides the file's profile: one rule with the gateway's.
+    from models.profiles import config_with_profile
 
-        data = profile_settings(profile, data)
+    data = config_with_profile(data, getattr(args, "profile", None))
     for flag, key in (("pretrain_steps", "pretrain_steps"), ("mcmc_steps", "mcmc_steps"), ("seed", "seed")):
         value = getattr(args, flag, None)
         if value is not None:
@@ -45,6 +43,8 @@ def _augment_config(args) -> "object":
         data["real_scans"] = "raw"
     if getattr(args, "keep_near_copies", False):
         data["near_copies"] = "keep"
+    if getattr(args, "model_scope", None):
+        data["model_scope"] = args.model_scope
     try:
         return AugmentConfig(**data)
     except (ValidationError, TypeError) as err:
@@ -209,6 +209,7 @@ def cmd_sample(args) -> int:
     from models.augment import write_synthetic
     from models.data import PreprocessConfig, target_affine
     from models.data.io import share_like_umask
+    from models.options import sample_class
     from models.targets import MAX_SYNTHETIC_PER_CLASS
 
     from .progress import StageBar
@@ -217,9 +218,14 @@ def cmd_sample(args) -> int:
         raise ValueError(f"-n: ask for between 1 and {MAX_SYNTHETIC_PER_CLASS} scans, got {args.n}")
     out = _writable_out(args.out)
     model, _, meta = load(args.model)
+    label, index = sample_class(meta, getattr(model.cfg, "n_classes", 0), args.label, "--class")
+    if index is not None:  # a shared model (models/shared): drawn through its class
+        from models.conditional import ClassView
+
+        model = ClassView(model, index)
+    label = label or "synthetic"
     pre = PreprocessConfig(**meta["preprocess"]) if "preprocess" in meta else None
     affine = target_affine(pre) if pre else np.eye(4)
-    label = meta.get("class", "synthetic")
     with StageBar(f"sample {label}") as bar:
         _, names = write_synthetic(model, args.n, out, label, affine, seed=args.seed,
                                    model_id=str(Path(args.model).resolve()),
@@ -267,6 +273,12 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="read NaN or infinite voxels as 0 (background) instead of refusing the scan")
 
 
+def _add_scope_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-scope", choices=("per_class", "shared"),
+                   help="per_class: one model per minority class (default); shared: one class-conditional "
+                        "model trained on every class's train scans, sampled per class (experimental)")
+
+
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw-real", action="store_true",
                    help="put byte copies of the real input scans in the output instead of preprocessed "
@@ -290,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=32, help="voxels per axis (default 32)")
     p.add_argument("--target", default="balance", help=TARGET_HELP)
     _add_training_flags(p)
+    _add_scope_flag(p)
     _add_output_flags(p)
     p.set_defaults(func=cmd_demo)
 
@@ -316,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     p.add_argument("--target", default="balance", help=TARGET_HELP)
     _add_training_flags(p)
+    _add_scope_flag(p)
     _add_output_flags(p)
     p.set_defaults(func=cmd_augment)
 
@@ -327,8 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="write N synthetic scans from a saved model")
-    p.add_argument("model", help="a model folder written by 'mcvae train' (or models/<class> of an output)")
+    p.add_argument("model", help="a model folder written by 'mcvae train' (or models/<class> or "
+                                 "models/shared of an augment output)")
     p.add_argument("-n", type=int, required=True, help="how many scans to write")
+    p.add_argument("--class", dest="label", metavar="CLASS",
+                   help="the class to draw: required for a shared (class-conditional) model; "
+                        "optional for a per-class model (must then be its class)")
     p.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=cmd_sample)

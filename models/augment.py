@@ -62,7 +62,9 @@ SCAN_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", ".png", ".jpg", ".jpeg", ".d
 class ClassCheckpoints:
     """Where a caller keeps training state per class, so that a rerun of a stopped augmentation
     resumes each class model from its last checkpoint instead of from scratch (the workers store
-    them as artifacts). ``load(label)`` returns the last saved Trainer state or None."""
+    them as artifacts). ``load(label)`` returns the last saved Trainer state or None. With
+    ``model_scope: shared`` the one shared model is saved and loaded under the key ``"shared"``
+    (``models.shared_model.SHARED_KEY``)."""
 
     every: int
     save: Callable[[str, dict[str, Any]], None]
@@ -369,9 +371,10 @@ def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted
 
 def _fit_shared(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[dict[str, str]],
                 model_cfg: ModelConfig, config: AugmentConfig, staging: Path, report: Progress, should_stop,
-                job_id: str, pre: PreprocessConfig):
+                job_id: str, pre: PreprocessConfig, checkpoints: ClassCheckpoints | None = None):
     """``model_scope: shared``: one class-conditional model on the train scans of every class
-    (models/shared_model.py); returns it, its training seconds and where it was saved."""
+    (models/shared_model.py), resumed from and checkpointed under ``"shared"`` with
+    ``checkpoints``; returns it, its training seconds and where it was saved."""
     scans = {c: x[[i for i in train_idx if real.items[i].label == c]] for c in real.classes}
     scans = {c: v for c, v in scans.items() if len(v)}
 
@@ -382,7 +385,7 @@ def _fit_shared(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[
 
     started = time.perf_counter()
     try:
-        shared = fit_shared_model(scans, model_cfg, config, config.seed * 1009, on_step)
+        shared = fit_shared_model(scans, model_cfg, config, config.seed * 1009, on_step, checkpoints)
     except TrainingCancelled as stop:
         raise Cancelled(str(stop)) from None
     seconds = time.perf_counter() - started
@@ -414,7 +417,8 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
     shared = None
     if config.model_scope == "shared" and classes:
         shared, shared_seconds, models["shared"] = _fit_shared(real, x, train_idx, rows, model_cfg, config,
-                                                               staging, report, should_stop, job_id, pre)
+                                                               staging, report, should_stop, job_id, pre,
+                                                               checkpoints)
     span = (0.9 if shared is None else 0.4) / max(len(classes), 1)
     for k, label in enumerate(classes):
         base = (0.05 if shared is None else 0.55) + k * span

@@ -63,8 +63,7 @@ class AugmentConfig(BaseModel):
     model_scope: Literal["per_class", "shared"] = Field("per_class", description=(
         "per_class: one model per minority class, trained on that class's train scans; shared: one "
         "class-conditional model trained on the train scans of every class, sampled per class "
-        "(experimental: at the default step budget its scans were blurrier, docs/RESULTS.md; no "
-        "checkpoints, so a job whose worker dies retrains it from the start)"))
+        "(experimental: at the default step budget its scans were blurrier, docs/RESULTS.md)"))
     real_scans: Literal["preprocessed", "raw"] = Field("preprocessed", description=(
         "preprocessed: the output holds the real scans on the synthetic scans' grid, intensity "
         "scale and clean header; raw: byte copies of the inputs (for labs that preprocess "
@@ -79,3 +78,36 @@ class AugmentConfig(BaseModel):
             "seed": seed, "batch_size": batch,
             "pretrain_epochs": -(-self.pretrain_steps // steps_per_epoch),
             "epochs": -(-self.mcmc_steps // steps_per_epoch)})
+
+
+def sample_class(meta: dict, n_classes: int, requested: str | None,
+                 field: str = "class") -> tuple[str | None, int | None]:
+    """Which class a sample of a saved model draws: the one rule of ``mcvae sample --class``,
+    the gateway's ``POST /v1/models/{id}/samples`` and the worker's sample job (``label``).
+
+    ``meta``: the saved model's meta (config.json ``meta``: ``classes`` for a class-conditional
+    model, ``class`` or ``label`` for a per-class one); ``n_classes``: its ``model.n_classes``.
+    A class-conditional model needs ``requested``, one of its classes; for a per-class model it
+    may be left out and, if given, must be the model's own class. Returns (label, class index
+    of a conditional model or None). Errors are ValueErrors naming ``field``.
+    """
+    classes = list(meta.get("classes") or [])
+    if n_classes:
+        if len(classes) != n_classes:
+            raise ValueError(f"{field}: the model is class-conditional ({n_classes} classes) but does not "
+                             "record their names; it cannot be sampled by class")
+        names = ", ".join(classes)
+        if requested is None:
+            raise ValueError(f"{field}: the model is class-conditional; name the class to draw "
+                             f"(classes: {names})")
+        if requested not in classes:
+            raise ValueError(f"{field}: the model has no class '{requested}' (classes: {names})")
+        return requested, classes.index(requested)
+    own = meta.get("class") or meta.get("label")
+    if requested is not None and requested != own:
+        if own:
+            raise ValueError(f"{field}: the model was trained on class '{own}' only; it cannot draw "
+                             f"'{requested}' (leave {field} out, or give '{own}')")
+        raise ValueError(f"{field}: the model was trained on every class together and is not "
+                         f"class-conditional; leave {field} out")
+    return own, None

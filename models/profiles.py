@@ -54,3 +54,19 @@ def profile_settings(name: str, overrides: dict[str, Any] | None = None) -> dict
         else:
             merged[key] = value
     return merged
+
+
+def config_with_profile(data: dict[str, Any], profile: str | None = None) -> dict[str, Any]:
+    """The one merge rule of the CLI (``--profile``, a config file's ``profile:`` key) and the
+    gateway/worker (``POST /v1/augmentations``'s ``profile``): AugmentConfig settings ``data``
+    with the profile's settings merged under them (``data`` wins key by key, nested sections
+    too). ``profile`` (the flag, the request field) wins over a ``profile`` key in ``data``; the
+    result has no ``profile`` key. Without a profile, ``data`` is returned as it is (a copy)."""
+    data = dict(data or {})
+    name = profile or data.pop("profile", None)
+    data.pop("profile", None)
+    if not name:
+        return data
+    if not isinstance(name, str):
+        raise ValueError(f"profile: expected a profile name ({', '.join(PROFILE_NAMES)}), got {name!r}")  # noqa: TRY004
+    return profile_settings(name, data)

@@ -47,20 +47,35 @@ def stack_classes(scans: dict[str, Tensor]) -> tuple[Tensor, Tensor, list[str]]:
     return x, y, classes
 
 
+SHARED_KEY = "shared"  # the checkpoint key of the shared model (per-class models use their label)
+
+
 def fit_shared_model(scans: dict[str, Tensor], model_cfg: ModelConfig, config, seed: int,
-                     on_step: Callable[[int, int], None] | None = None) -> SharedModel:
+                     on_step: Callable[[int, int], None] | None = None,
+                     checkpoints=None) -> SharedModel:
     """Train one class-conditional model on the train scans of every class.
 
     ``model_cfg``: the per-class model's configuration (its ``n_classes`` is set here);
     ``config``: a ``models.augment.AugmentConfig`` (sampler, train settings, step budget).
     Every scan counts once per epoch; the budget in steps is the same as one class model's.
+    ``checkpoints``: a ``models.augment.ClassCheckpoints``; training resumes from the state saved
+    under ``SHARED_KEY`` and saves as it goes (and at the end), as ``fit_class_model`` does.
     """
     x, y, classes = stack_classes(scans)
     torch.manual_seed(seed)
     model = build_model(model_cfg.model_copy(update={"n_classes": len(classes)}))
     sampler = build_sampler(config.sampler, model.latent_dim)
     train_cfg = config.train_config(len(x), seed)
-    history = Trainer(model, sampler, x, train_cfg, labels=y).fit(on_step=on_step)
+    trainer = Trainer(model, sampler, x, train_cfg, labels=y)
+    if checkpoints is None:
+        return SharedModel(model, sampler, classes, trainer.fit(on_step=on_step), train_cfg)
+    state = checkpoints.load(SHARED_KEY)
+    if state is not None:
+        trainer.load_state_dict(state)
+    history = trainer.fit(on_step=on_step, checkpoint_every=checkpoints.every,
+                          on_checkpoint=lambda snapshot: checkpoints.save(SHARED_KEY, snapshot))
+    if trainer.global_step % checkpoints.every:  # the final state, so a rerun skips training
+        checkpoints.save(SHARED_KEY, trainer.state_dict())
     return SharedModel(model, sampler, classes, history, train_cfg)
 
 

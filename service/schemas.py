@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.profiles import PROFILE_NAMES
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JobKind = Literal["ingest", "train", "sample", "augment", "evaluate"]
 Config = dict[str, Any]
@@ -161,6 +163,10 @@ class ModelList(_Out):
 class SampleRequest(_In):
     n: int = Field(1, ge=1, description="how many scans; small n is answered with the scans")
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    label: Label | None = Field(None, description=(
+        "the class to draw: required for a shared (class-conditional) model of an augmentation "
+        "with config.model_scope 'shared', one of its classes; optional for a per-class model "
+        "(must then be its class)"))
     wait: bool = Field(True, description="false: always answer 202 with the job")
 
 
@@ -185,7 +191,13 @@ class AugmentRequest(_In):
         "422): preprocess, model, sampler, train (less device), pretrain_steps, mcmc_steps, seed, "
         "near_copies ('replace': near-copies of training scans are redrawn, never delivered; "
         "'keep'), near_copy_fraction, max_redraws, real_scans ('preprocessed': real scans in the "
-        "result on the synthetic scans' grid and scale; 'raw': byte copies)"))
+        "result on the synthetic scans' grid and scale; 'raw': byte copies), model_scope "
+        "('per_class': one model per minority class; 'shared': one class-conditional model)"))
+    profile: Annotated[str, Field(max_length=64, pattern=TEXT_PATTERN)] | None = Field(
+        None, examples=list(PROFILE_NAMES), description=(
+            "a resolution profile: " + ", ".join(PROFILE_NAMES) + " (models/profiles.py: grid, "
+            "spacing, network widths, step budget). Its settings lie under config's own, key by "
+            "key, as with the CLI's --profile; an unknown name is a 422"))
     name: Name | None = None
 
 
@@ -194,6 +206,7 @@ class Augmentation(_Out):
     name: str | None
     dataset: str | None
     target: Any
+    profile: str | None = Field(None, description="the resolution profile it was asked for")
     state: JobState
     stage: str
     progress: float = Field(ge=0, le=1)

@@ -40,7 +40,7 @@ def dataset(rec: ResourceRecord, j: workers.Job, store: ArtifactStore) -> schema
         warnings=(summary or {}).get("warnings") or [], error=public_text(j.error, store))
 
 
-def _saved_config(store: ArtifactStore, model_id: str) -> dict[str, Any] | None:
+def saved_config(store: ArtifactStore, model_id: str) -> dict[str, Any] | None:
     """The model's config.json (plain JSON: reading it needs no torch)."""
     try:
         return json.loads((store.path(model_id) / "config.json").read_text())
@@ -50,7 +50,7 @@ def _saved_config(store: ArtifactStore, model_id: str) -> dict[str, Any] | None:
 
 def model(rec: ResourceRecord, j: workers.Job, store: ArtifactStore) -> schemas.Model:
     state = MODEL_STATES[j.state]
-    saved = _saved_config(store, rec.id) if state == "ready" else None
+    saved = saved_config(store, rec.id) if state == "ready" else None
     error = public_text(j.error, store)
     if state == "ready" and saved is None:
         state, error = "failed", "the model's files are missing from the artifact store"
@@ -76,7 +76,7 @@ def augmentation(j: workers.Job, rec: ResourceRecord | None, store: ArtifactStor
     done = j.state == "succeeded"
     return schemas.Augmentation(
         id=j.id, name=rec.name if rec else None, dataset=j.params.get("dataset"),
-        target=j.params.get("target"), state=j.state, stage=j.stage, progress=j.progress,
+        target=j.params.get("target"), profile=j.params.get("profile"), state=j.state, stage=j.stage, progress=j.progress,
         real_counts=j.metrics.get("real_counts") if done else None,
         synthetic_counts=j.metrics.get("synthetic_counts") if done else None,
         train_counts=j.metrics.get("train_counts") if done else None,

@@ -290,10 +290,19 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
     from models import load
     from models.augment import sampler_label, write_synthetic
     from models.data import PreprocessConfig, target_affine
+    from models.options import sample_class
 
     ctx.progress(0.0, "loading model")
     model, sampler, meta = load(_model_path(ctx, p.model), device=ctx.device)
-    label = meta.get("label") or meta.get("class") or "all"
+    try:  # the gateway checked this at submit where it could; this is the authoritative check
+        label, index = sample_class(meta, getattr(model.cfg, "n_classes", 0), p.label, "label")
+    except ValueError as err:
+        raise InvalidParams(str(err)) from None
+    if index is not None:  # a shared (class-conditional) model, drawn through one class
+        from models.conditional import ClassView
+
+        model = ClassView(model, index)
+    label = label or "all"
     # Without a recorded preprocessing (a model trained on tensors) there is no scanner space.
     affine = target_affine(PreprocessConfig(**meta["preprocess"])) if meta.get("preprocess") else np.eye(4)
 
@@ -303,7 +312,8 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
 
     output_id = f"output-{ctx.job_id}"
     with ctx.store.writer("output", output_id, replace=True,
-                          meta={"job": ctx.job_id, "model": p.model, "n": p.n, "seed": p.seed}) as out:
+                          meta={"job": ctx.job_id, "model": p.model, "n": p.n, "seed": p.seed,
+                                "label": label}) as out:
         scans, names = write_synthetic(model, p.n, out / "scans", label, affine, seed=p.seed,
                                        model_id=p.model, job_id=ctx.job_id, sampler_name=sampler_label(sampler.cfg),
                                        batch=p.batch_size, on_batch=on_batch)
@@ -311,8 +321,10 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
         with open(out / "manifest.csv", "w", newline="") as fh:
             csv.writer(fh).writerows([["path", "label", "split", "synthetic"],
                                       *[[f"scans/{name}", label, "", "true"] for name in names]])
-    return Outcome(metrics={"n": p.n, "shape": list(scans.shape[1:]), "mean": float(scans.mean())},
-                   artifacts=[output_id], message=f"sampled {p.n} scans")
+    of_class = f" of class '{label}'" if p.label or index is not None else ""
+    return Outcome(metrics={"n": p.n, "label": label, "shape": list(scans.shape[1:]),
+                            "mean": float(scans.mean())},
+                   artifacts=[output_id], message=f"sampled {p.n} scans{of_class}")
 
 
 # -- evaluate --------------------------------------------------------------------------------------
@@ -365,13 +377,14 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
     from models.augment import AugmentConfig, Cancelled, ClassCheckpoints
     from models.augment import augment as run_augment
 
-    config = library_config(AugmentConfig, p.config, "config")
+    config = library_config(AugmentConfig, p.augment_config(), "config")  # with p.profile's settings
     config = config.model_copy(update={"train": config.train.model_copy(update={"device": ctx.device})})
     source = _dataset_path(ctx, p.dataset)
     output_id = f"output-{ctx.job_id}"
-    meta: dict[str, Any] = {"job": ctx.job_id, "dataset": p.dataset, "target": p.target}
-    # One checkpoint series per class model (named by a digest: labels are free text); a
-    # redelivered job resumes each class where it stopped, and finished classes are not retrained.
+    meta: dict[str, Any] = {"job": ctx.job_id, "dataset": p.dataset, "target": p.target, "profile": p.profile}
+    # One checkpoint series per class model (named by a digest: labels are free text), or one for
+    # the shared model (key "shared"); a redelivered job resumes each model where it stopped, and
+    # finished models are not retrained.
     resumed: dict[str, int] = {}
 
     def series(label: str) -> Checkpoints:
@@ -384,7 +397,9 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
             return None
         state = checkpoints.load(latest, ctx.device)
         resumed[label] = int(state["global_step"])
-        ctx.log(f"class {label}: resumed from step {resumed[label]}")
+        # model_scope shared: one series for the shared model, saved under "shared"
+        what = "shared model" if config.model_scope == "shared" else f"class {label}"
+        ctx.log(f"{what}: resumed from step {resumed[label]}")
         return state
 
     checkpoints = ClassCheckpoints(every=ctx.settings.checkpoint_every,

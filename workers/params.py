@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.options import AugmentConfig
+from models.profiles import PROFILE_NAMES, config_with_profile
 from models.targets import parse_target
 
 from .artifacts import kind_of
@@ -85,6 +86,9 @@ class SampleParams(_Params):
     n: int = Field(16, ge=1)
     seed: int = 0
     batch_size: int = Field(256, ge=1, le=4096)
+    label: str | None = Field(None, max_length=128, description=(
+        "the class to draw: required for a shared (class-conditional) model, one of its classes; "
+        "optional for a per-class model (must then be its class); models.options.sample_class"))
 
     _model = field_validator("model")(_artifact("model"))
 
@@ -113,8 +117,22 @@ class AugmentParams(_Params):
         "balance", description="'balance', a ratio of the majority count, or synthetic scans to add "
                                "per class: {'AD': 40} or the CLI's 'AD=40,MCI=10'")
     config: dict[str, Any] = Field(default_factory=dict, description="models.options.AugmentConfig")
+    profile: str | None = Field(None, description=(
+        f"a resolution profile ({', '.join(PROFILE_NAMES)}, models/profiles.py) whose settings lie "
+        "under config's own: models.profiles.config_with_profile, the CLI's --profile rule"))
 
     _dataset = field_validator("dataset")(_artifact("dataset"))
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: str | None) -> str | None:
+        if v is not None and v not in PROFILE_NAMES:
+            raise ValueError(f"unknown profile {v!r} (profiles: {', '.join(PROFILE_NAMES)})")
+        return v
+
+    def augment_config(self) -> dict[str, Any]:
+        """The AugmentConfig settings the job runs with: the profile's under config's own."""
+        return config_with_profile(self.config, self.profile)
 
     @field_validator("target", mode="before")
     @classmethod
@@ -139,6 +157,17 @@ class AugmentParams(_Params):
         if "device" in config.train.model_fields_set:
             raise ValueError("train.device is chosen by the worker (MCVAE_DEVICE), not per job")
         return v
+
+    @model_validator(mode="after")
+    def _config_with_profile(self) -> AugmentParams:
+        # config alone was checked above; merged with the profile it must hold together too
+        # (the profile's train.device, e.g. research's cuda, is replaced by the worker's).
+        if self.profile is not None:
+            try:
+                AugmentConfig(**self.augment_config())
+            except ValidationError as err:
+                raise ValueError(describe(err, "config")) from None
+        return self
 
 
 SCHEMAS: dict[str, type[_Params]] = {

@@ -110,6 +110,48 @@ def test_train_then_sample_writes_scans_in_target_space(cohort, tiny_config, tmp
     assert not (tmp_path / "u").exists()
 
 
+def test_model_scope_flag_overrides_the_file_and_sample_draws_a_named_class(cohort, tiny_config, tmp_path, capsys):
+    config = tmp_path / "per_class.yaml"
+    config.write_text(tiny_config.read_text() + "model_scope: per_class\n")
+    out = tmp_path / "balanced"
+    assert main(["augment", str(cohort), "--out", str(out), "--config", str(config),
+                 "--model-scope", "shared"]) == 0
+    capsys.readouterr()
+    shared = out / "models" / "shared"
+    assert (shared / "weights.safetensors").is_file() and not (out / "models" / "AD").exists()
+    assert json.loads((out / "report" / "metrics.json").read_text())["classes"]["AD"]["model_scope"] == "shared"
+
+    assert main(["sample", str(shared), "-n", "3", "--class", "AD", "--out", str(tmp_path / "ad")]) == 0
+    assert "wrote 3 scans of class 'AD'" in capsys.readouterr().out
+    scans = sorted((tmp_path / "ad").glob("syn_AD_*.nii.gz"))
+    assert len(scans) == 3 and nib.load(scans[0]).shape == (16, 16, 16)
+    assert json.loads(scans[0].with_name("syn_AD_00000.json").read_text())["class"] == "AD"
+    assert main(["sample", str(shared), "-n", "3", "--class", "CN", "--out", str(tmp_path / "cn")]) == 0
+    ad, cn = nib.load(scans[0]).get_fdata(), nib.load(tmp_path / "cn" / "syn_CN_00000.nii.gz").get_fdata()
+    assert not np.allclose(ad, cn)  # same seed, another class: another scan
+
+    _fails_with(capsys, ["sample", str(shared), "-n", "2", "--out", str(tmp_path / "x")],
+                "--class", "class-conditional", "classes: AD, CN")
+    _fails_with(capsys, ["sample", str(shared), "-n", "2", "--class", "MCI", "--out", str(tmp_path / "y")],
+                "no class 'MCI'", "classes: AD, CN")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_sample_class_of_a_per_class_model_is_optional_but_must_match(cohort, tiny_config, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    assert main(["train", str(cohort), "--class", "AD", "--out", str(model_dir), "--config", str(tiny_config)]) == 0
+    assert main(["sample", str(model_dir), "-n", "2", "--class", "AD", "--out", str(tmp_path / "s")]) == 0
+    assert len(list((tmp_path / "s").glob("syn_AD_*.nii.gz"))) == 2
+    _fails_with(capsys, ["sample", str(model_dir), "-n", "2", "--class", "CN", "--out", str(tmp_path / "t")],
+                "trained on class 'AD' only", "'CN'")
+
+
+def test_model_scope_flag_takes_only_the_two_scopes(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["augment", "somewhere", "--out", "x", "--model-scope", "global"])
+    assert exit_.value.code == 2 and "per_class" in capsys.readouterr().err
+
+
 def test_augment_takes_a_2d_png_cohort(tmp_path, capsys):
     make_demo_slices(tmp_path / "slices", n_control=5, n_ad=2, shape=(32, 32), seed=0)
     config = tmp_path / "tiny2d.yaml"

@@ -61,3 +61,69 @@ def test_cli_takes_a_profile_from_the_flag_or_the_config_file(tmp_path):
     assert config.train.amp  # the profile's other train settings stay
     with pytest.raises(SystemExit):
         build_parser().parse_args(["demo", "--profile", "huge"])
+
+
+def test_config_with_profile_is_the_one_merge_rule_of_cli_and_gateway(tmp_path):
+    from mcvae_cli.main import _augment_config, build_parser
+    from models.profiles import config_with_profile
+    from workers.params import AugmentParams
+
+    own = {"profile": "research", "preprocess": {"target_shape": [16, 16, 16]}, "mcmc_steps": 3}
+    merged = config_with_profile(own, "standard")  # the flag / request field wins over the file's key
+    assert "profile" not in merged and merged["preprocess"] == {
+        "spatial_dims": 3, "target_spacing": 3.0, "target_shape": [16, 16, 16]}
+    assert merged["mcmc_steps"] == 3 and merged["pretrain_steps"] == 600
+    assert config_with_profile(own)["preprocess"]["target_spacing"] == 2.0  # the file's key alone
+    assert config_with_profile({"seed": 1}) == {"seed": 1}  # no profile: unchanged
+    assert own["profile"] == "research"  # the caller's dict is not mutated
+    with pytest.raises(ValueError, match=r"unknown profile 'huge' \(profiles: demo, standard, research\)"):
+        config_with_profile({}, "huge")
+
+    # the CLI (--profile over a file's profile:) and a job's params give the same settings
+    path = tmp_path / "c.yaml"
+    path.write_text("profile: research\npreprocess: {target_shape: [16, 16, 16]}\nmcmc_steps: 3\n")
+    cli = _augment_config(build_parser().parse_args(["augment", "src", "--out", "o", "--config", str(path),
+                                                     "--profile", "standard"]))
+    job = AugmentParams(dataset="dataset-x", profile="standard",
+                        config={"preprocess": {"target_shape": [16, 16, 16]}, "mcmc_steps": 3})
+    assert AugmentConfig(**job.augment_config()) == cli
+
+
+def test_model_scope_flag_overrides_the_config_file(tmp_path):
+    from mcvae_cli.main import _augment_config, build_parser
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model_scope: shared\n")
+    parse = build_parser().parse_args
+    assert _augment_config(parse(["augment", "src", "--out", "o", "--config", str(path)])).model_scope == "shared"
+    assert _augment_config(parse(["augment", "src", "--out", "o", "--config", str(path),
+                                  "--model-scope", "per_class"])).model_scope == "per_class"
+    assert _augment_config(parse(["demo", "--model-scope", "shared"])).model_scope == "shared"
+
+
+@pytest.mark.parametrize(("meta", "n_classes", "requested", "expected"), [
+    ({"classes": ["AD", "CN"]}, 2, "CN", ("CN", 1)),
+    ({"class": "AD"}, 0, None, ("AD", None)),
+    ({"class": "AD"}, 0, "AD", ("AD", None)),
+    ({"label": "AD"}, 0, None, ("AD", None)),  # a train job's model
+    ({}, 0, None, (None, None)),
+])
+def test_sample_class_picks_the_class_to_draw(meta, n_classes, requested, expected):
+    from models.options import sample_class
+
+    assert sample_class(meta, n_classes, requested) == expected
+
+
+@pytest.mark.parametrize(("meta", "n_classes", "requested", "words"), [
+    ({"classes": ["AD", "CN"]}, 2, None, ["class-conditional", "(classes: AD, CN)"]),
+    ({"classes": ["AD", "CN"]}, 2, "MCI", ["no class 'MCI'", "(classes: AD, CN)"]),
+    ({"class": "AD"}, 0, "CN", ["trained on class 'AD' only", "'CN'"]),
+    ({}, 0, "AD", ["every class together", "leave label out"]),
+    ({}, 2, "AD", ["does not record their names"]),
+])
+def test_sample_class_refuses_a_missing_or_wrong_class(meta, n_classes, requested, words):
+    from models.options import sample_class
+
+    with pytest.raises(ValueError) as err:
+        sample_class(meta, n_classes, requested, "label")
+    assert str(err.value).startswith("label: ") and all(w in str(err.value) for w in words), str(err.value)

@@ -146,6 +146,12 @@ def test_synchronous_sampling_returns_nifti_and_zip(deployment, augmentation):
         huge = c.post(f"/v1/models/{model_id}/samples", json={"n": 10**9})
         assert huge.status_code == 422 and "at most" in huge.json()["detail"]
 
+        # a per-class model: its own class may be named, another is a 422 (no job queued)
+        own = c.post(f"/v1/models/{model_id}/samples", json={"n": 1, "seed": 7, "label": "AD"})
+        assert own.status_code == 200 and np.array_equal(read_nifti(own.content).get_fdata(), image.get_fdata())
+        other = c.post(f"/v1/models/{model_id}/samples", json={"n": 1, "label": "CN"})
+        assert other.status_code == 422 and "trained on class 'AD' only" in other.json()["detail"]
+
 
 def test_another_labs_key_finds_nothing(deployment, dataset, augmentation):
     job_id = augmentation["started"]["id"]

@@ -170,6 +170,78 @@ def test_a_stopped_augmentation_resumes_its_class_model_from_the_last_checkpoint
         np.testing.assert_allclose(nib.load(a).get_fdata(), nib.load(b).get_fdata(), atol=1e-4)
 
 
+SHARED_AUGMENT = {"preprocess": TINY_PREPROCESS, "model": {"arch": "mlp", "latent_dims": [4], "hidden": [32]},
+                  "sampler": {"kind": "mala", "n_steps": 2}, "train": {"batch_size": 4},
+                  "pretrain_steps": 20, "mcmc_steps": 10, "model_scope": "shared"}
+
+
+def test_a_stopped_shared_augmentation_resumes_its_model_from_the_last_checkpoint(store, settings, dataset):
+    # 9 scans of both classes, batch 4: 3 steps per epoch, 7 + 4 epochs = 33 steps; checkpoints every 4.
+    params = {"dataset": dataset, "target": {"AD": 3}, "config": SHARED_AUGMENT}
+    whole = run("augment", params, JobContext("sh-a", store, settings=settings))
+    assert whole.metrics["models"] == {"shared": "model-sh-a-0"}
+
+    stopped = StopAfter("sh-b", store, settings=settings, steps=25)
+    with pytest.raises(JobCancelled, match="cancelled while training the shared model"):
+        run("augment", params, stopped)
+    kept = store.list("checkpoint", "checkpoint-sh-b-")
+    assert [c.rsplit("-", 1)[1] for c in kept] == ["000000020", "000000024"]
+    assert not store.exists("output-sh-b")
+
+    again = JobContext("sh-b", store, settings=settings)
+    resumed = run("augment", params, again)
+    assert "shared model: resumed from step 24" in [e["message"] for e in again.events]
+    assert resumed.metrics["resumed_from"] == {"shared": 24}
+    assert store.list("checkpoint", "checkpoint-sh-b-")[-1].endswith("000000033")  # the final state
+    assert sorted(resumed.obsolete) == sorted(store.list("checkpoint", "checkpoint-sh-b-"))
+    from models import load
+
+    (model_a, _, meta_a), (model_b, _, meta_b) = (load(store.path("model-sh-a-0")), load(store.path("model-sh-b-0")))
+    assert meta_a["classes"] == meta_b["classes"] == ["AD", "CN"]
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+    import nibabel as nib
+
+    scans_a = sorted((store.path("output-sh-a") / "synthetic" / "AD").glob("*.nii.gz"))
+    scans_b = sorted((store.path("output-sh-b") / "synthetic" / "AD").glob("*.nii.gz"))
+    assert len(scans_a) == len(scans_b) == 3
+    for a, b in zip(scans_a, scans_b):
+        np.testing.assert_allclose(nib.load(a).get_fdata(), nib.load(b).get_fdata(), atol=1e-4)
+
+    # A rerun after the final checkpoint trains nothing more: it resumes at the end.
+    third = JobContext("sh-b", store, settings=settings)
+    assert run("augment", params, third).metrics["resumed_from"] == {"shared": 33}
+
+
+def test_a_sample_job_draws_the_named_class_of_a_shared_model(store, settings, dataset):
+    run("augment", {"dataset": dataset, "target": {"AD": 2}, "config": {**SHARED_AUGMENT, "mcmc_steps": 3}},
+        JobContext("sh", store, settings=settings))
+    out = run("sample", {"model": "model-sh-0", "n": 3, "label": "AD"}, JobContext("s1", store, settings=settings))
+    assert out.metrics["label"] == "AD" and out.message == "sampled 3 scans of class 'AD'"
+    scans = store.path("output-s1") / "scans"
+    assert sorted(p.name for p in scans.glob("*.nii.gz")) == [f"syn_AD_0000{i}.nii.gz" for i in range(3)]
+    assert json.loads((scans / "syn_AD_00000.json").read_text())["class"] == "AD"
+    assert (store.path("output-s1") / "manifest.csv").read_text().count(",AD,") == 3
+    run("sample", {"model": "model-sh-0", "n": 3, "label": "CN"}, JobContext("s2", store, settings=settings))
+    ad, cn = (np.load(store.path(f"output-{j}") / "samples.npy") for j in ("s1", "s2"))
+    assert ad.shape == cn.shape == (3, 1, 8, 8) and not np.allclose(ad, cn)
+
+    ctx = JobContext("s3", store, settings=settings)
+    with pytest.raises(InvalidParams, match=r"^label: .*class-conditional.*\(classes: AD, CN\)$"):
+        run("sample", {"model": "model-sh-0", "n": 1}, ctx)
+    with pytest.raises(InvalidParams, match=r"^label: the model has no class 'MCI' \(classes: AD, CN\)$"):
+        run("sample", {"model": "model-sh-0", "n": 1, "label": "MCI"}, ctx)
+    assert not store.exists("output-s3")
+
+
+def test_a_sample_job_on_a_per_class_model_checks_a_given_class(store, settings, dataset):
+    run("train", tiny_train_params(dataset, epochs=1, label="AD"), JobContext("t", store, settings=settings))
+    out = run("sample", {"model": "model-t", "n": 2, "label": "AD"}, JobContext("s", store, settings=settings))
+    assert out.metrics["label"] == "AD"
+    with pytest.raises(InvalidParams, match="label: the model was trained on class 'AD' only"):
+        run("sample", {"model": "model-t", "n": 2, "label": "CN"}, JobContext("s4", store, settings=settings))
+
+
 def test_ingest_removes_the_upload_copy_it_read_whether_it_succeeds_or_fails(store, settings, demo_cohort, tmp_path):
     good = store.put_dir("dataset", demo_cohort, artifact_id="dataset-upload-good").id
     out = run("ingest", {"source": good}, JobContext("job-ok", store, settings=settings))

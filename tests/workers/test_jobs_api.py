@@ -68,7 +68,7 @@ def test_submit_records_a_queued_job_and_owners_see_only_their_own(embedded):
     b = workers.submit("train", {"dataset": "dataset-x"}, owner="lab-b")
     assert (a.state, a.stage, a.progress, a.attempts, a.queue) == ("queued", "queued", 0.0, 0, "cpu")
     assert big.queue == "gpu" and b.queue == "gpu"  # large sampling and training go to GPUs
-    assert a.params == {"model": "model-abc", "n": 4, "seed": 0, "batch_size": 256}  # defaults filled in
+    assert a.params == {"model": "model-abc", "n": 4, "seed": 0, "batch_size": 256, "label": None}  # defaults filled in
     assert workers.get(a.id, owner="lab-a").id == a.id
     with pytest.raises(workers.JobNotFound):
         workers.get(a.id, owner="lab-b")

@@ -1,5 +1,7 @@
 """Augmentations: balance a dataset with synthetic scans. The job trains a model per minority
-class on the dataset's train split, samples to the target, and packages one self-contained
+class on the dataset's train split (or, with ``config.model_scope`` "shared", one
+class-conditional model on every class's), optionally from a resolution ``profile``'s settings,
+samples to the target, and packages one self-contained
 cohort: preprocessed real scans, synthetic scans with sidecars, a manifest relative to the zip
 (``path,label,split,synthetic,source_path``) and a report."""
 
@@ -82,7 +84,8 @@ def start_augmentation(body: AugmentRequest, lab: LabDep, settings: SettingsDep,
     summary = ready_dataset(lab.name, body.dataset, store)
     # Config and target syntax first (workers.params: the library's torch-free rules), then the
     # checks that need the dataset: a 422 now rather than a failed job later.
-    params = validate("augment", {"dataset": body.dataset, "target": body.target, "config": body.config},
+    params = validate("augment", {"dataset": body.dataset, "target": body.target, "config": body.config,
+                                  **({"profile": body.profile} if body.profile is not None else {})},
                       settings)
     check_quality(summary)
     check_target(params.target, train_counts(summary), settings.max_synthetic_per_class)

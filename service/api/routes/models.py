@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 
 import workers
+from models.options import sample_class
 
 from ... import resources, views
 from ...deps import IdPath, LabDep, SettingsDep, StoreDep
@@ -83,9 +84,18 @@ def _submit_sample(lab: str, model_id: str, body: SampleRequest, store: workers.
     state = views.MODEL_STATES[workers.get(rec.job_id).state]
     if state != "ready" or not store.exists(model_id):
         raise ApiError(409, f"model {model_id} is {state}, not ready for sampling")
+    saved = views.saved_config(store, model_id)
+    if saved is not None:  # the worker's rule (models.options), checked now: a 422, not a failed job
+        try:
+            sample_class(saved.get("meta") or {}, int((saved.get("model") or {}).get("n_classes") or 0),
+                         body.label, "label")
+        except ValueError as err:
+            raise ApiError(422, str(err)) from None
+    params = {"model": model_id, "n": body.n, "seed": body.seed}
+    if body.label is not None:
+        params["label"] = body.label
     # A client waiting for the answer: the interactive queue, served before ingest and training.
-    job = workers.submit("sample", {"model": model_id, "n": body.n, "seed": body.seed}, owner=lab,
-                         interactive=interactive)
+    job = workers.submit("sample", params, owner=lab, interactive=interactive)
     log.info("sampling submitted", extra={"job_id": job.id, "model": model_id, "n": body.n})
     return job
 
