@@ -136,3 +136,82 @@ def test_demo_slices_preprocess_with_default_2d_config(tmp_path):
     cohort = make_demo_slices(tmp_path, n_control=2, n_ad=1, shape=(48, 40))
     x = load_tensors(cohort, PreprocessConfig(spatial_dims=2))
     assert x.shape == (3, 1, 32, 32) and float(x.max()) == 1.0
+
+
+# ----------------------------------------------------------------------------- difficulty
+
+SMALL = dict(n_control=2, n_ad=1, shape=(16, 16, 16))
+
+
+def _bytes(cohort):
+    return {(item.label, item.path.name): item.path.read_bytes() for item in cohort}
+
+
+def test_difficulty_zero_is_the_default_cohort_byte_for_byte(tmp_path):
+    default = _bytes(make_demo_cohort(tmp_path / "default", seed=3, **SMALL))
+    zero = _bytes(make_demo_cohort(tmp_path / "zero", seed=3, difficulty=0, **SMALL))
+    assert len(default) == 3 and zero == default
+    slices = _bytes(make_demo_slices(tmp_path / "s", n_control=2, n_ad=1, shape=(32, 32), seed=3))
+    slices0 = _bytes(make_demo_slices(tmp_path / "s0", n_control=2, n_ad=1, shape=(32, 32), seed=3, difficulty=0.0))
+    assert slices0 == slices
+
+
+def test_hard_cohort_differs_from_easy_and_is_deterministic_per_seed(tmp_path):
+    easy = _bytes(make_demo_cohort(tmp_path / "easy", seed=3, **SMALL))
+    hard = _bytes(make_demo_cohort(tmp_path / "hard", seed=3, difficulty=1, **SMALL))
+    again = _bytes(make_demo_cohort(tmp_path / "again", seed=3, difficulty=1, **SMALL))
+    other = _bytes(make_demo_cohort(tmp_path / "other", seed=4, difficulty=1, **SMALL))
+    assert hard.keys() == easy.keys() == other.keys()
+    assert hard == again
+    for key in hard:
+        assert hard[key] != easy[key], key
+        assert hard[key] != other[key], key
+    # A difficulty in between is neither end.
+    half = _bytes(make_demo_cohort(tmp_path / "half", seed=3, difficulty=0.5, **SMALL))
+    assert all(half[k] != easy[k] and half[k] != hard[k] for k in half)
+    # The 2-D slices too.
+    s_easy = _bytes(make_demo_slices(tmp_path / "s_easy", n_control=1, n_ad=1, shape=(32, 32), seed=3))
+    s_hard = _bytes(make_demo_slices(tmp_path / "s_hard", n_control=1, n_ad=1, shape=(32, 32), seed=3, difficulty=1))
+    s_again = _bytes(make_demo_slices(tmp_path / "s_again", n_control=1, n_ad=1, shape=(32, 32), seed=3, difficulty=1))
+    assert s_hard == s_again and all(s_hard[k] != s_easy[k] for k in s_hard)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan")])
+def test_difficulty_outside_zero_to_one_is_refused(tmp_path, bad):
+    with pytest.raises(ValueError, match="difficulty"):
+        make_demo_cohort(tmp_path / "c", difficulty=bad, **SMALL)
+    with pytest.raises(ValueError, match="difficulty"):
+        make_demo_slices(tmp_path / "s", n_control=1, n_ad=1, shape=(16, 16), difficulty=bad)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "s").exists()  # refused before writing
+
+
+def _cohort_stats(root, difficulty):
+    """Per subject: mean of its brain voxels, and the mean of a central region around the
+    ventricles relative to the scan's 99th percentile; 8 CN and 8 AD at 16^3, seed 0."""
+    cohort = make_demo_cohort(root, n_control=8, n_ad=8, shape=(16, 16, 16), seed=0, difficulty=difficulty)
+    stats = {"CN": [], "AD": []}
+    for item in cohort:
+        x, affine, _ = load_scan(item.path)
+        top = np.percentile(x, 99)
+        brain = x > 0.2 * top
+        central = np.linalg.norm(world_grid(x.shape, affine) - VENTRICLE_CENTRE_MM, axis=-1) < 20
+        stats[item.label].append((float(x[brain].mean()), float(x[central].mean() / top)))
+    return {label: np.array(rows) for label, rows in stats.items()}
+
+
+def test_hard_cohort_varies_more_in_intensity_and_separates_ad_less(tmp_path):
+    # Measured over seeds 0-24: the spread (coefficient of variation across the 16 subjects) of
+    # the per-scan brain mean grows 1.5-3.5x from difficulty 0 to 1 (seed 0: 3.3x), and the CN - AD
+    # gap of the central ventricle region's intensity shrinks to at most 0.56x (seed 0: below 0).
+    easy, hard = _cohort_stats(tmp_path / "easy", 0.0), _cohort_stats(tmp_path / "hard", 1.0)
+
+    def spread(stats):
+        means = np.concatenate([stats["CN"][:, 0], stats["AD"][:, 0]])
+        return means.std() / means.mean()
+
+    def ventricle_gap(stats):  # AD's enlarged ventricles make the centre darker
+        return stats["CN"][:, 1].mean() - stats["AD"][:, 1].mean()
+
+    assert spread(hard) > 1.4 * spread(easy), (spread(easy), spread(hard))
+    assert ventricle_gap(easy) > 0.1, ventricle_gap(easy)
+    assert ventricle_gap(hard) < 0.7 * ventricle_gap(easy), (ventricle_gap(easy), ventricle_gap(hard))
