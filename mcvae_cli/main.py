@@ -77,14 +77,32 @@ def _writable_out(out: str | Path) -> Path:
     return out
 
 
+DIFFICULTY_HELP = ("0 easy (today's cohort) .. 1 hard: subtler atrophy, anatomical/intensity variation, "
+                   "3 scanner sites (default 0)")
+
+
+def _difficulty(args) -> float:
+    """--difficulty, checked before anything is written (parsed here, not by argparse, so that
+    a word is refused in one line too)."""
+    try:
+        d = float(args.difficulty)
+    except ValueError:
+        d = float("nan")
+    if not 0.0 <= d <= 1.0:  # also refuses nan
+        raise ValueError(f"--difficulty: give a number from 0 (easy) to 1 (hard), got {args.difficulty!r}")
+    return d
+
+
 def cmd_demo_cohort(args) -> int:
     from models.data import make_demo_cohort, make_demo_slices
 
+    difficulty = _difficulty(args)
     if args.slices:
-        cohort = make_demo_slices(args.out, n_control=args.n_control, n_ad=args.n_ad, seed=args.seed)
+        cohort = make_demo_slices(args.out, n_control=args.n_control, n_ad=args.n_ad, seed=args.seed,
+                                  difficulty=difficulty)
     else:
         cohort = make_demo_cohort(args.out, n_control=args.n_control, n_ad=args.n_ad,
-                                  shape=(args.size,) * 3, seed=args.seed)
+                                  shape=(args.size,) * 3, seed=args.seed, difficulty=difficulty)
     counts = ", ".join(f"{c} {n}" for c, n in cohort.counts.items())
     print(f"wrote demo cohort ({counts}) to {Path(args.out).resolve()}")
     return 0
@@ -149,11 +167,12 @@ def cmd_augment(args) -> int:
 def cmd_demo(args) -> int:
     from models.data import make_demo_cohort
 
+    difficulty = _difficulty(args)
     out = Path(args.out)
     if (out / "balanced").exists():
         raise ValueError(f"{out / 'balanced'}: exists already; pass another --out")
     cohort = make_demo_cohort(out / "cohort", n_control=args.n_control, n_ad=args.n_ad,
-                              shape=(args.size,) * 3, seed=args.seed or 0)
+                              shape=(args.size,) * 3, seed=args.seed or 0, difficulty=difficulty)
     counts = ", ".join(f"{c} {n}" for c, n in cohort.counts.items())
     print(f"demo cohort ({counts}, {args.size}^3, from the MNI152 template): {out / 'cohort'}")
     return _run_augment(cohort, out / "balanced", args.target, _augment_config(args))
@@ -300,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-control", type=int, default=40, metavar="N", help="control (CN) scans (default 40)")
     p.add_argument("--n-ad", type=int, default=4, metavar="N", help="Alzheimer's-like (AD) scans (default 4)")
     p.add_argument("--size", type=int, default=32, help="voxels per axis (default 32)")
+    p.add_argument("--difficulty", default="0", metavar="D", help=DIFFICULTY_HELP)
     p.add_argument("--target", default="balance", help=TARGET_HELP)
     _add_training_flags(p)
     _add_scope_flag(p)
@@ -313,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=32, help="voxels per axis of 3-D scans (default 32)")
     p.add_argument("--seed", type=int, default=0, help="subjects are drawn from this seed (default 0)")
     p.add_argument("--slices", action="store_true", help="2-D PNG slices instead of 3-D NIfTI")
+    p.add_argument("--difficulty", default="0", metavar="D", help=DIFFICULTY_HELP)
     p.set_defaults(func=cmd_demo_cohort)
 
     p = sub.add_parser("inspect", help="summarise a cohort: classes, splits, shapes, spacings, quality warnings")

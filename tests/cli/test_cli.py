@@ -252,3 +252,44 @@ def test_demo_builds_and_balances_the_embedded_cohort(tmp_path, tiny_config, cap
     assert len(list((out / "cohort" / "CN").glob("*.nii.gz"))) == 4
     assert len(list((out / "balanced" / "synthetic" / "AD").glob("*.nii.gz"))) == 2
     _fails_with(capsys, argv, "exists already")
+
+
+def _scan_bytes(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.nii.gz"))}
+
+
+def test_demo_cohort_difficulty_flag(tmp_path, capsys):
+    argv = ["--n-control", "2", "--n-ad", "1", "--size", "16", "--seed", "5"]
+    assert main(["demo-cohort", str(tmp_path / "easy"), *argv]) == 0
+    assert main(["demo-cohort", str(tmp_path / "zero"), *argv, "--difficulty", "0"]) == 0
+    assert main(["demo-cohort", str(tmp_path / "hard"), *argv, "--difficulty", "1"]) == 0
+    make_demo_cohort(tmp_path / "lib", n_control=2, n_ad=1, shape=(16, 16, 16), seed=5, difficulty=1.0)
+    easy, hard = _scan_bytes(tmp_path / "easy"), _scan_bytes(tmp_path / "hard")
+    assert len(easy) == 3 and _scan_bytes(tmp_path / "zero") == easy  # the default is difficulty 0
+    assert hard == _scan_bytes(tmp_path / "lib")  # the flag reaches make_demo_cohort
+    assert all(hard[k] != easy[k] for k in easy)
+    assert main(["demo-cohort", str(tmp_path / "s"), "--slices", "--n-control", "1", "--n-ad", "1",
+                 "--difficulty", "0.5"]) == 0
+    assert len(list((tmp_path / "s").rglob("*.png"))) == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["demo-cohort", "--help"])
+    assert "3 scanner sites" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("bad", ["-0.1", "1.5", "nan", "hard"])
+def test_bad_difficulty_fails_with_one_line_before_writing(tmp_path, capsys, bad):
+    _fails_with(capsys, ["demo-cohort", str(tmp_path / "c"), "--size", "16", "--difficulty", bad],
+                "--difficulty", "0 (easy)", "1 (hard)", bad)
+    _fails_with(capsys, ["demo", "--out", str(tmp_path / "d"), "--size", "16", "--difficulty", bad],
+                "--difficulty", bad)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_demo_difficulty_flag_builds_the_hard_cohort(tmp_path, tiny_config, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--n-control", "4", "--n-ad", "2", "--size", "16",
+                 "--difficulty", "1", "--config", str(tiny_config)]) == 0
+    assert "balanced cohort: AD 2 -> 4, CN 4 -> 4" in capsys.readouterr().out
+    make_demo_cohort(tmp_path / "lib", n_control=4, n_ad=2, shape=(16, 16, 16), seed=0, difficulty=1.0)
+    assert _scan_bytes(out / "cohort") == _scan_bytes(tmp_path / "lib")
