@@ -175,3 +175,59 @@ def test_unconditional_states_saved_before_the_diagonal_block_still_load():
     fresh.load_state_dict(state)
     assert fresh.sampling_fitted and fresh.sampling_scale_tril.shape == (3, 3)
     assert torch.equal(model.sample(2, torch.Generator().manual_seed(1)), fresh.sample(2, torch.Generator().manual_seed(1)))
+
+
+def _imbalanced_trainer(class_balance: bool, seed: int = 0):
+    """12 items, 10 of class 0 and 2 of class 1; item i's data is (i, i, i), so a drawn batch
+    says which items it holds."""
+    from models.training import Trainer
+
+    model = build_model(ModelConfig(data_shape=(1, 3), arch="linear", latent_dims=[2], n_classes=2))
+    x = torch.arange(12.0).repeat_interleave(3).reshape(12, 1, 3)
+    y = torch.tensor([0] * 10 + [1] * 2)
+    cfg = TrainConfig(batch_size=4, seed=seed, class_balance=class_balance, epochs=1)
+    return Trainer(model, build_sampler(SamplerConfig(kind="none"), 2), x, cfg, labels=y)
+
+
+def _drawn(trainer, epoch: int) -> tuple[list[int], list[int]]:
+    items, labels = [], []
+    for xb, yb in trainer._loader(epoch):
+        items += xb[:, 0, 0].long().tolist()
+        labels += yb.tolist()
+    return items, labels
+
+
+def test_class_balance_draws_the_minority_class_half_the_time():
+    trainer = _imbalanced_trainer(class_balance=True)
+    items, labels = [], []
+    for epoch in range(50):
+        i, y = _drawn(trainer, epoch)
+        assert len(i) == 12  # an epoch is still len(data) items, in ceil(12 / 4) batches
+        items += i
+        labels += y
+    assert labels == [int(i >= 10) for i in items]  # each item keeps its own label
+    n = len(labels)
+    share = sum(labels) / n
+    sd = math.sqrt(0.25 / n)  # binomial, p = 1/2: 0.02 over 600 draws
+    assert abs(share - 0.5) < 4 * sd, share
+    # Both minority scans are drawn, about equally (each 1/4 of the draws).
+    for item in (10, 11):
+        assert abs(items.count(item) / n - 0.25) < 4 * math.sqrt(0.25 * 0.75 / n), items.count(item)
+
+
+def test_without_class_balance_an_epoch_is_a_permutation():
+    trainer = _imbalanced_trainer(class_balance=False)
+    labels = []
+    for epoch in range(50):
+        items, y = _drawn(trainer, epoch)
+        assert sorted(items) == list(range(12))  # every item once: class 1 is 2 of 12
+        labels += y
+    assert sum(labels) / len(labels) == pytest.approx(2 / 12)
+
+
+@pytest.mark.parametrize("class_balance", [True, False])
+def test_minibatch_order_is_deterministic_per_seed_and_epoch(class_balance):
+    a, b = _imbalanced_trainer(class_balance), _imbalanced_trainer(class_balance)
+    assert _drawn(a, 3) == _drawn(b, 3) == _drawn(a, 3)
+    assert _drawn(a, 3) != _drawn(a, 4)
+    assert _drawn(a, 3) != _drawn(_imbalanced_trainer(class_balance, seed=1), 3)
