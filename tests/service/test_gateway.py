@@ -177,22 +177,46 @@ def test_another_labs_key_finds_nothing(deployment, dataset, augmentation):
 
 
 def test_jobs_are_listed_with_filters_and_pages(deployment, augmentation):
+    # Other modules share the deployment and may have run augmentations of their own: the
+    # filter must give exactly the lab's augment jobs, whatever they are, ours among them.
     with deployment.client() as c:
-        augments = c.get("/v1/jobs", params={"kind": "augment"}).json()
-        assert [j["id"] for j in augments["items"]] == [augmentation["started"]["id"]]
+        everything = c.get("/v1/jobs", params={"limit": 500}).json()
+        augments = c.get("/v1/jobs", params={"kind": "augment", "limit": 500}).json()
+        assert everything["next_offset"] is None  # all of them on one page
+        ids = [j["id"] for j in augments["items"]]
+        assert augmentation["started"]["id"] in ids
+        assert ids == [j["id"] for j in everything["items"] if j["kind"] == "augment"]  # newest first
+        assert len(ids) < len(everything["items"])  # other kinds (the dataset's ingest) left out
         first = c.get("/v1/jobs", params={"limit": 1}).json()
         second = c.get("/v1/jobs", params={"limit": 1, "offset": first["next_offset"]}).json()
         assert first["items"][0]["id"] != second["items"][0]["id"]
+        assert [first["items"][0]["id"], second["items"][0]["id"]] == [j["id"] for j in everything["items"][:2]]
         assert c.get("/v1/jobs", params={"state": "bogus"}).status_code == 422
 
 
+def _succeeded_augments() -> int:
+    """Succeeded augment jobs of every lab, read from the job records (not via /metrics)."""
+    from workers import list_jobs
+
+    return len(list_jobs(state="succeeded", kind="augment", limit=1000))
+
+
 def test_metrics_count_requests_jobs_and_queues(deployment, augmentation):
+    # Other modules share the deployment: the gauge must equal however many augmentations have
+    # succeeded (ours among them), read while no other one finished.
+    assert augmentation["final"]["state"] == "succeeded", augmentation["final"]["error"]
     with deployment.client() as c:
         assert c.get("/metrics").status_code == 200
-        text = c.get("/metrics").text
+        for _ in range(20):
+            succeeded = _succeeded_augments()
+            text = c.get("/metrics").text
+            if _succeeded_augments() == succeeded:
+                break
+            time.sleep(0.5)
+    assert succeeded >= 1
     assert 'mcvae_http_requests_total{method="GET",route="/metrics",status="200"}' in text
     assert 'mcvae_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/metrics"}' in text
-    assert 'mcvae_jobs{kind="augment",state="succeeded"} 1.0' in text
+    assert f'mcvae_jobs{{kind="augment",state="succeeded"}} {float(succeeded)}' in text
     assert 'mcvae_queue_depth{queue="gpu"}' in text
     with deployment.client(lab=None) as c:
         assert c.get("/metrics").status_code == 401
