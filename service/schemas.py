@@ -148,7 +148,8 @@ class Model(_Out):
     label: str | None = Field(description="the class it was trained on")
     created_at: dt.datetime
     config: Config = Field(description="model, sampler, preprocess and train configuration")
-    metrics: Config = Field(description="final figures of training")
+    metrics: Config = Field(description="final figures of training; a shared model of an augmentation: "
+                            "one entry per class it drew, keyed by class")
     curves: list[Config] = Field(description="one record per epoch: loss, elbo, acceptance, ...")
     error: str | None
 

@@ -61,7 +61,12 @@ def model(rec: ResourceRecord, j: workers.Job, store: ArtifactStore) -> schemas.
     else:
         config = {k: j.params.get(k) for k in ("preprocess", "model", "sampler", "train")}
     if j.kind == "augment":
-        metrics = ((j.metrics.get("classes") or {}).get(rec.label) or {})
+        per_class = j.metrics.get("classes") or {}
+        served = meta.get("classes")
+        if isinstance(served, list):  # a shared model (<job>/shared): each class it drew, by class
+            metrics = {c: per_class[c] for c in served if c in per_class}
+        else:
+            metrics = per_class.get(rec.label) or {}
         curves = meta.get("history") or []
     else:
         metrics = {k: v for k, v in j.metrics.items() if k != "history"}

@@ -62,6 +62,20 @@ def test_the_profile_is_recorded_and_its_settings_lie_under_the_request_config(d
     assert model["config"]["model"]["channels"] == [4, 8] and model["config"]["model"]["n_classes"] == 2
 
 
+def test_a_shared_model_reports_the_metrics_of_each_class_it_drew(deployment, shared_augmentation):
+    final = shared_augmentation["final"]
+    drawn = final["metrics"]["classes"]
+    assert set(drawn) == {"AD"}  # target AD=2: the shared model drew AD only
+    with deployment.client() as c:
+        model = c.get(f"/v1/models/{final['models']['shared']}").json()
+    assert model["label"] == "shared" and model["state"] == "ready"
+    # keyed by class, each entry shaped like a per-class model's metrics
+    assert model["metrics"] == {"AD": drawn["AD"]}
+    ad = model["metrics"]["AD"]
+    assert ad["model_scope"] == "shared" and ad["n_synthetic"] == 2 and ad["n_train"] >= 1
+    assert {"final_elbo", "near_copies", "memorisation"} <= set(ad)
+
+
 def _nifti(raw: bytes) -> np.ndarray:
     with tempfile.NamedTemporaryFile(suffix=".nii.gz") as fh:
         fh.write(raw)
