@@ -140,7 +140,7 @@ def test_demo_slices_preprocess_with_default_2d_config(tmp_path):
 
 # ----------------------------------------------------------------------------- difficulty
 
-SMALL = dict(n_control=2, n_ad=1, shape=(16, 16, 16))
+SMALL = {"n_control": 2, "n_ad": 1, "shape": (16, 16, 16)}
 
 
 def _bytes(cohort):
