@@ -13,7 +13,8 @@ AD vs CN from the training set plus 1x / 2x / 5x the minority count of extra AD 
                           MALA entropy-adapted refinement (the augment default before issue 12)
   shared plain VAE        one class-conditional conv VAE on all 66 training scans, no MCMC
   shared MCMC-HVAE        one class-conditional hierarchical VAE (hconv: a vector latent over
-                          spatial latent maps) on all 66 scans, MALA refinement of all layers
+                          one spatial latent map, 4 channels at 4^3, centered) on all 66 scans,
+                          MALA refinement of all layers (272 coordinates)
   more real AD            new real AD subjects of the same cohort: the ceiling a perfect
                           generator could reach (not available to a lab; shown for scale)
 
@@ -59,7 +60,7 @@ DIFFICULTY = 0.6
 GENERATORS = ["per-class MCMC-VAE", "shared plain VAE", "shared MCMC-HVAE"]
 SOURCES = ["duplicates", "classical", *GENERATORS, "more real AD"]
 CONV = ModelChoice(arch="conv", latent_dims=[16], obs_log_var=-4.0)
-HCONV = ModelChoice(arch="hconv", latent_dims=[16], latent_channels=(2, 4), parameterization="centered",
+HCONV = ModelChoice(arch="hconv", latent_dims=[16], latent_channels=(4,), parameterization="centered",
                     obs_log_var=-4.0)
 
 
