@@ -63,7 +63,8 @@ class AugmentConfig(BaseModel):
     model_scope: Literal["per_class", "shared"] = Field("per_class", description=(
         "per_class: one model per minority class, trained on that class's train scans; shared: one "
         "class-conditional model trained on the train scans of every class, sampled per class "
-        "(experimental: at the default step budget its scans were blurrier, docs/RESULTS.md)"))
+        "(experimental: at the default step budget its minority scans were blurrier and lost the class's "
+        "shift, and helped a classifier less than per_class on the harder demo cohort; docs/RESULTS.md)"))
     real_scans: Literal["preprocessed", "raw"] = Field("preprocessed", description=(
         "preprocessed: the output holds the real scans on the synthetic scans' grid, intensity "
         "scale and clean header; raw: byte copies of the inputs (for labs that preprocess "
