@@ -1,0 +1,133 @@
+"""Why do shared class-conditional models lose the AD shift on the hard cohort, and what fixes it?
+(issue 12, follow-up of bench/cohort_utility.py)
+
+Class fidelity is scored directly: a *reference* classifier (bench/downstream.py's CNN, 400 steps)
+is trained on a large real cohort of the same difficulty that no generator sees (100 CN + 100 AD,
+demo seed 500 + s) and gives each synthetic AD scan a probability of AD. Real held-out AD and CN
+scans give the scale (their mean P(AD) and the reference's AUROC). Per variant, over 30 synthetic
+AD scans from the training cohort of bench/cohort_utility.py (60 CN + 6 AD, seed s): mean P(AD),
+AUROC of synthetic AD against the held-out real CN, KID and sharpness against held-out real AD,
+train seconds, and the downstream classifier's AUROC with the 30 scans added (5x).
+
+    nice -n 5 python bench/shared_fidelity.py --variants "shared conv" "shared conv x4"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.cohort_utility import CONV, DIFFICULTY, HCONV
+from bench.common import machine, write_result
+from bench.downstream import build_data, duplicate_copies, score, train_classifier
+from bench.hierarchy import gradient_magnitude, high_frequency_fraction
+from bench.posterior_quality import FeatureNet, kid
+from models.augment import AugmentConfig, draw_synthetic, fit_class_model
+from models.config import ModelConfig, SamplerConfig
+from models.data import PreprocessConfig, load_tensors, make_demo_cohort
+from models.shared_model import class_view, fit_shared_model
+
+
+def variant_settings(name: str) -> tuple[dict, AugmentConfig, str]:
+    """'<scope> <arch> [xK] [zN] [mcmc]': e.g. 'shared conv x4 z64 mcmc'."""
+    words = name.split()
+    scope, arch = words[0], words[1]
+    choice = (CONV if arch == "conv" else HCONV).model_dump()
+    scale = 1.0
+    config = AugmentConfig(sampler=SamplerConfig(kind="none"))
+    for w in words[2:]:
+        if w.startswith("x"):
+            scale = float(w[1:])
+        elif w.startswith("z"):
+            choice["latent_dims"] = [int(w[1:])]
+        elif w == "mcmc":
+            config = AugmentConfig()
+    config = config.model_copy(update={"pretrain_steps": round(600 * scale), "mcmc_steps": round(150 * scale)})
+    return choice, config, scope
+
+
+@torch.no_grad()
+def p_ad(net, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([F.softmax(net(x[i:i + 32]), 1)[:, 1] for i in range(0, len(x), 32)])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", nargs="+", default=["shared conv", "shared conv x4"])
+    ap.add_argument("--difficulty", type=float, default=DIFFICULTY)
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    pre, seed = PreprocessConfig(), args.seed
+    with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
+        data = build_data(seed, Path(tmp) / "d", 60, 6, 20, pre, difficulty=args.difficulty)
+        cohort = make_demo_cohort(Path(tmp) / "ref", n_control=100, n_ad=100, shape=(32, 32, 32), seed=500 + seed,
+                                  difficulty=args.difficulty)
+        ref = {c: load_tensors(cohort, pre, Path(tmp) / "cache", c) for c in ("CN", "AD")}
+    x_ref = torch.cat([ref["CN"], ref["AD"]])
+    y_ref = torch.cat([torch.zeros(len(ref["CN"])), torch.ones(len(ref["AD"]))]).long()
+    t0 = time.perf_counter()
+    reference = train_classifier(x_ref, y_ref, 7, 400, 16, 3e-3)
+    x_test = torch.cat([data["test_CN"], data["test_AD"]])
+    y_test = torch.cat([torch.zeros(20), torch.ones(20)]).long()
+    ref_score = score(reference, x_test, y_test)
+    rows = {"reference": {**ref_score, "train_seconds": round(time.perf_counter() - t0, 1),
+                          "p_ad_real_AD_test": float(p_ad(reference, data["test_AD"]).mean()),
+                          "p_ad_real_CN_test": float(p_ad(reference, data["test_CN"]).mean()),
+                          "p_ad_real_AD_train": float(p_ad(reference, data["train_AD"]).mean())}}
+    print(json.dumps(rows["reference"]), flush=True)
+    features = FeatureNet(spatial_dims=3)
+    f_test, real_grad, real_hf = features(data["test_AD"]), gradient_magnitude(data["test_AD"]), \
+        high_frequency_fraction(data["test_AD"])
+    x_cn, x_ad = data["train_CN"], data["train_AD"]
+    sources = {"duplicates": duplicate_copies(x_ad, 30, seed)}
+    for name in args.variants:
+        choice, config, scope = variant_settings(name)
+        model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **choice)
+        started = time.perf_counter()
+        if scope == "per-class":
+            model, *_ = fit_class_model(x_ad, model_cfg, config, seed * 1009)
+        else:
+            shared = fit_shared_model({"CN": x_cn, "AD": x_ad}, model_cfg, config, seed * 1009)
+            model = class_view(shared, "AD")
+        seconds = time.perf_counter() - started
+        scans, near = draw_synthetic(model, 30, x_ad, seed * 1009 + 1)
+        sources[name] = scans
+        rows[name] = {"train_seconds": round(seconds, 1), "redrawn": near["replaced"]}
+    for name, scans in sources.items():
+        p = p_ad(reference, scans)
+        both = torch.cat([data["test_CN"], scans])
+        auroc = score(reference, both, torch.cat([torch.zeros(20), torch.ones(len(scans))]).long())["auroc"]
+        x = torch.cat([x_cn, x_ad, scans])
+        y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(scans))]).long()
+        downstream = score(train_classifier(x, y, seed, 100, 16, 3e-3), x_test, y_test)
+        rows.setdefault(name, {}).update({
+            "p_ad_mean": float(p.mean()), "auroc_vs_real_CN": auroc, "kid_x1e3": 1e3 * kid(f_test, features(scans)),
+            "grad_ratio": gradient_magnitude(scans) / real_grad, "hf_ratio": high_frequency_fraction(scans) / real_hf,
+            "downstream_5x_auroc": downstream["auroc"], "downstream_5x_balanced_accuracy": downstream["balanced_accuracy"]})
+        print(name, json.dumps(rows[name]), flush=True)
+    print(f"{machine()}, seed {seed}, difficulty {args.difficulty}")
+    print("| source | P(AD) by reference | AUROC vs real CN | KID x 1e3 | HF / real | downstream 5x AUROC | train s |")
+    print("|---|---|---|---|---|---|---|")
+    r = rows["reference"]
+    print(f"| real held-out AD / CN | {r['p_ad_real_AD_test']:.3f} / {r['p_ad_real_CN_test']:.3f} | "
+          f"{r['auroc']:.3f} | | | | {r['train_seconds']} |")
+    for name in sources:
+        r = rows[name]
+        print(f"| {name} | {r['p_ad_mean']:.3f} | {r['auroc_vs_real_CN']:.3f} | {r['kid_x1e3']:.1f} | "
+              f"{r['hf_ratio']:.3f} | {r['downstream_5x_auroc']:.3f} | {r.get('train_seconds', '')} |")
+    write_result(f"shared_fidelity{args.tag}", {"machine": machine(), "args": vars(args), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
