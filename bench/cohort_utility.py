@@ -45,7 +45,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, machine, write_result
 from bench.downstream import (
-    METRICS, build_data, classical_copies, duplicate_copies, mean_sd, plot_montage, score, train_classifier,
+    METRICS,
+    build_data,
+    classical_copies,
+    duplicate_copies,
+    mean_sd,
+    plot_montage,
+    score,
+    train_classifier,
 )
 from bench.hierarchy import gradient_magnitude, high_frequency_fraction
 from bench.posterior_quality import FeatureNet, kid
@@ -166,10 +173,13 @@ def report(payload: dict) -> None:
           "real AD, flagged near-copies after redraws, train seconds, final acceptance; mean ± sd over seeds")
     print("| source | KID x 1e3 | gradient / real | HF / real | flagged | redrawn | train s | final accept |")
     print("|---|---|---|---|---|---|---|---|")
-    fmt = lambda vals, f: f"{f.format(mean_sd(vals)['mean'])} ± {f.format(mean_sd(vals)['sd'])}" if vals else ""  # noqa: E731
+    fmt = lambda vals, f: f"{f.format(mean_sd(vals)['mean'])} ± {f.format(mean_sd(vals)['sd'])}" if vals else ""
     for source in list(dict.fromkeys(q["source"] for q in quality)):
         mine = [q for q in quality if q["source"] == source]
-        col = lambda key: [q[key] for q in mine if q.get(key) is not None]  # noqa: E731
+
+        def col(key: str, mine: list[dict] = mine) -> list[float]:
+            return [q[key] for q in mine if q.get(key) is not None]
+
         print(f"| {source} | {fmt(col('kid_x1e3'), '{:.1f}')} | {fmt(col('grad_ratio'), '{:.3f}')} | "
               f"{fmt(col('hf_ratio'), '{:.3f}')} | {fmt(col('flagged'), '{:.1f}')} | {fmt(col('replaced'), '{:.1f}')} | "
               f"{fmt(col('train_seconds'), '{:.0f}')} | {fmt(col('final_accept'), '{:.3f}')} |")

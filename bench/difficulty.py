@@ -24,7 +24,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, write_result
-from bench.downstream import build_data, classical_copies, duplicate_copies, mean_sd, score, train_classifier
+from bench.downstream import (
+    build_data,
+    classical_copies,
+    duplicate_copies,
+    mean_sd,
+    score,
+    train_classifier,
+)
 from models.data import PreprocessConfig
 
 
