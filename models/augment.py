@@ -363,7 +363,9 @@ def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted
     metrics["classes"][label] = {
         "n_train": len(picked), "n_requested": int(wanted[label]), "n_synthetic": len(names),
         "train_seconds": round(train_seconds, 2), "model_scope": config.model_scope,
-        "final_elbo": last.elbo if last else None, "final_accept": last.accept if last else None,
+        "final_elbo": last.elbo if last else None, "final_accept": history.final_accept(),
+        "last_epoch_accept": last.accept if last else None,
+        "target_accept": config.sampler.accept_target if config.sampler.kind != "none" else None,
         "trained_on": trained_on, "near_copies": near,
         "memorisation": {key: v for key, v in audit.items() if key != "synthetic_nn"},
     }
@@ -491,6 +493,9 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
                   (f"  generator trained on these {info['n_train']} scans only (split 'train', or every "
                    "scan when the cohort has no split):")]
         lines += [f"    {p}" for p in info["trained_on"]]
+        if info.get("final_accept") is not None:
+            lines.append(f"  MCMC refinement: mean acceptance {info['final_accept']:.3f} over the last 10% of its "
+                         f"epochs (target {info['target_accept']:.3f})")
         lines.append(f"  near-copies (nearer a training scan than {near['copy_fraction']} x the smallest "
                      f"real-to-real distance, {near['threshold']:.4g} RMS per voxel): policy {near['policy']}, "
                      f"{near['replaced']} redrawn, {near['left_out']} left out")

@@ -57,6 +57,16 @@ class TrainHistory:
     def as_dicts(self) -> list[dict[str, Any]]:
         return [r.as_dict() for r in self.records]
 
+    def final_accept(self, fraction: float = 0.1) -> float | None:
+        """Mean acceptance over the last ``fraction`` of the MCMC epochs (at least one), or None
+        without any. One epoch of a minority class is one or two minibatches, whose acceptance
+        scatters by about +-0.1, so the last epoch alone says little about where adaptation ended."""
+        accepts = [r.accept for r in self.records if r.accept is not None]
+        if not accepts:
+            return None
+        tail = accepts[-max(1, round(fraction * len(accepts))):]
+        return sum(tail) / len(tail)
+
 
 def as_dataset(data: Tensor | Dataset) -> Dataset:
     return TensorDataset(data) if isinstance(data, Tensor) else data

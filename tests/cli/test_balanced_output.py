@@ -108,6 +108,19 @@ def test_near_copies_are_replaced_by_default_and_the_count_reported(balanced):
     assert f"{near['replaced']} redrawn" in summary and "final audit: 0 delivered scan(s) below" in summary
 
 
+def test_the_report_gives_the_mean_final_acceptance_against_its_target(balanced):
+    out, _ = balanced
+    info = json.loads((out / "report" / "metrics.json").read_text())["classes"]["AD"]
+    history = json.loads((out / "models" / "AD" / "config.json").read_text())["meta"]["history"]
+    accepts = [r["accept"] for r in history if r["phase"] == 2]
+    tail = accepts[-max(1, round(0.1 * len(accepts))):]
+    assert info["final_accept"] == pytest.approx(sum(tail) / len(tail))
+    assert info["last_epoch_accept"] == pytest.approx(accepts[-1])
+    assert info["target_accept"] == pytest.approx(0.574)  # MALA's default target
+    summary = (out / "report" / "summary.txt").read_text()
+    assert f"mean acceptance {info['final_accept']:.3f} over the last 10% of its epochs (target 0.574)" in summary
+
+
 def test_outputs_are_group_readable_under_the_umask(balanced):
     out, _ = balanced
     for path in [out, *out.rglob("*")]:

@@ -230,3 +230,17 @@ def test_training_ends_by_fitting_the_sampling_distribution_to_the_training_scan
     with torch.no_grad():
         mu, _ = model.encode(x)
     torch.testing.assert_close(model.sampling_loc, mu.mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_final_accept_is_the_mean_over_the_last_tenth_of_the_mcmc_epochs():
+    from models.training import EpochRecord, TrainHistory
+
+    plain = [EpochRecord(phase=1, epoch=i + 1, loss=1.0, elbo=-1.0, bits_per_dim=0.1) for i in range(5)]
+    accepts = [0.9] * 15 + [0.5, 0.7]  # 17 MCMC epochs: the last 10% is the last 2
+    mcmc = [EpochRecord(phase=2, epoch=6 + i, loss=1.0, elbo=-1.0, bits_per_dim=0.1, accept=a)
+            for i, a in enumerate(accepts)]
+    history = TrainHistory(plain + mcmc)
+    assert history.final_accept() == pytest.approx(0.6)
+    assert history.final_accept(fraction=1.0) == pytest.approx(sum(accepts) / len(accepts))
+    assert TrainHistory(plain).final_accept() is None  # no MCMC epochs, no acceptance
+    assert TrainHistory(mcmc[:1]).final_accept() == pytest.approx(0.9)  # at least one epoch
