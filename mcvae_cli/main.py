@@ -124,12 +124,15 @@ def _print_result(result) -> None:
                        for c in result.real_counts)
     split = "the train split" if any(s != "(none)" for s in m.get("split_counts", {})) else "all real scans"
     print(f"balanced cohort: {counts} (counted on {split})")
+    from models.augment import generator_phrase
+
     for label, info in m.get("classes", {}).items():
         near = info["near_copies"]
-        line = (f"  class {label}: generator trained on {info['n_train']} scans; near-copies of training "
+        learned = generator_phrase(info, listed=False)
+        line = (f"  class {label}: {learned}; near-copies of training "
                 f"scans: {near['replaced']} replaced by new draws, {near['left_out']} left out")
         if near["policy"] == "keep":
-            line = (f"  class {label}: generator trained on {info['n_train']} scans; "
+            line = (f"  class {label}: {learned}; "
                     f"{len(info['memorisation']['flagged'])} near-copies kept (--keep-near-copies)")
         print(line)
     print(f"  manifest:        {result.manifest}  (paths relative to {result.out_dir})")

@@ -366,7 +366,7 @@ def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted
         "final_elbo": last.elbo if last else None, "final_accept": history.final_accept(),
         "last_epoch_accept": last.accept if last else None,
         "target_accept": config.sampler.accept_target if config.sampler.kind != "none" else None,
-        "trained_on": trained_on, "near_copies": near,
+        "trained_on": trained_on, "n_trained_on": len(trained_on), "near_copies": near,
         "memorisation": {key: v for key, v in audit.items() if key != "synthetic_nn"},
     }
 
@@ -459,8 +459,9 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
                            "synthetic": "true", "source_path": ""} for name in names]
 
         report(f"report {label}", base + 0.9 * span)
+        learned_from = train_idx if shared is not None else picked  # a shared model learned every class
         _class_report(metrics, label, picked, wanted, names, train_seconds, history,
-                      [rows[i]["path"] for i in picked], near, train_x, synthetic, staging, config)
+                      [rows[i]["path"] for i in learned_from], near, train_x, synthetic, staging, config)
 
     manifest = staging / "manifest.csv"
     with manifest.open("w", newline="") as fh:
@@ -474,6 +475,16 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
     metrics["near_copies_left_out"] = sum(c["near_copies"]["left_out"] for c in metrics["classes"].values())
     (staging / "report" / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return AugmentResult(staging, manifest, train_counts, delivered, models, staging / "report", metrics)
+
+
+def generator_phrase(info: dict[str, Any], listed: bool = True) -> str:
+    """What a class's generator learned from, in words, from its metrics entry (``listed``: the
+    scans are listed after the phrase)."""
+    these, only = ("these ", " only") if listed else ("", "")
+    if info.get("model_scope") == "shared":
+        return (f"shared class-conditional generator trained on {these}{info.get('n_trained_on', info['n_train'])} "
+                f"scans of every class ({info['n_train']} of this class)")
+    return f"generator trained on {these}{info['n_train']} scans{only}"
 
 
 def _write_summary(result: AugmentResult, path: Path) -> None:
@@ -490,8 +501,7 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
         near = info["near_copies"]
         audit = info["memorisation"]
         lines += ["", f"class {label}: {info['n_synthetic']} synthetic scans ({info['n_requested']} requested)",
-                  (f"  generator trained on these {info['n_train']} scans only (split 'train', or every "
-                   "scan when the cohort has no split):")]
+                  f"  {generator_phrase(info)} (split 'train', or every scan when the cohort has no split):"]
         lines += [f"    {p}" for p in info["trained_on"]]
         if info.get("final_accept") is not None:
             lines.append(f"  MCMC refinement: mean acceptance {info['final_accept']:.3f} over the last 10% of its "

@@ -48,7 +48,13 @@ def test_a_shared_model_learns_every_class_and_draws_the_minority(cohort, tmp_pa
         data = np.asarray(img.dataobj)
         assert data.shape == real_img.shape and np.allclose(img.affine, real_img.affine)
         assert np.isfinite(data).all() and 0.0 <= data.min() and data.max() <= 1.0
-    assert result.metrics["classes"]["AD"]["model_scope"] == "shared"
+    info = result.metrics["classes"]["AD"]
+    assert info["model_scope"] == "shared"
+    # The report says what the generator learned from: every class's train scans, not only AD's.
+    assert info["n_train"] == 3 and info["n_trained_on"] == 9 and len(info["trained_on"]) == 9
+    summary = (out / "report" / "summary.txt").read_text()
+    assert "shared class-conditional generator trained on these 9 scans of every class (3 of this class)" in summary
+    assert "generator trained on these 3 scans only" not in summary
 
 
 def test_per_class_stays_the_default(cohort, tmp_path):
