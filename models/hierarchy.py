@@ -19,8 +19,10 @@ prior there is N(0, I) and the chain moves every layer jointly. New scans: z_top
 sampling distribution (aggregate posterior: full covariance), the maps from their top-down prior
 at ``map_temperature`` (default) or from a diagonal aggregate-posterior Gaussian.
 
-Measured on the demo cohort (docs/RESULTS.md): not sharper than ``conv``; in the noncentered
-parameterisation, phase 2 with 784+ chain coordinates diverged, the centered one did not.
+Measured (docs/RESULTS.md): not sharper than ``conv`` on the demo cohort; on the harder cohort a
+shared class-conditional hconv lost the minority's shift. Phase 2 of the noncentered form diverged
+until the decoder's objective became the centered density of the chains' latents
+(``models.training.Trainer._decoder_log_joint``).
 """
 
 from __future__ import annotations

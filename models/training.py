@@ -238,7 +238,7 @@ class Trainer:
             self._sampler_step(torch.stack([i.loss for i in infos]).mean())
 
         with self._autocast():
-            decoder_loss = -model.log_joint(x, u_end.detach(), **y).float().mean()
+            decoder_loss = -self._decoder_log_joint(x, u_end.detach(), **y).float().mean()
         self.opt_generative.zero_grad(set_to_none=True)
         decoder_loss.backward(inputs=self.generative_params)
         self._clip(self.generative_params)
@@ -251,6 +251,27 @@ class Trainer:
             "step_size": diag.get("step_size", float("nan")),
             "log_det_c": diag.get("log_det_c", float("nan")),
         }
+
+    def _decoder_log_joint(self, x: Tensor, u: Tensor, **y) -> Tensor:
+        """The decoder's phase-2 objective at the chains' end points: log p_theta(x, z) at the
+        latents z they stand for, held fixed (the Fisher identity's gradient).
+
+        In the centered parameterisation that is log_joint(x, u). In the noncentered one, when the
+        prior has parameters (several layers, or a learned class prior), log p(x, eps) at fixed eps
+        would leave the prior's scales out of the objective: theta could widen or shrink them at no
+        cost while q, in eps space, had to follow, and hierarchies' phase 2 diverged
+        (docs/RESULTS.md). So the end points are mapped to z and scored by the centered density."""
+        model = self.model
+        if not (model.noncentered and (len(model.latent_dims) > 1 or getattr(model.cfg, "n_classes", 0))):
+            return model.log_joint(x, u, **y)
+        with torch.no_grad():
+            z = model.chain_to_latent(u, **y)
+        noncentered = model.cfg
+        model.cfg = noncentered.model_copy(update={"parameterization": "centered"})
+        try:
+            return model.log_joint(x, z, **y)
+        finally:
+            model.cfg = noncentered
 
     def fit(
         self,

@@ -130,3 +130,47 @@ def test_maps_are_drawn_from_their_prior_at_the_configured_temperature(parameter
     model.cfg = cold.model_copy(update={"map_temperature": 1.0})
     warm = model.sample_latent(3, torch.Generator().manual_seed(0))
     assert not torch.allclose(warm[:, :-4], u[:, :-4])
+
+
+@pytest.mark.parametrize("arch", ["hconv", "conv"])
+def test_phase_two_scores_noncentered_chains_by_the_centered_density_of_their_latents(arch):
+    """The decoder's phase-2 objective at a noncentered hierarchy's chain end points is
+    log p_theta(x, z) at their latents z (fixed): it gives the prior's own parameters a gradient,
+    which log p(x, eps) at fixed eps does not (the cause of phase 2's divergence)."""
+    from models.training import Trainer
+
+    if arch == "hconv":
+        noncentered, centered = _model(parameterization="noncentered"), _model(parameterization="centered")
+    else:
+        cfg = dict(data_shape=SHAPES[2], arch="conv", latent_dims=[6, 3], channels=(4, 8), hidden=(16,),
+                   likelihood="logistic")
+        torch.manual_seed(0)
+        noncentered = build_model(ModelConfig(parameterization="noncentered", **cfg))
+        centered = build_model(ModelConfig(parameterization="centered", **cfg))
+    x = _x(noncentered, 3)
+    trainer = Trainer(noncentered, build_sampler(SamplerConfig(kind="mala"), noncentered.latent_dim), x,
+                      TrainConfig(batch_size=3))
+    centered.load_state_dict(noncentered.state_dict())  # after the trainer's data-based initialisation
+    eps = torch.randn(3, noncentered.latent_dim, generator=torch.Generator().manual_seed(5))
+    objective = trainer._decoder_log_joint(x, eps)
+    z = noncentered.chain_to_latent(eps).detach()
+    torch.testing.assert_close(objective, centered.log_joint(x, z), atol=1e-3, rtol=1e-5)
+    assert noncentered.cfg.parameterization == "noncentered"  # restored
+    # It differs from log p(x, eps) by the log-Jacobian of z(eps), whose gradient reaches the
+    # prior's scale networks; log p(x, eps) at fixed eps gives them none through the prior.
+    assert not torch.allclose(objective, noncentered.log_joint(x, eps), atol=1e-2)
+    prior_params = [p for name, p in noncentered.named_parameters() if "prior" in name and p.requires_grad]
+    assert prior_params
+    grads = torch.autograd.grad(objective.sum(), prior_params, allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_single_layer_noncentered_models_keep_their_phase_two_objective():
+    from models.training import Trainer
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(data_shape=SHAPES[2], arch="conv", latent_dims=[4], channels=(4, 8)))
+    x = _x(model, 2)
+    trainer = Trainer(model, build_sampler(SamplerConfig(kind="mala"), model.latent_dim), x, TrainConfig(batch_size=2))
+    u = torch.randn(2, model.latent_dim, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(trainer._decoder_log_joint(x, u), model.log_joint(x, u))
