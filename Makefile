@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 venv: $(VENV)/.installed
 
-# Everything but the container builds (about 10-13 minutes on 2 cores).
+# Everything but the container builds (about 5-6 minutes on the 2-core CI machine).
 test: venv
 	$(PY) -m pytest tests -m "not deploy"
 
