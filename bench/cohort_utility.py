@@ -234,11 +234,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.merge:
         parts = [json.loads((RESULTS / f"cohort_utility{t}.json").read_text()) for t in args.merge]
-        payload = {"args": parts[0]["args"], "machine": parts[0]["machine"], "tag": "",
+        payload = {"args": parts[0]["args"], "machine": parts[0]["machine"], "tag": args.tag,
                    "runs": [r for p in parts for r in p["runs"]], "quality": [q for p in parts for q in p["quality"]],
                    "merged": args.merge}
         report(payload)
-        write_result("cohort_utility", payload)
+        write_result(f"cohort_utility{args.tag}", payload)
         return
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
