@@ -82,15 +82,11 @@ DIFFICULTY_HELP = ("0 easy (today's cohort) .. 1 hard: subtler atrophy, anatomic
 
 
 def _difficulty(args) -> float:
-    """--difficulty, checked before anything is written (parsed here, not by argparse, so that
-    a word is refused in one line too)."""
-    try:
-        d = float(args.difficulty)
-    except ValueError:
-        d = float("nan")
-    if not 0.0 <= d <= 1.0:  # also refuses nan
-        raise ValueError(f"--difficulty: give a number from 0 (easy) to 1 (hard), got {args.difficulty!r}")
-    return d
+    """--difficulty, checked before anything is written by the demo cohort's own rule (parsed
+    there, not by argparse, so that a word is refused in one line too)."""
+    from models.data.demo import check_difficulty
+
+    return check_difficulty(args.difficulty, "--difficulty")
 
 
 def cmd_demo_cohort(args) -> int:
@@ -231,7 +227,7 @@ def cmd_sample(args) -> int:
     from models.augment import write_synthetic
     from models.data import PreprocessConfig, target_affine
     from models.data.io import share_like_umask
-    from models.options import sample_class
+    from models.conditional import for_class
     from models.targets import MAX_SYNTHETIC_PER_CLASS
 
     from .progress import StageBar
@@ -240,11 +236,7 @@ def cmd_sample(args) -> int:
         raise ValueError(f"-n: ask for between 1 and {MAX_SYNTHETIC_PER_CLASS} scans, got {args.n}")
     out = _writable_out(args.out)
     model, _, meta = load(args.model)
-    label, index = sample_class(meta, getattr(model.cfg, "n_classes", 0), args.label, "--class")
-    if index is not None:  # a shared model (models/shared): drawn through its class
-        from models.conditional import ClassView
-
-        model = ClassView(model, index)
+    model, label = for_class(model, meta, args.label, "--class")
     label = label or "synthetic"
     pre = PreprocessConfig(**meta["preprocess"]) if "preprocess" in meta else None
     affine = target_affine(pre) if pre else np.eye(4)

@@ -80,3 +80,14 @@ class ClassView:
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         return self.model.sample(n, generator, y=self.y)
+
+
+def for_class(model, meta: dict, requested: str | None, field: str = "class"):
+    """A saved model ready to draw the class a sample asks for: (a ``ClassView`` of a
+    class-conditional model, or the model itself; the class drawn, or None for a model trained
+    on every class). The rule is ``models.options.sample_class`` (the gateway checks it too);
+    its ValueErrors name ``field``."""
+    from .options import sample_class
+
+    label, index = sample_class(meta, getattr(model.cfg, "n_classes", 0), requested, field)
+    return (model if index is None else ClassView(model, index)), label

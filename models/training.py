@@ -95,6 +95,11 @@ class Trainer:
         first = self.dataset[0]
         if self.conditional and labels is None and not (isinstance(first, (tuple, list)) and len(first) > 1):
             raise ValueError("labels: a class-conditional model needs a class index per item")
+        # cfg.class_balance: 1 / (its class's count) per item, every class equally likely in a batch
+        self.class_weights = None
+        if self.conditional and cfg.class_balance:
+            item_labels = torch.as_tensor([int(self.dataset[i][1]) for i in range(len(self.dataset))])
+            self.class_weights = 1.0 / torch.bincount(item_labels).double()[item_labels]
         first = _batch_tensor(self.dataset[0])
         expected = tuple(model.cfg.data_shape)
         if tuple(first.shape) != expected:
@@ -158,7 +163,7 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------
     def _loader(self, epoch: int) -> DataLoader:
         order = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        balanced = self._class_weights() if self.conditional and self.cfg.class_balance else None
+        balanced = self.class_weights
         return DataLoader(
             self.dataset,
             batch_size=self.cfg.batch_size,
@@ -169,13 +174,6 @@ class Trainer:
             num_workers=self.cfg.num_workers,
             drop_last=False,
         )
-
-    def _class_weights(self) -> Tensor:
-        """1 / (its class's count) per item: every class equally likely in a minibatch."""
-        if not hasattr(self, "_weights"):
-            labels = torch.as_tensor([int(self.dataset[i][1]) for i in range(len(self.dataset))])
-            self._weights = 1.0 / torch.bincount(labels).double()[labels]
-        return self._weights
 
     def _autocast(self):
         if self.cfg.amp and self.device.type == "cuda":

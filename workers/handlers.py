@@ -289,19 +289,15 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
 
     from models import load
     from models.augment import sampler_label, write_synthetic
+    from models.conditional import ClassView, for_class
     from models.data import PreprocessConfig, target_affine
-    from models.options import sample_class
 
     ctx.progress(0.0, "loading model")
     model, sampler, meta = load(_model_path(ctx, p.model), device=ctx.device)
     try:  # the gateway checked this at submit where it could; this is the authoritative check
-        label, index = sample_class(meta, getattr(model.cfg, "n_classes", 0), p.label, "label")
+        model, label = for_class(model, meta, p.label, "label")
     except ValueError as err:
         raise InvalidParams(str(err)) from None
-    if index is not None:  # a shared (class-conditional) model, drawn through one class
-        from models.conditional import ClassView
-
-        model = ClassView(model, index)
     label = label or "all"
     # Without a recorded preprocessing (a model trained on tensors) there is no scanner space.
     affine = target_affine(PreprocessConfig(**meta["preprocess"])) if meta.get("preprocess") else np.eye(4)
@@ -321,7 +317,7 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
         with open(out / "manifest.csv", "w", newline="") as fh:
             csv.writer(fh).writerows([["path", "label", "split", "synthetic"],
                                       *[[f"scans/{name}", label, "", "true"] for name in names]])
-    of_class = f" of class '{label}'" if p.label or index is not None else ""
+    of_class = f" of class '{label}'" if p.label or isinstance(model, ClassView) else ""
     return Outcome(metrics={"n": p.n, "label": label, "shape": list(scans.shape[1:]),
                             "mean": float(scans.mean())},
                    artifacts=[output_id], message=f"sampled {p.n} scans{of_class}")

@@ -69,7 +69,7 @@ def make_demo_cohort(
     None gives a 2 mm grid over the brain (about 84 x 104 x 89 voxels). ``difficulty`` in [0, 1]:
     see the module's docstring.
     """
-    difficulty = _check_difficulty(difficulty)
+    difficulty = check_difficulty(difficulty)
     out_dir = Path(out_dir)
     grid_shape, affine = _grid(shape)
     points = _voxel_centres(grid_shape, affine)
@@ -96,7 +96,7 @@ def make_demo_slices(
     folders, like the public Kaggle Alzheimer slice sets (anterior at the top of the image)."""
     from PIL import Image
 
-    difficulty = _check_difficulty(difficulty)
+    difficulty = check_difficulty(difficulty)
     out_dir = Path(out_dir)
     grid3, affine3 = _grid((shape[0], shape[1], 1))
     affine3[2, 3] = SLICE_Z_MM  # put the one-voxel-thick grid on the ventricle plane
@@ -123,10 +123,15 @@ def _counts(n_control: int, n_ad: int) -> tuple[int, int]:
     return n_control, n_ad
 
 
-def _check_difficulty(difficulty: float) -> float:
-    difficulty = float(difficulty)
-    if not 0.0 <= difficulty <= 1.0:  # also refuses NaN
-        raise ValueError(f"difficulty must lie between 0 (easy) and 1 (hard), got {difficulty}")
+def check_difficulty(value: float | str, name: str = "difficulty") -> float:
+    """``value`` as a difficulty in [0, 1] (a number or its text, as a command line gives it); a
+    ValueError naming ``name`` otherwise."""
+    try:
+        difficulty = float(value)
+    except (TypeError, ValueError):
+        difficulty = float("nan")
+    if not 0.0 <= difficulty <= 1.0:  # also refuses NaN and words
+        raise ValueError(f"{name}: give a number from 0 (easy) to 1 (hard), got {value!r}")
     return difficulty
 
 
