@@ -141,7 +141,7 @@ def run(args) -> dict:
             RESULTS.mkdir(parents=True, exist_ok=True)
             plot_montage(montage, RESULTS / f"cohort_utility_montage{args.tag}.png")
 
-        conditions = [("real", 0)] + [(name, c) for name in [*SOURCES] if name in extras for c in counts]
+        conditions = [("real", 0)] + [(name, c) for name in SOURCES if name in extras for c in counts]
         for name, c in conditions:
             t1 = time.perf_counter()
             extra = extras[name][: c * args.n_ad] if c else x_ad[:0]

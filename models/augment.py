@@ -482,7 +482,7 @@ def generator_phrase(info: dict[str, Any], listed: bool = True) -> str:
     scans are listed after the phrase)."""
     these, only = ("these ", " only") if listed else ("", "")
     if info.get("model_scope") == "shared":
-        return (f"shared class-conditional generator trained on {these}{info.get('n_trained_on', info['n_train'])} "
+        return (f"shared class-conditional generator trained on {these}{info['n_trained_on']} "
                 f"scans of every class ({info['n_train']} of this class)")
     return f"generator trained on {these}{info['n_train']} scans{only}"
 
