@@ -27,18 +27,21 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cohort_utility import CONV, DIFFICULTY, HCONV
-from bench.common import machine, write_result
-from bench.downstream import build_data, duplicate_copies, score, train_classifier
+from bench.common import RESULTS, machine, write_result
+from bench.downstream import build_data, duplicate_copies, plot_montage, score, train_classifier
 from bench.hierarchy import gradient_magnitude, high_frequency_fraction
 from bench.posterior_quality import FeatureNet, kid
 from models.augment import AugmentConfig, draw_synthetic, fit_class_model
+from models.conditional import ClassView
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
-from models.shared_model import class_view, fit_shared_model
+from models.shared_model import class_view, fit_shared_model, stack_classes
+from models.vae import build_model
 
 
 def variant_settings(name: str) -> tuple[dict, AugmentConfig, str]:
-    """'<scope> <arch> [xK] [zN] [mcmc]': e.g. 'shared conv x4 z64 mcmc'."""
+    """'<scope> <arch> [xK] [zN] [mcmc] [nc] [mC,C..]': e.g. 'shared conv x4 z64 mcmc';
+    'nc': noncentered; 'm2,4': hconv latent maps of 2 and 4 channels (finest first)."""
     words = name.split()
     scope, arch = words[0], words[1]
     choice = (CONV if arch == "conv" else HCONV).model_dump()
@@ -51,6 +54,10 @@ def variant_settings(name: str) -> tuple[dict, AugmentConfig, str]:
             choice["latent_dims"] = [int(w[1:])]
         elif w == "mcmc":
             config = AugmentConfig()
+        elif w == "nc":
+            choice["parameterization"] = "noncentered"
+        elif w.startswith("m"):
+            choice["latent_channels"] = tuple(int(c) for c in w[1:].split(","))
     config = config.model_copy(update={"pretrain_steps": round(600 * scale), "mcmc_steps": round(150 * scale)})
     return choice, config, scope
 
@@ -66,6 +73,12 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["shared conv", "shared conv x4"])
     ap.add_argument("--difficulty", type=float, default=DIFFICULTY)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--temperatures", type=float, nargs="+", default=None,
+                    help="hconv variants: draw the 30 scans at each of these map temperatures "
+                         "(one trained model; rows '<variant> tT')")
+    ap.add_argument("--joint", action="store_true",
+                    help="hconv variants: also draw from the joint aggregate-posterior Gaussian (row '<variant> joint')")
+    ap.add_argument("--montage", action="store_true", help="write a montage of every source")
     args = ap.parse_args()
     torch.set_num_threads(1)
     pre, seed = PreprocessConfig(), args.seed
@@ -96,14 +109,41 @@ def main() -> None:
         model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **choice)
         started = time.perf_counter()
         if scope == "per-class":
-            model, *_ = fit_class_model(x_ad, model_cfg, config, seed * 1009)
+            model, _, history, _ = fit_class_model(x_ad, model_cfg, config, seed * 1009)
         else:
             shared = fit_shared_model({"CN": x_cn, "AD": x_ad}, model_cfg, config, seed * 1009)
-            model = class_view(shared, "AD")
+            model, history = class_view(shared, "AD"), shared.history
         seconds = time.perf_counter() - started
-        scans, near = draw_synthetic(model, 30, x_ad, seed * 1009 + 1)
-        sources[name] = scans
-        rows[name] = {"train_seconds": round(seconds, 1), "redrawn": near["replaced"]}
+        inner = getattr(model, "model", model)
+        temperatures = args.temperatures if args.temperatures and inner.cfg.arch == "hconv" else [None]
+        for t in temperatures:
+            row = name
+            if t is not None:
+                inner.cfg = inner.cfg.model_copy(update={"map_temperature": t})
+                row = f"{name} t{t:g}"
+            scans, near = draw_synthetic(model, 30, x_ad, seed * 1009 + 1)
+            sources[row] = scans
+            rows[row] = {"train_seconds": round(seconds, 1), "redrawn": near["replaced"],
+                         "final_accept": history.final_accept()}
+        if args.joint and inner.cfg.arch == "hconv":
+            # the same trained weights, every layer drawn from the joint aggregate-posterior Gaussian
+            joint = build_model(inner.cfg.model_copy(update={"map_sampling": "joint"}))
+            joint.load_state_dict(inner.state_dict(), strict=False)
+            joint.eval()
+            if scope == "per-class":
+                joint.fit_sampling_distribution(x_ad)
+                view = joint
+            else:
+                both, labels, _ = stack_classes({"CN": x_cn, "AD": x_ad})
+                joint.fit_sampling_distribution([(both, labels)])
+                view = ClassView(joint, shared.index("AD"))
+            scans, near = draw_synthetic(view, 30, x_ad, seed * 1009 + 1)
+            sources[f"{name} joint"] = scans
+            rows[f"{name} joint"] = {"train_seconds": round(seconds, 1), "redrawn": near["replaced"],
+                                     "final_accept": history.final_accept()}
+    if args.montage:
+        shown = [("real AD (held out)", data["test_AD"])] + list(sources.items())
+        plot_montage(shown, RESULTS / f"shared_fidelity_montage{args.tag}.png")
     for name, scans in sources.items():
         p = p_ad(reference, scans)
         both = torch.cat([data["test_CN"], scans])

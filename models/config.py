@@ -32,12 +32,19 @@ class ModelConfig(_Config):
     # resolution, each one below at twice the resolution of the one above; ``latent_dims`` then
     # holds one entry, the size of the vector latent above all maps.
     latent_channels: tuple[int, ...] = ()
-    # hconv: where new scans' latent maps come from. "prior": the top-down prior p(z_k | h) given
-    # the layers above (the top vector from ``sampling``), its scale times ``map_temperature``;
-    # "aggregate": the diagonal Gaussian fitted to the training scans' map posteriors (it ignores
-    # the maps' spatial correlations, so its draws decode to high-frequency noise).
-    map_sampling: Literal["prior", "aggregate"] = "prior"
+    # hconv: where new scans' latent maps come from (with ``sampling`` "aggregate"). "prior": the
+    # top-down prior p(z_k | h) given the layers above (the top vector from ``sampling``), its
+    # scale times ``map_temperature``; "aggregate": the diagonal Gaussian fitted to the training
+    # scans' map posteriors (it ignores the maps' spatial correlations, so its draws decode to
+    # high-frequency noise); "joint": every layer at once from the Gaussian moment-matched to the
+    # aggregate posterior, with the covariance the law of total covariance gives: the mean
+    # posterior variance (diagonal) plus the spread of the scans' posterior means (rank below the
+    # number of scans, kept up to ``sampling_rank`` principal directions), so a draw keeps the
+    # spatial structure the training scans' maps share (models/hierarchy.py).
+    map_sampling: Literal["prior", "aggregate", "joint"] = "prior"
     map_temperature: float = Field(1.0, ge=0)
+    sampling_rank: int = Field(64, ge=1, description="map_sampling 'joint': principal directions "
+                               "of the posterior means kept (exact up to sampling_rank + 1 scans)")
     # Class-conditional when > 0: labels 0..n_classes-1 enter the encoder, the top layer's prior
     # (a learned mean and scale per class) and the decoder (models/conditional.py).
     n_classes: int = Field(0, ge=0)

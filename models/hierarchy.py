@@ -90,6 +90,10 @@ class SpatialHVAE(VAE):
         self.likelihood = build_likelihood(cfg)
         self.output_offset = nn.Parameter(torch.zeros(cfg.data_shape))
         self._init_sampling_buffers(full_block=top_dim)
+        if cfg.map_sampling == "joint":
+            lead = (n_classes,) if n_classes else ()
+            self.register_buffer("sampling_factor", torch.zeros(*lead, cfg.sampling_rank, self.latent_dim))
+            self.register_buffer("sampling_within_scale", torch.ones(*lead, self.latent_dim))
 
     # ------------------------------------------------------------------ pieces
     @staticmethod
@@ -227,6 +231,14 @@ class SpatialHVAE(VAE):
     def sample_latent(self, n: int, generator: torch.Generator | None = None, y=None) -> torch.Tensor:
         """The top vector from the sampling distribution that cfg.sampling names; the maps from
         the one cfg.map_sampling names (see ModelConfig)."""
+        if self._joint_sampling:
+            slot = self._class_slot(y)
+            if bool(self.sampling_is_fitted[slot]):
+                like = self._a_parameter()
+                between = _randn((n, self.cfg.sampling_rank), generator, like) @ self.sampling_factor[slot]
+                within = self.sampling_within_scale[slot] * _randn((n, self.latent_dim), generator, like)
+                return self.sampling_loc[slot] + between + within
+            return self.sample_prior(n, generator, y)
         u = super().sample_latent(n, generator, y)
         if self.cfg.map_sampling == "aggregate" and self.cfg.sampling == "aggregate":
             return u
@@ -241,6 +253,47 @@ class SpatialHVAE(VAE):
             return loc + t * torch.exp(torch.as_tensor(log_std)) * noise[layer]
 
         return torch.cat(self._descend(draw, onehot, self._top_prior(onehot))[0], dim=-1)
+
+    # ------------------------------------------------ joint aggregate-posterior sampling
+    @property
+    def _joint_sampling(self) -> bool:
+        return self.cfg.map_sampling == "joint" and self.cfg.sampling == "aggregate"
+
+    @torch.no_grad()
+    def fit_sampling_distribution(self, batches, draws: int = 16, generator: torch.Generator | None = None) -> bool:
+        """map_sampling "joint": per class, the Gaussian over every layer with the aggregate
+        posterior's mean and covariance Cov = E[Var(u | x)] + Cov(E[u | x]) (law of total
+        covariance). The first term is taken as diagonal (q's own variances, each layer's given
+        the posterior mean of the layers above, as ``encode`` gives them); the second is the
+        exact spread of the scans' posterior means, of rank below the number of scans, stored as
+        its leading ``sampling_rank`` principal directions. A diagonal fit of the maps (the
+        "aggregate" choice) loses the spatial correlation that this spread carries."""
+        if not self._joint_sampling:
+            return super().fit_sampling_distribution(batches, draws, generator)
+        n_slots = max(self.cfg.n_classes, 1)
+        means, variances = [[] for _ in range(n_slots)], [[] for _ in range(n_slots)]
+        for slot, xs, label in self._class_groups(batches):
+            if len(xs):
+                mu, logvar = self.encode(xs, label)
+                means[slot].append(mu.double())
+                variances[slot].append(logvar.double().exp())
+
+        def store(index, slot) -> bool:
+            mu, var = torch.cat(means[slot]), torch.cat(variances[slot])
+            loc = mu.mean(0)
+            _, spread, directions = torch.linalg.svd((mu - loc) / math.sqrt(len(mu)), full_matrices=False)
+            rank = min(self.cfg.sampling_rank, len(spread))
+            factor = torch.zeros_like(self.sampling_factor[index], dtype=torch.float64)
+            factor[:rank] = spread[:rank, None] * directions[:rank]
+            within = var.mean(0).sqrt()
+            if not (torch.isfinite(factor).all() and torch.isfinite(within).all() and torch.isfinite(loc).all()):
+                return False
+            self.sampling_loc[index] = loc.float()
+            self.sampling_factor[index] = factor.float()
+            self.sampling_within_scale[index] = within.float()
+            return True
+
+        return self._mark_fitted([sum(len(m) for m in slot_means) for slot_means in means], store)
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         modules = (self.encoder_stages, self.posterior_top, self.map_posteriors)

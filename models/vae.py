@@ -462,40 +462,53 @@ class VAE(nn.Module):
         the full-covariance block). If the covariance is not positive definite (non-finite
         latents), or a class has no scans, that class keeps sampling from its prior.
         """
-        batches = [batches] if isinstance(batches, (torch.Tensor, tuple)) else batches
         n_slots = max(self.cfg.n_classes, 1)
         d, f, device = self.latent_dim, self._full_block, self.sampling_loc.device
         count = [0] * n_slots
         total = torch.zeros(n_slots, d, dtype=torch.float64, device=device)
         outer = torch.zeros(n_slots, f, f, dtype=torch.float64, device=device)
         squares = torch.zeros(n_slots, d - f, dtype=torch.float64, device=device)
+        for slot, xs, label in self._class_groups(batches):
+            k, s, o, q = self._posterior_moments(xs, label, draws, generator)
+            count[slot] += k
+            total[slot] += s
+            outer[slot] += o
+            squares[slot] += q
+        return self._mark_fitted(count, lambda index, slot: self._store_moments(
+            index, count[slot], total[slot], outer[slot], squares[slot]))
+
+    def _class_groups(self, batches):
+        """(slot, scans, label) per class present in each batch of ``batches`` (a tensor, an
+        (x, y) pair or an iterable of either); slot 0 and label None for an unconditional model."""
+        batches = [batches] if isinstance(batches, (torch.Tensor, tuple)) else batches
+        device = self.sampling_loc.device
         for batch in batches:
             x, y = batch if isinstance(batch, (tuple, list)) else (batch, None)
             x = x.to(device).float()
             if not self.cfg.n_classes:
-                groups = [(0, x, None)]
-            else:
-                if y is None:
-                    raise ValueError("fit_sampling_distribution: a class-conditional model needs (x, y) batches")
-                y = torch.as_tensor(y, device=device).long()
-                groups = [(int(c), x[y == c], int(c)) for c in torch.unique(y)]
-            for slot, xs, label in groups:
-                k, s, o, q = self._posterior_moments(xs, label, draws, generator)
-                count[slot] += k
-                total[slot] += s
-                outer[slot] += o
-                squares[slot] += q
+                yield 0, x, None
+                continue
+            if y is None:
+                raise ValueError("fit_sampling_distribution: a class-conditional model needs (x, y) batches")
+            y = torch.as_tensor(y, device=device).long()
+            for c in torch.unique(y):
+                yield int(c), x[y == c], int(c)
+
+    def _mark_fitted(self, count: list[int], store) -> bool:
+        """Store each class's sampling distribution with ``store(index, slot)`` (-> whether it is
+        usable) and set its fitted flag; a class without scans, or whose fit is unusable, keeps
+        sampling from its prior (with a warning). Returns whether every class is fitted."""
         if sum(count) == 0:
             raise ValueError("fit_sampling_distribution: no scans given")
         fitted_all = True
-        for slot in range(n_slots):
+        for slot in range(len(count)):
             index = (slot,) if self.cfg.n_classes else ()
-            fitted = count[slot] > 0 and self._store_moments(index, count[slot], total[slot], outer[slot], squares[slot])
+            fitted = count[slot] > 0 and store(index, slot)
             if not fitted:
                 what = f"class {slot}" if self.cfg.n_classes else "this model"
                 warnings.warn(f"no usable aggregate posterior for {what} (no scans, or a covariance "
                               "that is not positive definite); it samples from its prior",
-                              RuntimeWarning, stacklevel=2)
+                              RuntimeWarning, stacklevel=3)
             self.sampling_is_fitted[index] = fitted
             fitted_all = fitted_all and fitted
         return fitted_all

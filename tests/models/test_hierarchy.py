@@ -174,3 +174,63 @@ def test_single_layer_noncentered_models_keep_their_phase_two_objective():
     trainer = Trainer(model, build_sampler(SamplerConfig(kind="mala"), model.latent_dim), x, TrainConfig(batch_size=2))
     u = torch.randn(2, model.latent_dim, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(trainer._decoder_log_joint(x, u), model.log_joint(x, u))
+
+
+def test_joint_sampling_matches_the_aggregate_posterior_moments():
+    """map_sampling "joint": draws have the aggregate posterior's mean and the covariance of the
+    law of total covariance, E[Var(u | x)] (diagonal) + Cov(E[u | x]), over every layer at once,
+    so maps keep the correlation the scans' posterior means share. Tolerances: 4 standard errors
+    of a mean / covariance entry from 40000 draws."""
+    model = _model(latent_channels=(1,), sampling="aggregate", map_sampling="joint")  # 16 + 4 coordinates
+    model.eval()
+    x = _x(model, 5, seed=3)
+    assert model.fit_sampling_distribution(x)
+    mu, logvar = (t.double() for t in model.encode(x))
+    centered = mu - mu.mean(0)
+    expected_cov = torch.diag(logvar.exp().mean(0)) + centered.T @ centered / len(mu)
+    factor, within = model.sampling_factor.double(), model.sampling_within_scale.double()
+    torch.testing.assert_close(factor.T @ factor + torch.diag(within**2), expected_cov, atol=1e-5, rtol=1e-4)
+    n = 40000
+    u = model.sample_latent(n, torch.Generator().manual_seed(0)).double()
+    sd = expected_cov.diagonal().sqrt()
+    assert ((u.mean(0) - mu.mean(0)).abs() < 4 * sd / n**0.5).all()
+    empirical = torch.cov(u.T)
+    # sd of a sample covariance entry: sqrt((s_ii s_jj + s_ij^2) / n)
+    tolerance = 4 * ((torch.outer(sd**2, sd**2) + expected_cov**2) / n).sqrt()
+    assert ((empirical - expected_cov).abs() < tolerance).all()
+    # the between-scan part is low rank (5 scans: rank 4) and carries real correlation
+    assert torch.linalg.matrix_rank(factor, atol=1e-6) == 4
+
+
+def test_joint_sampling_keeps_the_leading_directions_and_round_trips(tmp_path):
+    model = _model(latent_channels=(1,), sampling="aggregate", map_sampling="joint", sampling_rank=1)
+    model.eval()
+    x = _x(model, 6, seed=4)
+    assert model.fit_sampling_distribution(x)
+    mu = model.encode(x)[0].double()
+    centered = (mu - mu.mean(0)) / len(mu) ** 0.5
+    top = torch.linalg.svd(centered, full_matrices=False)
+    # rank 1 keeps the first principal direction of the posterior means, at its spread
+    torch.testing.assert_close(model.sampling_factor[0].double().abs(),
+                               (top.S[0] * top.Vh[0]).abs(), atol=1e-5, rtol=1e-4)
+    loaded, _, _ = load(save(tmp_path / "h", model, build_sampler(SamplerConfig(kind="none"), model.latent_dim)))
+    a = model.sample(2, torch.Generator().manual_seed(1))
+    assert torch.equal(a, loaded.sample(2, torch.Generator().manual_seed(1)))
+
+
+def test_joint_sampling_is_per_class_and_a_class_without_scans_keeps_its_prior():
+    model = _model(latent_channels=(1,), sampling="aggregate", map_sampling="joint", n_classes=3)
+    model.eval()
+    x = torch.cat([_x(model, 4, seed=5), _x(model, 4, seed=6) * 0.2])
+    y = torch.tensor([0] * 4 + [1] * 4)
+    with pytest.warns(RuntimeWarning, match="class 2"):
+        assert not model.fit_sampling_distribution([(x, y)])
+    assert model.sampling_is_fitted.tolist() == [True, True, False]
+    for c, rows in ((0, slice(0, 4)), (1, slice(4, 8))):
+        torch.testing.assert_close(model.sampling_loc[c], model.encode(x[rows], c)[0].mean(0), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(model.sampling_loc[0], model.sampling_loc[1])
+    # class 2 draws from its prior: identical to sample_prior with the same generator
+    torch.testing.assert_close(model.sample_latent(3, torch.Generator().manual_seed(2), y=2),
+                               model.sample_prior(3, torch.Generator().manual_seed(2), y=2))
+    with pytest.raises(ValueError, match="y"):
+        model.sample_latent(2, torch.Generator().manual_seed(2))
