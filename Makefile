@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # CPU machines take the local CPU build of torch; the CUDA image picks its own in docker/.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv test test-fast test-deploy images demo bench clean
+.PHONY: venv test test-fast test-deploy images demo bench device-wheels clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,24 @@ demo: venv
 bench: venv
 	$(PY) bench/sampler_cost.py
 	$(PY) bench/likelihood.py
+
+# Wheels a GPU machine without network needs besides python3 + torch (CUDA) to run
+# bench/gpu_check.sh: what models/ imports for training and saving (pydantic, monai, numpy,
+# safetensors; not nibabel/scipy, which only data loading needs) and pytest. Pinned to the
+# versions the suite runs with here; cp311 manylinux x86_64 by default (DEVICE_PY=312 etc.).
+# wheels/device/ is git-ignored: a device run carries it explicitly.
+DEVICE_PY     ?= 311
+DEVICE_WHEELS ?= numpy==2.4.6 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+                 typing-inspection==0.4.5 monai==1.6.1 safetensors==0.8.0 \
+                 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 packaging==26.3 pygments==2.21.0 \
+                 pytest-timeout==2.4.0
+device-wheels:
+	mkdir -p wheels/device
+	$(PYTHON) -m pip download --dest wheels/device --only-binary=:all: --no-deps \
+	  --python-version $(DEVICE_PY) --implementation cp --abi cp$(DEVICE_PY) \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  $(DEVICE_WHEELS)
+	du -sh wheels/device
 
 clean:
 	rm -rf $(VENV) build *.egg-info

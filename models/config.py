@@ -211,6 +211,11 @@ class TrainConfig(_Config):
         "leaves the process's setting. On a loaded machine fewer threads are often faster")
     device: str = "cpu"
     amp: bool = Field(False, description="bf16 autocast for network passes on CUDA")
+    channels_last: bool | None = Field(
+        None, description="channels-last memory format (torch.channels_last_3d for 3-D scans, "
+        "torch.channels_last for 2-D) for the networks' weights and the minibatches while training; "
+        "None: on for CUDA with the conv archs (conv, hconv), off otherwise. The values computed are "
+        "the same either way (up to float rounding); on CUDA the cuDNN kernels for it are usually faster")
     seed: int = 0
     grad_clip: float | None = Field(100.0, gt=0)
     class_balance: bool = Field(

@@ -10,6 +10,11 @@ With sampler kind ``none`` phase 2 is plain ELBO training: the no-MCMC baseline.
 The loop is a small ``Trainer`` whose ``state_dict`` (weights, optimisers, position in the
 epoch) lets a job resume from a checkpoint at any step and continue exactly as it would
 have, since every minibatch order and random draw is a function of (seed, epoch, step).
+
+Memory layout (``TrainConfig.channels_last``): while ``fit`` runs, the conv weights and the
+minibatches may be channels-last (faster cuDNN kernels on CUDA); outside ``fit`` the model is
+in torch's default layout again, and ``state_dict`` snapshots always are, so checkpoints,
+saved models and sampling do not depend on it.
 """
 
 from __future__ import annotations
@@ -72,6 +77,21 @@ def as_dataset(data: Tensor | Dataset) -> Dataset:
     return TensorDataset(data) if isinstance(data, Tensor) else data
 
 
+def _contiguous(obj: Any) -> Any:
+    """``obj`` (nested dicts, lists, tuples: a snapshot no one else holds) with every tensor in
+    torch's default layout. Dicts and lists change in place, so state dicts keep their type and
+    ``_metadata``."""
+    if isinstance(obj, Tensor):
+        return obj.contiguous()
+    if isinstance(obj, (dict, list)):
+        for k in obj.keys() if isinstance(obj, dict) else range(len(obj)):
+            obj[k] = _contiguous(obj[k])
+        return obj
+    if isinstance(obj, tuple):
+        return type(obj)(_contiguous(v) for v in obj)
+    return obj
+
+
 def _batch_tensor(batch: Any) -> Tensor:
     """Minibatches may come as tensors, 1-tuples (TensorDataset) or MONAI-style dicts."""
     if isinstance(batch, dict):
@@ -106,6 +126,7 @@ class Trainer:
             raise ValueError(f"data_shape: items have shape {tuple(first.shape)}, model expects {expected}")
         self.model.to(self.device)
         self.sampler.to(self.device)
+        self.memory_format = self._memory_format()
         self.mcmc = getattr(sampler, "cfg", None) is not None and sampler.cfg.kind != "none"
         self.encoder_params = list(model.encoder_parameters())
         self.generative_params = list(model.generative_parameters())
@@ -125,6 +146,38 @@ class Trainer:
         self.history = TrainHistory()
         self._warm_start_asked = False
 
+    def _memory_format(self) -> torch.memory_format | None:
+        """The channels-last format of ``cfg.channels_last`` for this model's data, or None.
+
+        None (auto): on for CUDA with the conv archs. On (forced or auto) only for 2-D or 3-D
+        data, the ranks channels-last formats exist for (an MLP on 3-D scans may force it too:
+        its inputs are then channels-last, its weights have no such rank)."""
+        on = self.cfg.channels_last
+        if on is None:
+            on = self.device.type == "cuda" and getattr(self.model.cfg, "arch", None) in ("conv", "hconv")
+        rank = len(self.model.cfg.data_shape) + 1  # with the batch dimension
+        if not on or rank not in (4, 5):
+            return None
+        return torch.channels_last_3d if rank == 5 else torch.channels_last
+
+    @torch.no_grad()
+    def _set_layout(self, channels_last: bool) -> None:
+        """Weights and buffers of the batch data's rank (conv kernels) to channels-last, or back
+        to the default layout. In place (``.data``), so optimisers keep their parameters."""
+        if self.memory_format is None:
+            return
+        rank = len(self.model.cfg.data_shape) + 1
+        fmt = self.memory_format if channels_last else torch.contiguous_format
+        for module in (self.model, self.sampler):
+            for t in [*module.parameters(), *module.buffers()]:
+                if t.dim() == rank and not t.is_contiguous(memory_format=fmt):
+                    t.data = t.data.contiguous(memory_format=fmt)
+
+    def _to_device(self, batch: Any) -> Tensor:
+        """A minibatch's scans on the device, channels-last when that is on."""
+        x = _batch_tensor(batch).to(self.device, non_blocking=True)
+        return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
+
     def _sampler_lr(self) -> float:
         """SamplerConfig.lr; the deprecated TrainConfig.sampler_lr overrides it when given."""
         if self.cfg.sampler_lr is not None:
@@ -139,8 +192,9 @@ class Trainer:
 
     # -- state for checkpoints -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """A snapshot (deep copy: optimiser steps must not change a checkpoint already taken)."""
-        return copy.deepcopy({
+        """A snapshot (deep copy: optimiser steps must not change a checkpoint already taken), every
+        tensor in the default layout whatever ``channels_last`` is."""
+        snapshot = copy.deepcopy({
             "model": self.model.state_dict(),
             "sampler": self.sampler.state_dict(),
             "opt_encoder": self.opt_encoder.state_dict(),
@@ -149,6 +203,7 @@ class Trainer:
             "global_step": self.global_step,
             "history": self.history.as_dicts(),
         })
+        return snapshot if self.memory_format is None else _contiguous(snapshot)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -282,14 +337,18 @@ class Trainer:
 
         ``on_step(done, total)`` runs after every step and may raise TrainingCancelled;
         ``on_checkpoint(state_dict)`` runs every ``checkpoint_every`` steps. With ``cfg.threads``
-        set, torch uses that many CPU threads meanwhile (the previous count is restored).
+        set, torch uses that many CPU threads meanwhile (the previous count is restored). With
+        channels-last on, the weights are channels-last meanwhile and in the default layout again
+        when it returns or raises.
         """
         previous_threads = torch.get_num_threads()
         if self.cfg.threads is not None:
             torch.set_num_threads(self.cfg.threads)
         try:
+            self._set_layout(True)
             return self._fit(callback, on_step, checkpoint_every, on_checkpoint)
         finally:
+            self._set_layout(False)
             torch.set_num_threads(previous_threads)
 
     def _fit(self, callback, on_step, checkpoint_every, on_checkpoint) -> TrainHistory:
@@ -302,7 +361,7 @@ class Trainer:
             for index, batch in enumerate(self._loader(epoch)):
                 if epoch == start_epoch and index < skip:
                     continue  # resumed mid-epoch: these batches were done before the checkpoint
-                x = _batch_tensor(batch).to(self.device, non_blocking=True)
+                x = self._to_device(batch)
                 step_seed = self.cfg.seed * 1_000_003 + epoch * 10_007 + index
                 gen = torch.Generator(device=self.device).manual_seed(step_seed)
                 y = self._labels(batch)
@@ -336,6 +395,7 @@ class Trainer:
                 on_checkpoint(self.state_dict())
             if callback is not None:
                 callback(record)
+        self._set_layout(False)  # the sampling distribution sees the model as sampling will
         self.model.eval()
         self.sampler.eval()
         if hasattr(self.model, "fit_sampling_distribution") and self.global_step >= self.total_steps:

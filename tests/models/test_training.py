@@ -244,3 +244,73 @@ def test_final_accept_is_the_mean_over_the_last_tenth_of_the_mcmc_epochs():
     assert history.final_accept(fraction=1.0) == pytest.approx(sum(accepts) / len(accepts))
     assert TrainHistory(plain).final_accept() is None  # no MCMC epochs, no acceptance
     assert TrainHistory(mcmc[:1]).final_accept() == pytest.approx(0.9)  # at least one epoch
+
+
+def _layout_run(cfg: ModelConfig, channels_last: bool | None, x: torch.Tensor, checkpoints: list | None = None):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    sampler = build_sampler(SamplerConfig(kind="mala", n_steps=2, warmup_steps=3), model.latent_dim)
+    trainer = Trainer(model, sampler, x, TrainConfig(pretrain_epochs=2, epochs=1, batch_size=4, seed=1,
+                                                     channels_last=channels_last))
+    seen = []
+    # What the networks see mid-fit: a conv kernel's layout (checked on the first step).
+    # (one with several input channels: for one, both layouts have the same strides)
+    kernel = next(p for p in model.parameters() if p.dim() == x.dim() and p.shape[1] > 1 and p.shape[2] > 1)
+    history = trainer.fit(on_step=lambda done, total: seen.append(kernel.is_contiguous()),
+                          checkpoint_every=3, on_checkpoint=[].append if checkpoints is None else checkpoints.append)
+    return trainer, history, seen
+
+
+@pytest.mark.parametrize("cfg", [
+    ModelConfig(data_shape=(1, 16, 16, 16), arch="conv", latent_dims=[4], channels=(4, 8)),
+    ModelConfig(data_shape=(1, 16, 16, 16), arch="hconv", latent_dims=[4], latent_channels=(2,),
+                channels=(4, 8), hidden=(16,)),
+    ModelConfig(data_shape=(1, 16, 16), arch="conv", latent_dims=[4], channels=(4, 8)),
+], ids=["conv3d", "hconv3d", "conv2d"])
+def test_channels_last_training_matches_the_default_layout_on_cpu(cfg):
+    x = torch.rand(8, *cfg.data_shape, generator=torch.Generator().manual_seed(0))
+    default, default_history, default_seen = _layout_run(cfg, False, x)
+    checkpoints = []
+    forced, forced_history, forced_seen = _layout_run(cfg, True, x, checkpoints)
+    assert default.memory_format is None
+    assert forced.memory_format == (torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
+    # channels-last while fitting, the default layout before and after (saving and sampling)
+    assert all(default_seen) and not any(forced_seen)
+    assert all(p.is_contiguous() for p in forced.model.parameters())
+    # checkpoints taken mid-fit hold default-layout tensors too (weights and Adam's moments)
+    adam = [t for s in checkpoints[0]["opt_encoder"]["state"].values() for t in s.values() if t.dim() > 1]
+    assert len(checkpoints) == 2 and adam and all(t.is_contiguous() for t in adam)
+    assert all(t.is_contiguous() for t in checkpoints[0]["model"].values())
+    assert [r.phase for r in forced_history.records] == [1, 1, 2]
+    for a, b in zip(default_history.records, forced_history.records):
+        assert b.elbo == pytest.approx(a.elbo, rel=1e-4, abs=1e-3), (a, b)
+    for (name, a), b in zip(default.model.state_dict().items(), forced.model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    torch.testing.assert_close(forced.model.sample(2, generator=gen()), default.model.sample(2, generator=gen()),
+                               rtol=1e-3, atol=1e-4)
+
+
+def test_channels_last_is_off_by_default_on_cpu_and_for_non_conv_archs():
+    conv = build_model(ModelConfig(data_shape=(1, 8, 8, 8), arch="conv", latent_dims=[4], channels=(4, 8)))
+    mlp = build_model(ModelConfig(data_shape=(1, 8, 8), arch="mlp", latent_dims=[4], hidden=(16,)))
+    flat = build_model(ModelConfig(data_shape=(1, 6), arch="linear", latent_dims=[2]))
+    none = SamplerConfig(kind="none")
+
+    def fmt(model, **train):
+        x = torch.rand(4, *model.cfg.data_shape)
+        return Trainer(model, build_sampler(none, model.latent_dim), x, TrainConfig(epochs=1, **train)).memory_format
+
+    assert fmt(conv) is None  # auto: CPU
+    assert fmt(conv, channels_last=True) == torch.channels_last_3d
+    assert fmt(mlp, channels_last=True) == torch.channels_last  # its 2-D inputs still can be
+    assert fmt(flat, channels_last=True) is None  # (B, 1, 6): no channels-last format of rank 3
+    # an MLP forced channels-last trains to the same numbers as in the default layout
+    histories = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = build_model(mlp.cfg)
+        x = torch.rand(8, *mlp.cfg.data_shape, generator=torch.Generator().manual_seed(0))
+        histories.append(train(model, build_sampler(none, 4), x,
+                               TrainConfig(pretrain_epochs=2, epochs=0, batch_size=4, channels_last=channels_last)))
+    assert [r.elbo for r in histories[1].records] == pytest.approx([r.elbo for r in histories[0].records], rel=1e-5)
