@@ -141,9 +141,6 @@ def main() -> None:
             sources[f"{name} joint"] = scans
             rows[f"{name} joint"] = {"train_seconds": round(seconds, 1), "redrawn": near["replaced"],
                                      "final_accept": history.final_accept()}
-    if args.montage:
-        shown = [("real AD (held out)", data["test_AD"])] + list(sources.items())
-        plot_montage(shown, RESULTS / f"shared_fidelity_montage{args.tag}.png")
     for name, scans in sources.items():
         p = p_ad(reference, scans)
         both = torch.cat([data["test_CN"], scans])
@@ -167,6 +164,9 @@ def main() -> None:
         print(f"| {name} | {r['p_ad_mean']:.3f} | {r['auroc_vs_real_CN']:.3f} | {r['kid_x1e3']:.1f} | "
               f"{r['hf_ratio']:.3f} | {r['downstream_5x_auroc']:.3f} | {r.get('train_seconds', '')} |")
     write_result(f"shared_fidelity{args.tag}", {"machine": machine(), "args": vars(args), "rows": rows})
+    if args.montage:
+        shown = [("real AD (held out)", data["test_AD"])] + list(sources.items())
+        plot_montage(shown, RESULTS / f"shared_fidelity_montage{args.tag}.png")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ class ModelChoice(BaseModel):
     hidden: tuple[int, ...] = (256,)
     obs_log_var: float = -4.0
     sampling: Literal["prior", "aggregate"] = "aggregate"
+    # arch "hconv": where new scans' latent maps come from (ModelConfig.map_sampling)
+    map_sampling: Literal["prior", "aggregate", "joint"] = "prior"
+    map_temperature: float = Field(1.0, ge=0)
 
 
 class AugmentConfig(BaseModel):
