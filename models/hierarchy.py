@@ -17,12 +17,16 @@ Chain space is the base class's: the layers flattened and concatenated, bottom (
 first, top vector last; ``noncentered`` chains hold eps with z_k = mu_k + sigma_k eps_k, so the
 prior there is N(0, I) and the chain moves every layer jointly. New scans: z_top from the
 sampling distribution (aggregate posterior: full covariance), the maps from their top-down prior
-at ``map_temperature`` (default) or from a diagonal aggregate-posterior Gaussian.
+at ``map_temperature`` (default) or from a diagonal aggregate-posterior Gaussian; or every layer
+at once from the joint aggregate-posterior Gaussian (``map_sampling`` "joint": diagonal within-scan
+variance plus the low-rank spread of the scans' posterior means).
 
 Measured (docs/RESULTS.md): not sharper than ``conv`` on the demo cohort; on the harder cohort a
 shared class-conditional hconv lost the minority's shift. Phase 2 of the noncentered form diverged
 until the decoder's objective became the centered density of the chains' latents
-(``models.training.Trainer._decoder_log_joint``).
+(``models.training.Trainer._decoder_log_joint``). Drawing the maps at a lower temperature or from
+the joint aggregate posterior did not make it a better generator than the per-class conv model
+(session 5: blobs at t >= 0.5, brains without the class shift from "joint").
 """
 
 from __future__ import annotations
