@@ -48,6 +48,11 @@ class ModelConfig(_Config):
     # Class-conditional when > 0: labels 0..n_classes-1 enter the encoder, the top layer's prior
     # (a learned mean and scale per class) and the decoder (models/conditional.py).
     n_classes: int = Field(0, ge=0)
+    # Class-conditional models: the decoder's output is a residual around a per-voxel offset per
+    # class (the data's mean plus a learned class term started at the class's mean difference),
+    # so a class's mean shift (the enlarged ventricles of a minority class) is held by the
+    # likelihood directly instead of having to pass through the latent code and the decoder.
+    class_offset: bool = True
     likelihood: Literal["gaussian", "logistic", "bernoulli"] = "gaussian"
     parameterization: Literal["centered", "noncentered"] = "noncentered"
     # conv: channels per down-sampling stage (each halves every spatial size).

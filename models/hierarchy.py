@@ -217,7 +217,8 @@ class SpatialHVAE(VAE):
         return self._given(u, y)[4]
 
     def _decoder_out(self, u: torch.Tensor, y=None) -> torch.Tensor:
-        return self._finish(self._given(u, y)[5]) + self.output_offset
+        rows = u.shape[0]
+        return self._finish(self._given(u, y)[5]) + self._offset(self._onehot(self._row_labels(y, rows), rows))
 
     def sample_prior(self, n: int, generator: torch.Generator | None = None, y=None) -> torch.Tensor:
         eps = _randn((n, self.latent_dim), generator, self._a_parameter())
@@ -305,5 +306,4 @@ class SpatialHVAE(VAE):
 
     def generative_parameters(self) -> list[nn.Parameter]:
         modules = (self.stem, self.map_priors, self.map_merges, self.cells, self.up, self.head, self.likelihood)
-        own = [self.output_offset] + ([self.class_prior] if self.cfg.n_classes else [])
-        return [*own, *(p for m in modules for p in m.parameters())]
+        return [*self._own_generative_parameters(), *(p for m in modules for p in m.parameters())]

@@ -142,7 +142,7 @@ class Trainer:
         self.global_step = 0  # steps completed
         if hasattr(model, "initialize_from_data"):
             # Before any step (a resumed run overwrites it with the checkpoint's weights).
-            model.initialize_from_data(self._data_mean())
+            model.initialize_from_data(*self._data_sample())
         self.history = TrainHistory()
         self._warm_start_asked = False
 
@@ -185,10 +185,21 @@ class Trainer:
         sampler_cfg = getattr(self.sampler, "cfg", None)
         return getattr(sampler_cfg, "lr", 1e-2)
 
-    def _data_mean(self) -> Tensor:
-        """Mean training item (first 256 items: enough for an initial offset)."""
-        items = [_batch_tensor(self.dataset[i]) for i in range(min(len(self.dataset), 256))]
-        return torch.stack([torch.as_tensor(i).float() for i in items]).to(self.device)
+    def _data_sample(self) -> tuple[Tensor, Tensor | None]:
+        """Training items for the initial output offsets, and their labels (None unless the model
+        is class-conditional): up to 256 of each class (the first ones; enough for a mean)."""
+        if not self.conditional:
+            items = [_batch_tensor(self.dataset[i]) for i in range(min(len(self.dataset), 256))]
+            return torch.stack([torch.as_tensor(i).float() for i in items]).to(self.device), None
+        taken: dict[int, int] = {}
+        xs, ys = [], []
+        for i in range(len(self.dataset)):
+            x, y = self.dataset[i][0], int(self.dataset[i][1])
+            if taken.get(y, 0) < 256:
+                taken[y] = taken.get(y, 0) + 1
+                xs.append(torch.as_tensor(x).float())
+                ys.append(y)
+        return torch.stack(xs).to(self.device), torch.tensor(ys, device=self.device)
 
     # -- state for checkpoints -----------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -121,9 +121,24 @@ class VAE(nn.Module):
         initialize_linear(self, cfg.init)
 
     def _init_class_prior(self, top_dim: int) -> None:
-        """p(z_L | y) = N(m_y, s_y^2): a learned mean and log-scale per class (zeros: N(0, I))."""
+        """p(z_L | y) = N(m_y, s_y^2): a learned mean and log-scale per class (zeros: N(0, I));
+        and the per-class output offset (cfg.class_offset), zero until initialize_from_data."""
         if self.cfg.n_classes:
             self.class_prior = nn.Parameter(torch.zeros(self.cfg.n_classes, 2 * top_dim))
+            if self.cfg.class_offset:
+                self.class_offset = nn.Parameter(torch.zeros(self.cfg.n_classes, *self.cfg.data_shape))
+
+    @property
+    def _has_class_offset(self) -> bool:
+        return bool(self.cfg.n_classes) and self.cfg.class_offset
+
+    def _offset(self, onehot: torch.Tensor | None) -> torch.Tensor:
+        """The per-voxel offset the decoder's output is a residual around, per row when the model
+        has a class offset (onehot: (rows, n_classes))."""
+        if onehot is None or not self._has_class_offset:
+            return self.output_offset
+        per_class = (onehot.to(self.class_offset.dtype) @ self.class_offset.flatten(1))
+        return self.output_offset + per_class.view(-1, *self.cfg.data_shape)
 
     def _init_sampling_buffers(self, full_block: int) -> None:
         """The sampling distribution for cfg.sampling == "aggregate" (chain space), set by
@@ -378,7 +393,8 @@ class VAE(nn.Module):
     def _decoder_out(self, u: torch.Tensor, y=None) -> torch.Tensor:
         y = self._row_labels(y, u.shape[0])
         z_bottom = self.split_layers(self.chain_to_latent(u, y))[0]
-        return self.decoder(self._with_label(z_bottom, self._onehot(y, u.shape[0]))) + self.output_offset
+        onehot = self._onehot(y, u.shape[0])
+        return self.decoder(self._with_label(z_bottom, onehot)) + self._offset(onehot)
 
     def log_likelihood_given(self, x: torch.Tensor, u: torch.Tensor, y=None) -> torch.Tensor:
         """log p(x | z_1(u)[, y]), (B,); u may hold n * B rows (x is then tiled sample-major)."""
@@ -528,7 +544,7 @@ class VAE(nn.Module):
         self.sampling_diag_scale[index] = var.sqrt().float()
         return True
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_sampling_defaults(self, state_dict, prefix) -> None:
         # States saved before the sampling distribution existed: load them as unfitted (prior);
         # states from before the diagonal block: it is empty for these models.
         defaults = {"sampling_loc": self.sampling_loc, "sampling_scale_tril": self.sampling_scale_tril,
@@ -536,7 +552,6 @@ class VAE(nn.Module):
                     "sampling_is_fitted": torch.zeros_like(self.sampling_is_fitted)}
         for name, value in defaults.items():
             state_dict.setdefault(prefix + name, value.detach().clone())
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --------------------------------------------------------------- parameters
     def encoder_parameters(self) -> list[nn.Parameter]:
@@ -547,14 +562,35 @@ class VAE(nn.Module):
     def generative_parameters(self) -> list[nn.Parameter]:
         """theta: prior networks, decoder, likelihood parameters."""
         modules = (self.priors, self.decoder, self.likelihood)
-        own = [self.output_offset] + ([self.class_prior] if self.cfg.n_classes else [])
-        return [*own, *chained.from_iterable(m.parameters() for m in modules)]
+        return [*self._own_generative_parameters(), *chained.from_iterable(m.parameters() for m in modules)]
+
+    def _own_generative_parameters(self) -> list[nn.Parameter]:
+        own = [self.output_offset]
+        if self.cfg.n_classes:
+            own.append(self.class_prior)
+        if self._has_class_offset:
+            own.append(self.class_offset)
+        return own
 
     @torch.no_grad()
-    def initialize_from_data(self, x: torch.Tensor) -> None:
-        """Set the decoder's output offset to the mean of x in the likelihood's output space."""
+    def initialize_from_data(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Set the decoder's output offset to the mean of x in the likelihood's output space; with
+        a class offset and labels ``y``, each class's term to its mean's difference from it."""
         self._check_x(x)
         self.output_offset.copy_(self.likelihood.output_for_mean(x.float().mean(0)))
+        if self._has_class_offset and y is not None:
+            y = torch.as_tensor(y, device=x.device).long()
+            for c in torch.unique(y):
+                mean = self.likelihood.output_for_mean(x[y == c].float().mean(0))
+                self.class_offset[int(c)] = mean - self.output_offset
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Class-conditional states saved before the class offset existed: a zero offset is
+        # exactly the model they were.
+        if self._has_class_offset:
+            state_dict.setdefault(prefix + "class_offset", torch.zeros_like(self.class_offset))
+        self._load_sampling_defaults(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def build_model(cfg: ModelConfig) -> VAE:
