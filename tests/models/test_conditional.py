@@ -231,3 +231,49 @@ def test_minibatch_order_is_deterministic_per_seed_and_epoch(class_balance):
     assert _drawn(a, 3) == _drawn(b, 3) == _drawn(a, 3)
     assert _drawn(a, 3) != _drawn(a, 4)
     assert _drawn(a, 3) != _drawn(_imbalanced_trainer(class_balance, seed=1), 3)
+
+
+def _offset_pair(arch: str):
+    """A class-conditional model with a class offset and the same weights without one."""
+    extra = {"latent_channels": (2,)} if arch == "hconv" else {}
+    cfg = ModelConfig(data_shape=(1, 8, 8), arch=arch, latent_dims=[3], channels=(4, 8), n_classes=2, **extra)
+    torch.manual_seed(0)
+    with_offset = build_model(cfg)
+    without = build_model(cfg.model_copy(update={"class_offset": False}))
+    return with_offset, without
+
+
+@pytest.mark.parametrize("arch", ["conv", "hconv"])
+def test_class_offset_starts_at_each_class_mean_and_shifts_that_class_only(arch):
+    """cfg.class_offset: the decoder's output for class c is a residual around the data mean plus
+    a learned per-class term, started at class c's mean difference (the Trainer sets both)."""
+    from models.training import Trainer
+
+    model, without = _offset_pair(arch)
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.rand(5, 1, 8, 8, generator=g), 0.5 + torch.rand(3, 1, 8, 8, generator=g)])
+    y = torch.tensor([0] * 5 + [1] * 3)
+    Trainer(model, build_sampler(SamplerConfig(kind="none"), model.latent_dim), x,
+            TrainConfig(pretrain_epochs=0, epochs=0), labels=y)
+    torch.testing.assert_close(model.output_offset, x.mean(0))
+    for c in (0, 1):
+        torch.testing.assert_close(model.class_offset[c], x[y == c].mean(0) - x.mean(0))
+    assert any(p is model.class_offset for p in model.generative_parameters())
+    # the same weights without the class term: outputs differ by exactly that class's term
+    without.load_state_dict(model.state_dict(), strict=False)
+    u = torch.randn(4, model.latent_dim, generator=g)
+    for c in (0, 1):
+        torch.testing.assert_close(model.decode(u, y=c) - without.decode(u, y=c),
+                                   model.class_offset[c].expand(4, 1, 8, 8), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["conv", "hconv"])
+def test_a_state_saved_before_the_class_offset_loads_as_the_same_model(arch):
+    model, without = _offset_pair(arch)
+    with torch.no_grad():
+        for p in without.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.load_state_dict(without.state_dict())  # no class_offset key: it starts at zero
+    assert torch.count_nonzero(model.class_offset) == 0
+    u = torch.randn(3, model.latent_dim, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(model.decode(u, y=1), without.decode(u, y=1))
