@@ -330,12 +330,7 @@ class Trainer:
             return model.log_joint(x, u, **y)
         with torch.no_grad():
             z = model.chain_to_latent(u, **y)
-        noncentered = model.cfg
-        model.cfg = noncentered.model_copy(update={"parameterization": "centered"})
-        try:
-            return model.log_joint(x, z, **y)
-        finally:
-            model.cfg = noncentered
+        return model.latent_log_joint(x, z, **y)
 
     def fit(
         self,

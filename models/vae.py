@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from itertools import chain as chained
 
 import torch
@@ -407,6 +408,23 @@ class VAE(nn.Module):
         self._check_x(x)
         self._check_u(u)
         return self.log_prior(u, y) + self.log_likelihood_given(x, u, y)
+
+    def latent_log_joint(self, x: torch.Tensor, z: torch.Tensor, y=None) -> torch.Tensor:
+        """log p(x, z[ | y]) at latents z (as ``chain_to_latent`` gives them), (B,): the centered
+        density whatever the chain space, so the prior's own parameters (every layer's scales,
+        a class prior) enter it; in eps space at fixed eps they would not."""
+        with self._as_centered():
+            return self.log_joint(x, z, y)
+
+    @contextmanager
+    def _as_centered(self):
+        """The same weights read in the centered parameterisation meanwhile (chain = latents)."""
+        own = self.cfg
+        self.cfg = own.model_copy(update={"parameterization": "centered"})
+        try:
+            yield self
+        finally:
+            self.cfg = own
 
     def decode(self, u: torch.Tensor, y=None) -> torch.Tensor:
         """The noise-free scan (likelihood mean) at chain point u, (B, *data_shape)."""
