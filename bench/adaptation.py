@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, machine, write_result  # noqa: E402
-from models.augment import AugmentConfig, ModelConfig, fit_class_model  # noqa: E402
-from models.data import PreprocessConfig, load_tensors, make_demo_cohort  # noqa: E402
+from bench.common import RESULTS, machine, write_result
+from models.augment import AugmentConfig, ModelConfig, fit_class_model
+from models.data import PreprocessConfig, load_tensors, make_demo_cohort
 
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "figures" / "adaptation_demo.png"
 

@@ -8,12 +8,17 @@ epochs: mean acceptance, beta, h, log|det C|, the likelihood's log-variance and 
 mean acceptance of the last 10 % of phase 2. The variant's Trainer loads the phase-1 optimiser
 states, so a SamplerConfig.lr override has no effect here (Adam's saved lr wins).
 """
-import json, sys, tempfile, time, copy
+import json
+import sys
+import tempfile
+import time
 from pathlib import Path
+
 import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 torch.set_num_threads(1)
-from models import Trainer, build_model, build_sampler, TrainingCancelled
+from models import Trainer, TrainingCancelled, build_model, build_sampler
 from models.augment import AugmentConfig, ModelConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
 

@@ -5,13 +5,18 @@ Needs the phase-1 state cached by bench/adaptation_diag.py 0 ...
 
     OMP_NUM_THREADS=1 python bench/adaptation_tails.py
 """
-import sys, tempfile, torch
+import sys
+import tempfile
 from pathlib import Path
+
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 torch.set_num_threads(1)
-from models import Trainer, build_model, build_sampler
+from models import build_model, build_sampler
 from models.augment import AugmentConfig, ModelConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
+
 config=AugmentConfig(); tmp=Path(tempfile.mkdtemp())
 cohort=make_demo_cohort(tmp/'c',n_control=40,n_ad=4,shape=(32,32,32),seed=0)
 pre=PreprocessConfig(spatial_dims=3); x=load_tensors(cohort,pre,tmp/'cache','AD')
@@ -34,7 +39,6 @@ for rep in range(8):
         for i in range(len(la)):
             gi,=torch.autograd.grad(-la[i],s.log_step,retain_graph=True); gi=gi.detach(); grads.append(float(gi)); las.append(float(la[i].detach()))
         z,info=s.step(z,target,state,g); state=info.state
-import statistics
 las_t=torch.tensor(las); gr=torch.tensor(grads)
 print('n',len(las),'mean alpha',float(las_t.exp().mean()),'quantiles log alpha',[round(float(q),2) for q in las_t.quantile(torch.tensor([0.0,0.05,0.25,0.5]))])
 print('grad -log alpha wrt log h per chain: mean',float(gr.mean()),'median',float(gr.median()),'max',float(gr.max()),'share of sum from top 5%',float(gr.sort(descending=True).values[:max(1,len(gr)//20)].sum()/gr.sum()))

@@ -30,8 +30,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, machine, write_result  # noqa: E402
-from models import ModelConfig, SamplerConfig, TrainConfig, build_model, build_sampler, log_likelihood, train  # noqa: E402
+from bench.common import RESULTS, machine, write_result
+from models import (
+    ModelConfig,
+    SamplerConfig,
+    TrainConfig,
+    build_model,
+    build_sampler,
+    log_likelihood,
+    train,
+)
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_PLAIN = -125.10  # nats, the official TF code's plain VAE (issue 12)

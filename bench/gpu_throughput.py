@@ -30,10 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, write_result  # noqa: E402
-from models import ModelConfig, Trainer, build_model, build_sampler  # noqa: E402
-from models.options import AugmentConfig  # noqa: E402
-from models.profiles import profile_settings  # noqa: E402
+from bench.common import machine, write_result
+from models import ModelConfig, Trainer, build_model, build_sampler
+from models.options import AugmentConfig
+from models.profiles import profile_settings
 
 PROFILES = ("standard", "research")
 SWITCH = {"on": (True,), "off": (False,), "both": (False, True)}

@@ -19,8 +19,16 @@ import torch
 from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, write_result  # noqa: E402
-from models import ModelConfig, SamplerConfig, TrainConfig, build_model, build_sampler, log_likelihood, train  # noqa: E402
+from bench.common import machine, write_result
+from models import (
+    ModelConfig,
+    SamplerConfig,
+    TrainConfig,
+    build_model,
+    build_sampler,
+    log_likelihood,
+    train,
+)
 
 METHODS = {
     "plain VAE": ([8], SamplerConfig(kind="none")),

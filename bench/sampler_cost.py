@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, timed, write_result  # noqa: E402
-from models import ModelConfig, SamplerConfig, build_model, build_sampler  # noqa: E402
-from models.samplers import evaluate  # noqa: E402
+from bench.common import machine, timed, write_result
+from models import ModelConfig, SamplerConfig, build_model, build_sampler
+from models.samplers import evaluate
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     model = build_model(cfg).to(device).eval()
     x = torch.rand(args.batch, *cfg.data_shape, device=device)
     z = torch.randn(args.batch, args.latent, device=device)
-    log_prob = lambda u: model.log_joint(x, u)  # noqa: E731
+    log_prob = lambda u: model.log_joint(x, u)
 
     base = statistics.median(timed(lambda: evaluate(log_prob, z), args.repeats, sync=sync))
     rows = [("decoder forward+backward wrt z", base, 1.0)]

@@ -14,7 +14,7 @@ EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
 
 
-def _augment_config(args) -> "object":
+def _augment_config(args) -> object:
     from pydantic import ValidationError
 
     from models.options import AugmentConfig
@@ -204,7 +204,7 @@ def cmd_train(args) -> int:
         bar("preprocessing", 0.0)
         x = load_tensors(training, pre)
         model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
-        model, sampler, history, train_cfg = fit_class_model(
+        model, sampler, history, _ = fit_class_model(
             x, model_cfg, config, config.seed, on_step=lambda d, t: bar("training", d / t))
     path = save(out, model, sampler, {"class": args.label, "seed": config.seed,
                                       "preprocess": pre.model_dump(mode="json"),
@@ -225,9 +225,9 @@ def cmd_sample(args) -> int:
 
     from models import load
     from models.augment import write_synthetic
+    from models.conditional import for_class
     from models.data import PreprocessConfig, target_affine
     from models.data.io import share_like_umask
-    from models.conditional import for_class
     from models.targets import MAX_SYNTHETIC_PER_CLASS
 
     from .progress import StageBar

@@ -41,7 +41,7 @@ class StageBar:
     def close(self) -> None:
         self.bar.close()
 
-    def __enter__(self) -> "StageBar":
+    def __enter__(self) -> StageBar:
         return self
 
     def __exit__(self, *exc) -> None:

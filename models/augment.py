@@ -28,19 +28,35 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
 from .checkpoint import save
 from .config import ModelConfig, SamplerConfig
-from .data import Cohort, CohortError, PreprocessConfig, load_scan, load_tensors, read_cohort, target_affine, write_scan
+from .data import (
+    Cohort,
+    CohortError,
+    PreprocessConfig,
+    load_scan,
+    load_tensors,
+    read_cohort,
+    target_affine,
+    write_scan,
+)
 from .data.io import share_like_umask
 from .data.quality import preprocessed_problem, raw_problem, refuse
 from .options import AugmentConfig, ModelChoice
-from .report import memorisation_audit, near_copy_threshold, nearest_real, slice_montage, training_curves
+from .report import (
+    memorisation_audit,
+    near_copy_threshold,
+    nearest_real,
+    slice_montage,
+    training_curves,
+)
 from .samplers import build_sampler
 from .shared_model import class_view, fit_shared_model
 from .targets import synthetic_counts
@@ -519,7 +535,7 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
 
 
 def _relocate(result: AugmentResult, old: Path, new: Path) -> AugmentResult:
-    moved = lambda p: new / p.relative_to(old) if p else p  # noqa: E731
+    moved = lambda p: new / p.relative_to(old) if p else p
     result.out_dir, result.manifest, result.report = new, moved(result.manifest), moved(result.report)
     result.models = {k: moved(v) for k, v in result.models.items()}
     return result

@@ -100,7 +100,7 @@ class ModelConfig(_Config):
         return v
 
     @model_validator(mode="after")
-    def _conv_fits(self) -> "ModelConfig":
+    def _conv_fits(self) -> ModelConfig:
         if self.arch == "hconv":
             if len(self.latent_dims) != 1:
                 raise ValueError("latent_dims: hconv takes one entry, the top vector latent's size; "
@@ -182,7 +182,7 @@ class SamplerConfig(_Config):
         "(per_batch, the rule before issue 12)")
 
     @model_validator(mode="after")
-    def _beta_bounds(self) -> "SamplerConfig":
+    def _beta_bounds(self) -> SamplerConfig:
         if self.beta_min > self.beta_max:
             raise ValueError("beta_min must not exceed beta_max")
         if not self.beta_min <= self.beta_init <= self.beta_max:

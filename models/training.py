@@ -23,8 +23,9 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -287,7 +288,7 @@ class Trainer:
         self.opt_encoder.step()
 
         # The same encoder draw starts the chains (run() detaches it).
-        target = lambda u: model.log_joint(x, u, **y)  # noqa: E731
+        target = lambda u: model.log_joint(x, u, **y)
         if not self._warm_start_asked and hasattr(sampler, "warm_start"):
             # Once per fit(), on its first MCMC step: the sampler's own flag (saved in checkpoints)
             # makes it a no-op after a resume; asking only once keeps a device sync off every step.

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from bench.peers import Generator, GaussianView
+from bench.peers import GaussianView, Generator
 from models import ModelConfig, build_model, log_likelihood
 
 
@@ -26,10 +26,10 @@ def test_gaussian_view_of_an_mcvae_model_is_the_model_itself():
 def test_aggregate_sampling_of_a_generator_stays_near_the_training_latents():
     # Posteriors far from the origin (means around +5): aggregate draws decode from there, prior
     # draws from around 0.
-    encode = lambda v: (v.flatten(1)[:, :2] * 0 + 5.0 + v.flatten(1)[:, :2], torch.full((len(v), 2), -4.0))  # noqa: E731
-    decode = lambda z: z.mean(1, keepdim=True).view(-1, 1, 1).expand(-1, 1, 4)  # noqa: E731
+    encode = lambda v: (v.flatten(1)[:, :2] * 0 + 5.0 + v.flatten(1)[:, :2], torch.full((len(v), 2), -4.0))
+    decode = lambda z: z.mean(1, keepdim=True).view(-1, 1, 1).expand(-1, 1, 4)
     gen = Generator(encode, decode, seconds=0.0)
-    import bench.peers as peers
+    from bench import peers
 
     peers.LATENT, saved = 2, peers.LATENT
     try:

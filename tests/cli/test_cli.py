@@ -16,7 +16,7 @@ import pytest
 from monai.transforms import LoadImage
 
 from mcvae_cli.main import main
-from models.data import make_demo_cohort, make_demo_slices, write_scan
+from models.data import make_demo_cohort, make_demo_slices
 
 TINY = """
 preprocess: {spatial_dims: 3, target_shape: [16, 16, 16], target_spacing: 12.0}

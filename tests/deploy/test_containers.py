@@ -115,7 +115,7 @@ def test_dockerfile_installs_match_pyproject(dockerfile):
     if "gateway" in dockerfile.name:
         assert "ml" not in extras[0].split(","), "the gateway image must not carry torch"
     text = dockerfile.read_text()
-    assert re.search(r"^USER \d+", text, re.M), "containers run as a non-root user"
+    assert re.search(r"^USER \d+", text, re.MULTILINE), "containers run as a non-root user"
     assert "HEALTHCHECK" in text
     assert text.count("FROM ") >= 2, "multi-stage build"
     assert not re.search(r"(PASSWORD|SECRET|TOKEN)\s*=", text), "no secrets baked in"

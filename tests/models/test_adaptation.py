@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from models import ModelConfig, SamplerConfig, Trainer, TrainConfig, build_model, build_sampler
+from models import ModelConfig, SamplerConfig, TrainConfig, Trainer, build_model, build_sampler
 from models.samplers.kernels import log_entropy_scale
 
 from .gaussian_targets import independent_target

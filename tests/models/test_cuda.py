@@ -13,7 +13,16 @@ import math
 import pytest
 import torch
 
-from models import ModelConfig, SamplerConfig, Trainer, TrainConfig, build_model, build_sampler, load, save
+from models import (
+    ModelConfig,
+    SamplerConfig,
+    TrainConfig,
+    Trainer,
+    build_model,
+    build_sampler,
+    load,
+    save,
+)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -108,7 +117,7 @@ def test_a_cpu_generator_seeds_cuda_sampling_reproducibly(arch, fp32):
     cuda_model = build_model(CONFIGS[arch]).eval()
     cuda_model.load_state_dict(cpu_model.state_dict())
     cuda_model.to(DEVICE)
-    gen = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731  (a CPU generator)
+    gen = lambda seed: torch.Generator().manual_seed(seed)
     with torch.no_grad():
         first = cuda_model.sample(4, generator=gen(3))
         again = cuda_model.sample(4, generator=gen(3))

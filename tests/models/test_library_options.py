@@ -10,7 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from models import ModelConfig, SamplerConfig, Trainer, TrainConfig, build_model, build_sampler, log_likelihood, train
+from models import (
+    ModelConfig,
+    SamplerConfig,
+    TrainConfig,
+    Trainer,
+    build_model,
+    build_sampler,
+    log_likelihood,
+    train,
+)
 
 MLP = ModelConfig(data_shape=(1, 8, 8), arch="mlp", latent_dims=[3], hidden=(16, 12), likelihood="bernoulli")
 

@@ -11,8 +11,8 @@ from sklearn.datasets import load_digits
 from models import (
     ModelConfig,
     SamplerConfig,
-    Trainer,
     TrainConfig,
+    Trainer,
     build_model,
     build_sampler,
     load,
@@ -286,7 +286,7 @@ def test_channels_last_training_matches_the_default_layout_on_cpu(cfg):
         assert b.elbo == pytest.approx(a.elbo, rel=1e-4, abs=1e-3), (a, b)
     for (name, a), b in zip(default.model.state_dict().items(), forced.model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
-    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    gen = lambda: torch.Generator().manual_seed(5)
     torch.testing.assert_close(forced.model.sample(2, generator=gen()), default.model.sample(2, generator=gen()),
                                rtol=1e-3, atol=1e-4)
 

@@ -139,8 +139,7 @@ def test_a_database_error_caused_by_the_soft_limit_is_not_tolerated(monkeypatch,
                                  workers.ArtifactStore(workers.get_settings().artifacts), workers.get_settings())
     broken = sqlalchemy.exc.OperationalError("UPDATE jobs", {}, Exception("interrupted"))
     broken.__cause__ = SoftTimeLimitExceeded()
-    with pytest.raises(sqlalchemy.exc.OperationalError):
-        with ctx._tolerating("progress update"):
-            raise broken
+    with pytest.raises(sqlalchemy.exc.OperationalError), ctx._tolerating("progress update"):
+        raise broken
     with ctx._tolerating("progress update"):  # a plain blip is still skipped
         raise sqlalchemy.exc.OperationalError("UPDATE jobs", {}, Exception("server closed the connection"))
