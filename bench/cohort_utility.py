@@ -56,7 +56,7 @@ from bench.downstream import (
 )
 from bench.hierarchy import gradient_magnitude, high_frequency_fraction
 from bench.posterior_quality import FeatureNet, kid
-from models.augment import AugmentConfig, draw_synthetic, fit_class_model
+from models.augment import AugmentConfig, draw_synthetic, fit_base_model, fit_class_model
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig
 from models.options import ModelChoice
@@ -64,7 +64,7 @@ from models.report import memorisation_audit
 from models.shared_model import class_view, fit_shared_model
 
 DIFFICULTY = 0.6
-GENERATORS = ["per-class MCMC-VAE", "shared plain VAE", "shared MCMC-HVAE"]
+GENERATORS = ["per-class MCMC-VAE", "transfer MCMC-VAE", "shared plain VAE", "shared MCMC-HVAE"]
 SOURCES = ["duplicates", "classical", *GENERATORS, "more real AD"]
 CONV = ModelChoice(arch="conv", latent_dims=[16], obs_log_var=-4.0)
 HCONV = ModelChoice(arch="hconv", latent_dims=[16], latent_channels=(4,), parameterization="centered",
@@ -74,7 +74,8 @@ HCONV = ModelChoice(arch="hconv", latent_dims=[16], latent_channels=(4,), parame
 def generator_config(name: str, hconv: ModelChoice) -> tuple[ModelChoice, AugmentConfig, str]:
     mcmc = AugmentConfig()
     plain = AugmentConfig(sampler=SamplerConfig(kind="none"))
-    return {"per-class MCMC-VAE": (CONV, mcmc, "per_class"), "shared plain VAE": (CONV, plain, "shared"),
+    return {"per-class MCMC-VAE": (CONV, mcmc, "per_class"), "transfer MCMC-VAE": (CONV, mcmc, "transfer"),
+            "shared plain VAE": (CONV, plain, "shared"),
             "shared MCMC-HVAE": (hconv, mcmc, "shared")}[name]
 
 
@@ -85,6 +86,9 @@ def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hc
     started = time.perf_counter()
     if scope == "per_class":
         model, _, history, _ = fit_class_model(data["train_AD"], model_cfg, config, seed)
+    elif scope == "transfer":
+        base = fit_base_model(torch.cat([data["train_CN"], data["train_AD"]]), model_cfg, config, seed)
+        model, _, history, _ = fit_class_model(data["train_AD"], model_cfg, config, seed, init=base)
     else:
         shared = fit_shared_model({"CN": data["train_CN"], "AD": data["train_AD"]}, model_cfg, config, seed)
         model, history = class_view(shared, "AD"), shared.history

@@ -31,7 +31,7 @@ from bench.common import RESULTS, machine, write_result
 from bench.downstream import build_data, duplicate_copies, plot_montage, score, train_classifier
 from bench.hierarchy import gradient_magnitude, high_frequency_fraction
 from bench.posterior_quality import FeatureNet, kid
-from models.augment import AugmentConfig, draw_synthetic, fit_class_model
+from models.augment import AugmentConfig, draw_synthetic, fit_base_model, fit_class_model
 from models.conditional import ClassView
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
@@ -62,22 +62,6 @@ def variant_settings(name: str) -> tuple[dict, AugmentConfig, str]:
             choice["latent_channels"] = tuple(int(c) for c in w[1:].split(","))
     config = config.model_copy(update={"pretrain_steps": round(600 * scale), "mcmc_steps": round(150 * scale)})
     return choice, config, scope
-
-
-def fit_transfer_model(x_all, x_class, model_cfg, config, seed):
-    """'transfer': an unconditional model first learns every training scan (the plain-ELBO part
-    of the budget), then a copy is trained on one class's scans with the whole per-class budget
-    (the decoder's offset restarts at that class's mean)."""
-    torch.manual_seed(seed)
-    base = build_model(model_cfg)
-    plain = config.model_copy(update={"mcmc_steps": 0})
-    Trainer(base, build_sampler(SamplerConfig(kind="none"), base.latent_dim), x_all,
-            plain.train_config(len(x_all), seed)).fit()
-    model = build_model(model_cfg)
-    model.load_state_dict(base.state_dict())
-    sampler = build_sampler(config.sampler, model.latent_dim)
-    history = Trainer(model, sampler, x_class, config.train_config(len(x_class), seed)).fit()
-    return model, history
 
 
 @torch.no_grad()
@@ -129,7 +113,8 @@ def main() -> None:
         if scope == "per-class":
             model, _, history, _ = fit_class_model(x_ad, model_cfg, config, seed * 1009)
         elif scope == "transfer":
-            model, history = fit_transfer_model(torch.cat([x_cn, x_ad]), x_ad, model_cfg, config, seed * 1009)
+            base = fit_base_model(torch.cat([x_cn, x_ad]), model_cfg, config, seed * 1009)
+            model, _, history, _ = fit_class_model(x_ad, model_cfg, config, seed * 1009, init=base)
         else:
             shared = fit_shared_model({"CN": x_cn, "AD": x_ad}, model_cfg, config, seed * 1009)
             model, history = class_view(shared, "AD"), shared.history

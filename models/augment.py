@@ -273,14 +273,19 @@ def sampler_label(cfg: SamplerConfig) -> str:
 
 def fit_class_model(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConfig, seed: int,
                     on_step: Callable[[int, int], None] | None = None,
-                    checkpoints: ClassCheckpoints | None = None, label: str = ""):
+                    checkpoints: ClassCheckpoints | None = None, label: str = "",
+                    init: dict[str, torch.Tensor] | None = None):
     """Train one model on one class's scans with the step budget of ``config``; with
     ``checkpoints``, resume from the class's last saved state and save as it goes (and at the end).
+    ``init``: starting weights (a base model's state dict, model_scope "transfer"); the decoder's
+    output offset still restarts at this class's mean scan.
 
     Returns (model, sampler, history, the TrainConfig used).
     """
     torch.manual_seed(seed)
     model = build_model(model_cfg)
+    if init is not None:
+        model.load_state_dict(init)
     sampler = build_sampler(config.sampler, model.latent_dim)
     train_cfg = config.train_config(len(x), seed)
     trainer = Trainer(model, sampler, x, train_cfg)
@@ -294,6 +299,21 @@ def fit_class_model(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConf
     if trainer.global_step % checkpoints.every:  # the final state, so a rerun skips this class
         checkpoints.save(label, trainer.state_dict())
     return model, sampler, history, train_cfg
+
+
+BASE_KEY = "base"  # the checkpoint key of model_scope "transfer"'s base model
+
+
+def fit_base_model(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConfig, seed: int,
+                   on_step: Callable[[int, int], None] | None = None,
+                   checkpoints: ClassCheckpoints | None = None) -> dict[str, torch.Tensor]:
+    """model_scope "transfer": an unconditional model trained on the train scans of every class
+    (``x``) for the plain-ELBO part of the budget (``pretrain_steps``, no chains), so that the
+    majority teaches anatomy; each minority class's model then starts from its weights
+    (``fit_class_model(..., init=...)``). Returns its state dict."""
+    plain = config.model_copy(update={"mcmc_steps": 0, "sampler": SamplerConfig(kind="none")})
+    model, *_ = fit_class_model(x, model_cfg, plain, seed, on_step, checkpoints, BASE_KEY)
+    return model.state_dict()
 
 
 def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies: str = "replace",
