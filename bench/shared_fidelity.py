@@ -35,9 +35,7 @@ from models.augment import AugmentConfig, draw_synthetic, fit_base_model, fit_cl
 from models.conditional import ClassView
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
-from models.samplers import build_sampler
 from models.shared_model import class_view, fit_shared_model, stack_classes
-from models.training import Trainer
 from models.vae import build_model
 
 
