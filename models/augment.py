@@ -301,7 +301,7 @@ def fit_class_model(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConf
     return model, sampler, history, train_cfg
 
 
-BASE_KEY = "base"  # the checkpoint key of model_scope "transfer"'s base model
+BASE_KEY = "(base)"  # the checkpoint key of model_scope "transfer"'s base model (not a likely label)
 
 
 def fit_base_model(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConfig, seed: int,
@@ -387,8 +387,10 @@ def _sidecar(model, model_id: str, job_id: str | None, seed: int, sampler_name: 
 
 def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted: dict[str, int],
                   names: list[str], train_seconds: float, history, trained_on: list[str], near: dict[str, Any],
-                  train_x: torch.Tensor, synthetic: torch.Tensor, staging: Path, config: AugmentConfig) -> None:
-    """One class's montage, curves and metrics entry (memorisation audit of what is delivered)."""
+                  train_x: torch.Tensor, synthetic: torch.Tensor, staging: Path, config: AugmentConfig,
+                  n_base: int | None = None) -> None:
+    """One class's montage, curves and metrics entry (memorisation audit of what is delivered);
+    ``n_base``: the scans the base model of model_scope "transfer" learned from."""
     audit = memorisation_audit(train_x, synthetic, config.near_copy_fraction)
     slice_montage([s[0].numpy() for s in train_x], [s[0].numpy() for s in synthetic],
                   staging / "report" / f"montage_{label}.png",
@@ -403,6 +405,7 @@ def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted
         "last_epoch_accept": last.accept if last else None,
         "target_accept": config.sampler.accept_target if config.sampler.kind != "none" else None,
         "trained_on": trained_on, "n_trained_on": len(trained_on), "near_copies": near,
+        **({"n_base_trained_on": n_base} if n_base is not None else {}),
         "memorisation": {key: v for key, v in audit.items() if key != "synthetic_nn"},
     }
 
@@ -434,6 +437,22 @@ def _fit_shared(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[
     return shared, seconds, model_dir
 
 
+def _fit_base(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConfig, report: Progress, should_stop,
+              checkpoints: ClassCheckpoints | None = None) -> dict[str, torch.Tensor]:
+    """``model_scope: transfer``: the base model on the train scans of every class (``x``),
+    resumed from and checkpointed under ``BASE_KEY``; returns its weights. It is not delivered:
+    it learned every class, so its own draws would mix them."""
+    def on_step(done: int, total: int) -> None:
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled("cancelled while training the base model")
+        report("training base model", 0.05 + 0.5 * done / max(total, 1))
+
+    try:
+        return fit_base_model(x, model_cfg, config, config.seed * 1009, on_step, checkpoints)
+    except TrainingCancelled as stop:
+        raise Cancelled(str(stop)) from None
+
+
 def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[dict[str, str]],
               wanted: dict[str, int], pre: PreprocessConfig, config: AugmentConfig, staging: Path,
               report: Progress, should_stop, job_id: str, checkpoints: ClassCheckpoints | None,
@@ -452,14 +471,17 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
                                "notes": notes, "classes": {}}
     delivered = {c: 0 for c in real.classes}
     models: dict[str, Path] = {}
-    shared = None
+    shared = base_state = None
     if config.model_scope == "shared" and classes:
         shared, shared_seconds, models["shared"] = _fit_shared(real, x, train_idx, rows, model_cfg, config,
                                                                staging, report, should_stop, job_id, pre,
                                                                checkpoints)
-    span = (0.9 if shared is None else 0.4) / max(len(classes), 1)
+    elif config.model_scope == "transfer" and classes:
+        base_state = _fit_base(x[train_idx], model_cfg, config, report, should_stop, checkpoints)
+    first_model = shared is not None or base_state is not None  # took the first half of the progress
+    span = (0.4 if first_model else 0.9) / max(len(classes), 1)
     for k, label in enumerate(classes):
-        base = (0.05 if shared is None else 0.55) + k * span
+        base = (0.55 if first_model else 0.05) + k * span
         picked = [i for i in train_idx if real.items[i].label == label]
         train_x = x[picked]
         seed = config.seed * 1009 + k
@@ -475,14 +497,16 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
             started = time.perf_counter()
             try:
                 model, sampler, history, train_cfg = fit_class_model(train_x, model_cfg, config, seed, on_step,
-                                                                     checkpoints=checkpoints, label=label)
+                                                                     checkpoints=checkpoints, label=label,
+                                                                     init=base_state)
             except TrainingCancelled as stop:
                 raise Cancelled(str(stop)) from None
             train_seconds = time.perf_counter() - started
             models[label] = save(staging / "models" / label, model, sampler, {
                 "class": label, "job_id": job_id, "seed": seed, "preprocess": pre.model_dump(mode="json"),
                 "train": train_cfg.model_dump(mode="json"), "history": history.as_dicts(),
-                "trained_on": [rows[i]["source_path"] for i in picked]})
+                "trained_on": [rows[i]["source_path"] for i in picked],
+                **({"base_trained_on": [rows[i]["source_path"] for i in train_idx]} if base_state else {})})
             model_id = f"{job_id}/{label}"
 
         report(f"sampling {label}", base + 0.8 * span)
@@ -497,7 +521,8 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
         report(f"report {label}", base + 0.9 * span)
         learned_from = train_idx if shared is not None else picked  # a shared model learned every class
         _class_report(metrics, label, picked, wanted, names, train_seconds, history,
-                      [rows[i]["path"] for i in learned_from], near, train_x, synthetic, staging, config)
+                      [rows[i]["path"] for i in learned_from], near, train_x, synthetic, staging, config,
+                      n_base=len(train_idx) if base_state is not None else None)
 
     manifest = staging / "manifest.csv"
     with manifest.open("w", newline="") as fh:
@@ -520,6 +545,9 @@ def generator_phrase(info: dict[str, Any], listed: bool = True) -> str:
     if info.get("model_scope") == "shared":
         return (f"shared class-conditional generator trained on {these}{info['n_trained_on']} "
                 f"scans of every class ({info['n_train']} of this class)")
+    if info.get("model_scope") == "transfer":
+        return (f"generator trained on {these}{info['n_train']} scans, starting from a base model trained "
+                f"on the {info['n_base_trained_on']} scans of every class")
     return f"generator trained on {these}{info['n_train']} scans{only}"
 
 

@@ -63,8 +63,11 @@ class AugmentConfig(BaseModel):
         "deliver it and only flag it in the report"))
     near_copy_fraction: float = Field(NEAR_COPY_FRACTION, gt=0, le=1)
     max_redraws: int = Field(10, ge=0, le=1000, description="redraw rounds per batch of scans")
-    model_scope: Literal["per_class", "shared"] = Field("per_class", description=(
-        "per_class: one model per minority class, trained on that class's train scans; shared: one "
+    model_scope: Literal["per_class", "transfer", "shared"] = Field("per_class", description=(
+        "per_class: one model per minority class, trained on that class's train scans; transfer: the "
+        "same, each starting from a base model trained (plain ELBO, pretrain_steps) on the train scans of "
+        "every class, so the majority teaches anatomy (sharper scans and fewer near-copies at the same "
+        "downstream utility on the harder demo cohort, at about 1.5x the time; docs/RESULTS.md); shared: one "
         "class-conditional model trained on the train scans of every class, sampled per class "
         "(experimental: at the default step budget its minority scans were blurrier and lost the class's "
         "shift, and helped a classifier less than per_class on the harder demo cohort; docs/RESULTS.md)"))

@@ -370,7 +370,7 @@ def evaluate(ctx: JobContext, p: EvaluateParams) -> Outcome:
 
 # -- augment ---------------------------------------------------------------------------------------
 def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
-    from models.augment import AugmentConfig, Cancelled, ClassCheckpoints
+    from models.augment import BASE_KEY, AugmentConfig, Cancelled, ClassCheckpoints
     from models.augment import augment as run_augment
 
     config = library_config(AugmentConfig, p.augment_config(), "config")  # with p.profile's settings
@@ -393,8 +393,10 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
             return None
         state = checkpoints.load(latest, ctx.device)
         resumed[label] = int(state["global_step"])
-        # model_scope shared: one series for the shared model, saved under "shared"
-        what = "shared model" if config.model_scope == "shared" else f"class {label}"
+        # model_scope shared: one series for the shared model, saved under "shared"; transfer: the
+        # base model's under models.augment.BASE_KEY, then one per class
+        what = ("shared model" if config.model_scope == "shared" else
+                "base model" if label == BASE_KEY else f"class {label}")
         ctx.log(f"{what}: resumed from step {resumed[label]}")
         return state
 

@@ -61,3 +61,46 @@ def test_per_class_stays_the_default(cohort, tmp_path):
     result = augment(cohort, tmp_path / "out", target={"AD": 2}, config=AugmentConfig(**TINY))
     assert set(result.models) == {"AD"}
     assert result.metrics["classes"]["AD"]["model_scope"] == "per_class"
+
+
+def test_transfer_starts_each_class_model_from_a_base_model_of_every_class(cohort, tmp_path):
+    """model_scope "transfer": a base model learns every class's train scans, each minority
+    model starts from its weights; only class models are delivered, and the report says both."""
+    import torch
+
+    from models.augment import BASE_KEY, ClassCheckpoints
+    from models.checkpoint import load
+
+    saved: dict[str, dict] = {}
+    checkpoints = ClassCheckpoints(every=1000, save=lambda key, state: saved.__setitem__(key, state),
+                                   load=lambda key: None)
+    out = tmp_path / "out"
+    config = AugmentConfig(**TINY, model_scope="transfer")
+    result = augment(cohort, out, target={"AD": 4}, config=config, checkpoints=checkpoints)
+
+    assert set(result.models) == {"AD"}  # the base model learned both classes: not delivered
+    assert set(saved) == {BASE_KEY, "AD"}
+    plain = config.train_config(9, 0)  # the plain part of the budget in whole epochs, no chains
+    assert saved[BASE_KEY]["global_step"] == plain.pretrain_epochs * 3  # 9 scans, batches of 4
+    assert {r["phase"] for r in saved[BASE_KEY]["history"]} == {1}
+    meta = json.loads((out / "models" / "AD" / "config.json").read_text())["meta"]
+    assert len(meta["trained_on"]) == 3 and len(meta["base_trained_on"]) == 9
+    info = result.metrics["classes"]["AD"]
+    assert info["model_scope"] == "transfer" and info["n_train"] == 3 and info["n_base_trained_on"] == 9
+    summary = (out / "report" / "summary.txt").read_text()
+    assert "generator trained on these 3 scans, starting from a base model trained on the 9 scans of every class" \
+        in summary
+
+    # The class model is not the one per_class trains from scratch with the same seed.
+    scratch = augment(cohort, tmp_path / "scratch", target={"AD": 4}, config=AugmentConfig(**TINY))
+    transferred, _, _ = load(result.models["AD"])
+    fresh, _, _ = load(scratch.models["AD"])
+    assert any(not torch.allclose(a, b) for a, b in zip(transferred.parameters(), fresh.parameters()))
+    # and a rerun with the base model's checkpoint resumes it instead of training it again
+    resaved: dict[str, dict] = {}
+    again = ClassCheckpoints(every=1000, save=lambda key, state: resaved.__setitem__(key, state), load=saved.get)
+    rerun = augment(cohort, tmp_path / "again", target={"AD": 4}, config=config, checkpoints=again)
+    for key in (BASE_KEY, "AD"):  # both were complete: their histories did not grow
+        assert len(resaved[key]["history"]) == len(saved[key]["history"])
+    resumed, _, _ = load(rerun.models["AD"])
+    assert all(torch.equal(a, b) for a, b in zip(resumed.parameters(), transferred.parameters()))
