@@ -146,10 +146,11 @@ def test_sample_class_of_a_per_class_model_is_optional_but_must_match(cohort, ti
                 "trained on class 'AD' only", "'CN'")
 
 
-def test_model_scope_flag_takes_only_the_two_scopes(capsys):
+def test_model_scope_flag_takes_only_the_config_scopes(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["augment", "somewhere", "--out", "x", "--model-scope", "global"])
-    assert exit_.value.code == 2 and "per_class" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and all(s in err for s in ("per_class", "transfer", "shared"))
 
 
 def test_augment_takes_a_2d_png_cohort(tmp_path, capsys):

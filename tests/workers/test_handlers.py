@@ -253,3 +253,31 @@ def test_ingest_removes_the_upload_copy_it_read_whether_it_succeeds_or_fails(sto
     with pytest.raises(ValueError):
         run("ingest", {"source": bad}, JobContext("job-bad", store, settings=settings))
     assert not store.exists(bad)
+
+
+def test_a_transfer_augmentation_stopped_in_its_base_model_resumes_it(store, settings, dataset):
+    """model_scope transfer: the base model (every class's 9 scans) has its own checkpoint series
+    under "(base)"; a job stopped while training it resumes it, then trains the AD model from it,
+    and delivers what an uninterrupted run delivers. Only the AD model is a deliverable."""
+    config = {**SHARED_AUGMENT, "model_scope": "transfer"}
+    params = {"dataset": dataset, "target": {"AD": 3}, "config": config}
+    whole = run("augment", params, JobContext("tr-a", store, settings=settings))
+    assert list(whole.metrics["models"]) == ["AD"]
+
+    # 9 scans, batch 4: 3 steps per epoch, 7 plain epochs = 21 base steps; checkpoints every 4
+    stopped = StopAfter("tr-b", store, settings=settings, steps=10)
+    with pytest.raises(JobCancelled, match="cancelled while training the base model"):
+        run("augment", params, stopped)
+    assert not store.exists("output-tr-b")
+
+    again = JobContext("tr-b", store, settings=settings)
+    resumed = run("augment", params, again)
+    assert "base model: resumed from step 8" in [e["message"] for e in again.events]
+    assert resumed.metrics["resumed_from"] == {"(base)": 8}
+    import nibabel as nib
+
+    scans_a = sorted((store.path("output-tr-a") / "synthetic" / "AD").glob("*.nii.gz"))
+    scans_b = sorted((store.path("output-tr-b") / "synthetic" / "AD").glob("*.nii.gz"))
+    assert len(scans_a) == len(scans_b) == 3
+    for a, b in zip(scans_a, scans_b):
+        np.testing.assert_allclose(nib.load(a).get_fdata(), nib.load(b).get_fdata(), atol=1e-4)
