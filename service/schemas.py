@@ -193,7 +193,8 @@ class AugmentRequest(_In):
         "near_copies ('replace': near-copies of training scans are redrawn, never delivered; "
         "'keep'), near_copy_fraction, max_redraws, real_scans ('preprocessed': real scans in the "
         "result on the synthetic scans' grid and scale; 'raw': byte copies), model_scope "
-        "('per_class': one model per minority class; 'shared': one class-conditional model)"))
+        "('per_class': one model per minority class; 'transfer': the same, each started from a base "
+        "model of every class's train scans; 'shared': one class-conditional model)"))
     profile: Annotated[str, Field(max_length=64, pattern=TEXT_PATTERN)] | None = Field(
         None, examples=list(PROFILE_NAMES), description=(
             "a resolution profile: " + ", ".join(PROFILE_NAMES) + " (models/profiles.py: grid, "

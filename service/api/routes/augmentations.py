@@ -1,6 +1,7 @@
 """Augmentations: balance a dataset with synthetic scans. The job trains a model per minority
-class on the dataset's train split (or, with ``config.model_scope`` "shared", one
-class-conditional model on every class's), optionally from a resolution ``profile``'s settings,
+class on the dataset's train split (with ``config.model_scope`` "transfer", each started from a
+base model of every class's train scans; with "shared", one class-conditional model on every
+class's), optionally from a resolution ``profile``'s settings,
 samples to the target, and packages one self-contained
 cohort: preprocessed real scans, synthetic scans with sidecars, a manifest relative to the zip
 (``path,label,split,synthetic,source_path``) and a report."""
