@@ -133,7 +133,7 @@ def main() -> None:
             joint = build_model(inner.cfg.model_copy(update={"map_sampling": "joint"}))
             joint.load_state_dict(inner.state_dict(), strict=False)
             joint.eval()
-            if scope == "per-class":
+            if scope in ("per-class", "transfer"):  # a model of the AD scans alone
                 joint.fit_sampling_distribution(x_ad)
                 view = joint
             else:
