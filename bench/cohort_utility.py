@@ -64,7 +64,8 @@ from models.report import memorisation_audit
 from models.shared_model import class_view, fit_shared_model
 
 DIFFICULTY = 0.6
-GENERATORS = ["per-class MCMC-VAE", "transfer MCMC-VAE", "shared plain VAE", "shared MCMC-HVAE"]
+GENERATORS = ["per-class MCMC-VAE", "transfer MCMC-VAE", "transfer MCMC-HVAE", "shared plain VAE",
+              "shared MCMC-HVAE"]
 SOURCES = ["duplicates", "classical", *GENERATORS, "more real AD"]
 CONV = ModelChoice(arch="conv", latent_dims=[16], obs_log_var=-4.0)
 HCONV = ModelChoice(arch="hconv", latent_dims=[16], latent_channels=(4,), parameterization="centered",
@@ -75,6 +76,7 @@ def generator_config(name: str, hconv: ModelChoice) -> tuple[ModelChoice, Augmen
     mcmc = AugmentConfig()
     plain = AugmentConfig(sampler=SamplerConfig(kind="none"))
     return {"per-class MCMC-VAE": (CONV, mcmc, "per_class"), "transfer MCMC-VAE": (CONV, mcmc, "transfer"),
+            "transfer MCMC-HVAE": (hconv, mcmc, "transfer"),
             "shared plain VAE": (CONV, plain, "shared"),
             "shared MCMC-HVAE": (hconv, mcmc, "shared")}[name]
 
@@ -231,7 +233,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=20)
     ap.add_argument("--clf-steps", type=int, default=100)
     ap.add_argument("--generators", nargs="*", default=GENERATORS, choices=GENERATORS)
-    ap.add_argument("--hconv", default="", help="JSON overrides of the shared MCMC-HVAE's ModelChoice")
+    ap.add_argument("--hconv", default="", help="JSON overrides of the MCMC-HVAE generators' ModelChoice")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG", help="merge the JSON of earlier runs and report")
