@@ -506,7 +506,7 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
                 "class": label, "job_id": job_id, "seed": seed, "preprocess": pre.model_dump(mode="json"),
                 "train": train_cfg.model_dump(mode="json"), "history": history.as_dicts(),
                 "trained_on": [rows[i]["source_path"] for i in picked],
-                **({"base_trained_on": [rows[i]["source_path"] for i in train_idx]} if base_state else {})})
+                **({"base_trained_on": [rows[i]["source_path"] for i in train_idx]} if base_state is not None else {})})
             model_id = f"{job_id}/{label}"
 
         report(f"sampling {label}", base + 0.8 * span)

@@ -195,7 +195,8 @@ class Trainer:
         taken: dict[int, int] = {}
         xs, ys = [], []
         for i in range(len(self.dataset)):
-            x, y = self.dataset[i][0], int(self.dataset[i][1])
+            x, y = self.dataset[i][:2]  # one read per item
+            y = int(y)
             if taken.get(y, 0) < 256:
                 taken[y] = taken.get(y, 0) + 1
                 xs.append(torch.as_tensor(x).float())

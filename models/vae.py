@@ -562,14 +562,18 @@ class VAE(nn.Module):
         self.sampling_diag_scale[index] = var.sqrt().float()
         return True
 
-    def _load_sampling_defaults(self, state_dict, prefix) -> None:
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # States saved before the sampling distribution existed: load them as unfitted (prior);
-        # states from before the diagonal block: it is empty for these models.
+        # states from before the diagonal block: it is empty for these models. Class-conditional
+        # states saved before the class offset existed: a zero offset is exactly the model they were.
         defaults = {"sampling_loc": self.sampling_loc, "sampling_scale_tril": self.sampling_scale_tril,
                     "sampling_diag_scale": self.sampling_diag_scale,
                     "sampling_is_fitted": torch.zeros_like(self.sampling_is_fitted)}
+        if self._has_class_offset:
+            defaults["class_offset"] = torch.zeros_like(self.class_offset)
         for name, value in defaults.items():
             state_dict.setdefault(prefix + name, value.detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --------------------------------------------------------------- parameters
     def encoder_parameters(self) -> list[nn.Parameter]:
@@ -601,14 +605,6 @@ class VAE(nn.Module):
             for c in torch.unique(y):
                 mean = self.likelihood.output_for_mean(x[y == c].float().mean(0))
                 self.class_offset[int(c)] = mean - self.output_offset
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Class-conditional states saved before the class offset existed: a zero offset is
-        # exactly the model they were.
-        if self._has_class_offset:
-            state_dict.setdefault(prefix + "class_offset", torch.zeros_like(self.class_offset))
-        self._load_sampling_defaults(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def build_model(cfg: ModelConfig) -> VAE:
