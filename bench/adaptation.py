@@ -8,7 +8,7 @@ acceptance (mean of the last 10 % of phase 2, and the last epoch), the minimum o
 its first 10 epochs, and writes bench/results/adaptation_demo.json and
 docs/figures/adaptation_demo.png (acceptance and beta per epoch, target line).
 
-    OMP_NUM_THREADS=1 python bench/adaptation.py [--seeds 0 1 2] [--beta-rate R] [--sampler-lr L]
+    OMP_NUM_THREADS=1 python bench/adaptation.py [--seeds 0 1 2] [--model-scope transfer] [--sampler JSON]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import RESULTS, machine, write_result
-from models.augment import AugmentConfig, ModelConfig, fit_class_model
+from models.augment import AugmentConfig, ModelConfig, fit_base_model, fit_class_model
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
 
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "figures" / "adaptation_demo.png"
@@ -37,8 +37,12 @@ def run_seed(seed: int, config: AugmentConfig, work: Path) -> dict:
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
     config = config.model_copy(update={"seed": seed})
     started = time.perf_counter()
+    base = None
+    if config.model_scope == "transfer":  # the base model learns every class's scans first
+        every = load_tensors(cohort, pre, work / f"cache{seed}")
+        base = fit_base_model(every, model_cfg, config, seed * 1009)
     # The demo's first (and only) minority class: seed = config.seed * 1009 + 0, as in augment.
-    _, sampler, history, _ = fit_class_model(x, model_cfg, config, seed * 1009)
+    _, sampler, history, _ = fit_class_model(x, model_cfg, config, seed * 1009, init=base)
     seconds = time.perf_counter() - started
     phase2 = [r for r in history.records if r.phase == 2]
     accepts = [r.accept for r in phase2]
@@ -86,6 +90,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--mcmc-steps", type=int, default=None, help="override the default budget")
     parser.add_argument("--sampler", default="{}", help="JSON overrides of the SamplerConfig")
+    parser.add_argument("--model-scope", choices=["per_class", "transfer"], default="per_class",
+                        help="transfer: each seed's AD model starts from a base model on every scan")
+    parser.add_argument("--model", default="{}", help="JSON overrides of the ModelChoice")
     parser.add_argument("--tag", default="")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--merge", nargs="+", default=None, metavar="TAG",
@@ -98,6 +105,8 @@ def main() -> None:
     overrides = json.loads(args.sampler)
     if overrides:
         config = config.model_copy(update={"sampler": config.sampler.model_copy(update=overrides)})
+    config = config.model_copy(update={"model_scope": args.model_scope,
+                                       "model": config.model.model_copy(update=json.loads(args.model))})
     if args.mcmc_steps is not None:
         config = config.model_copy(update={"mcmc_steps": args.mcmc_steps})
     runs = []
@@ -119,10 +128,11 @@ def main() -> None:
     print(f"target {target}; every final acceptance within 0.05: {ok}; {where}")
     name = f"adaptation_demo{args.tag}"
     out = write_result(name, {"machine": where, "sampler": config.sampler.model_dump(),
-                              "pretrain_steps": config.pretrain_steps, "mcmc_steps": config.mcmc_steps,
+                              "model_scope": config.model_scope,
+                              "model": config.model.model_dump(), "pretrain_steps": config.pretrain_steps, "mcmc_steps": config.mcmc_steps,
                               "runs": runs})
     figure = FIGURE.with_name(f"{name}.png")
-    plot(runs, figure, f"default demo AD model (32^3), {config.sampler.kind} {config.sampler.adaptation}; {where}")
+    plot(runs, figure, f"demo AD model (32^3, {config.model_scope}), {config.sampler.kind} {config.sampler.adaptation}; {where}")
     print(f"wrote {out} and {figure}")
 
 
