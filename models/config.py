@@ -154,6 +154,10 @@ class SamplerConfig(_Config):
     adaptation: Literal["entropy", "dual_averaging", "fixed"] = "entropy"
     preconditioner: Literal["diag", "full", "lowrank"] = "diag"
     rank: int = Field(4, ge=1, description="rank of the low-rank part (lowrank preconditioner)")
+    unit_det_c: bool = Field(
+        True, description="entropy adaptation: C has unit determinant, so it only shapes the proposal "
+        "and h alone scales it (h^2 C C^T is all the proposal depends on; with both free, h and C "
+        "drifted apart and the acceptance sat off target). False: the paper's free C")
     n_steps: int = Field(5, ge=0, description="MCMC steps per encoder draw")
     n_leapfrog: int = Field(5, ge=1, description="leapfrog steps per HMC proposal")
     step_size: float = Field(0.1, gt=0, description="initial (or fixed) step size h")

@@ -44,11 +44,15 @@ class MCMCSampler(nn.Module):
         self.cfg, self.dim = cfg, dim
         self.learns_proposal = cfg.adaptation == "entropy"
         kind = cfg.preconditioner if self.learns_proposal else "diag"
-        self.preconditioner = build_preconditioner(kind, dim, self.learns_proposal, cfg.rank)
+        self.preconditioner = build_preconditioner(kind, dim, self.learns_proposal, cfg.rank,
+                                                   unit_det=self.learns_proposal and cfg.unit_det_c)
         log_h = torch.tensor(math.log(cfg.step_size))
         self.log_step = nn.Parameter(log_h) if self.learns_proposal else nn.Buffer(log_h)
         self.register_buffer("beta", torch.tensor(cfg.beta_init))
         self.register_buffer("warmed_up", torch.zeros((), dtype=torch.bool))  # see warm_start
+        # Whether C has unit determinant in this state (see _load_from_state_dict).
+        self.register_buffer("unit_det_scale", torch.tensor(self.preconditioner.unit_det))
+        self.register_load_state_dict_post_hook(MCMCSampler._fold_scale)
         self.dual_averaging = DualAveraging(cfg.step_size) if cfg.adaptation == "dual_averaging" else None
 
     # -- the proposal --------------------------------------------------------------------
@@ -258,7 +262,19 @@ class MCMCSampler(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # States saved before the warm start existed were adapting already: never warm them.
         state_dict.setdefault(prefix + "warmed_up", torch.ones((), dtype=torch.bool))
+        # States saved before C had unit determinant hold the scale in both h and C: keep their
+        # proposal h^2 C C^T by moving C's scale into h once the parameters are loaded.
+        key, unit_det = prefix + "unit_det_scale", self.preconditioner.unit_det
+        self._fold_scale_on_load = unit_det and not bool(state_dict.get(key, False))
+        state_dict[key] = torch.tensor(unit_det)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @staticmethod
+    def _fold_scale(module: MCMCSampler, incompatible_keys) -> None:
+        if getattr(module, "_fold_scale_on_load", False):
+            with torch.no_grad():
+                module.log_step.add_(module.preconditioner.parameter_log_det() / module.dim)
+            module._fold_scale_on_load = False
 
     def adapt(
         self,

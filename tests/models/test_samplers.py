@@ -232,3 +232,47 @@ def test_warm_start_leaves_other_adaptations_alone():
         sampler = build_sampler(SamplerConfig(kind="mala", adaptation=adaptation, step_size=1e-3), target.dim)
         sampler.warm_start(target.log_prob, target.sample(8, torch.Generator().manual_seed(0)), n_steps=10)
         assert sampler.step_size == pytest.approx(1e-3) and not bool(sampler.warmed_up)
+
+
+@pytest.mark.parametrize("preconditioner", ["diag", "full", "lowrank"])
+def test_unit_det_c_only_shapes_the_proposal_and_h_alone_scales_it(preconditioner):
+    target = correlated_target()
+    cfg = SamplerConfig(kind="mala", adaptation="entropy", preconditioner=preconditioner)
+    sampler = build_sampler(cfg, target.dim)
+    _perturb_proposal(sampler, seed=4)
+    pre = sampler.preconditioner
+    assert float(pre.parameter_log_det()) != pytest.approx(0.0, abs=1e-3)  # S itself is not unit
+    assert float(torch.linalg.slogdet(pre.dense())[1]) == pytest.approx(0.0, abs=1e-4)
+    assert float(pre.log_det()) == 0.0
+    # Rescaling S leaves C (and so the proposal) unchanged.
+    covariance = sampler.proposal_covariance()
+    with torch.no_grad():
+        pre.log_diag.add_(0.7)
+        for name, param in pre.named_parameters():
+            if name == "lower":
+                param.mul_(math.exp(0.7))
+            elif name == "factor_u":
+                param.mul_(math.exp(0.35))
+    torch.testing.assert_close(sampler.proposal_covariance(), covariance, rtol=1e-4, atol=1e-6)
+    # The speed measure's gradient moves C's shape only: none of it reaches the scale of S.
+    gen = torch.Generator().manual_seed(0)
+    sampler.train()
+    _, info = sampler.step(target.sample(64, gen), target.log_prob, generator=gen)
+    info.loss.backward()
+    if preconditioner == "diag":
+        assert abs(float(pre.log_diag.grad.sum())) < 1e-4 * float(pre.log_diag.grad.abs().sum())
+    assert sampler.log_step.grad is not None and float(sampler.log_step.grad) != 0.0
+
+
+def test_sampler_states_saved_with_a_free_c_keep_their_proposal_when_loaded():
+    target = correlated_target()
+    free = build_sampler(SamplerConfig(kind="mala", unit_det_c=False), target.dim)
+    _perturb_proposal(free, seed=6)
+    old = {k: v for k, v in free.state_dict().items() if k != "unit_det_scale"}  # before the flag
+    assert float(free.preconditioner.log_det()) != pytest.approx(0.0, abs=1e-2)
+    unit = build_sampler(SamplerConfig(kind="mala"), target.dim)
+    unit.load_state_dict(old)
+    torch.testing.assert_close(unit.proposal_covariance(), free.proposal_covariance(), rtol=1e-4, atol=1e-7)
+    again = build_sampler(SamplerConfig(kind="mala"), target.dim)
+    again.load_state_dict(unit.state_dict())  # a unit-det state loads as it is: no second fold
+    assert again.step_size == pytest.approx(unit.step_size)
