@@ -72,18 +72,19 @@ HCONV = ModelChoice(arch="hconv", latent_dims=[16], latent_channels=(4,), parame
                     obs_log_var=-4.0)
 
 
-def generator_config(name: str, hconv: ModelChoice) -> tuple[ModelChoice, AugmentConfig, str]:
+def generator_config(name: str, hconv: ModelChoice, conv: ModelChoice = CONV) -> tuple[ModelChoice, AugmentConfig, str]:
     mcmc = AugmentConfig()
     plain = AugmentConfig(sampler=SamplerConfig(kind="none"))
-    return {"per-class MCMC-VAE": (CONV, mcmc, "per_class"), "transfer MCMC-VAE": (CONV, mcmc, "transfer"),
+    return {"per-class MCMC-VAE": (conv, mcmc, "per_class"), "transfer MCMC-VAE": (conv, mcmc, "transfer"),
             "transfer MCMC-HVAE": (hconv, mcmc, "transfer"),
-            "shared plain VAE": (CONV, plain, "shared"),
+            "shared plain VAE": (conv, plain, "shared"),
             "shared MCMC-HVAE": (hconv, mcmc, "shared")}[name]
 
 
-def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hconv: ModelChoice):
+def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hconv: ModelChoice,
+             conv: ModelChoice = CONV):
     """Train one generator as `mcvae augment` would and draw n AD scans; (scans, info)."""
-    choice, config, scope = generator_config(name, hconv)
+    choice, config, scope = generator_config(name, hconv, conv)
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **choice.model_dump())
     started = time.perf_counter()
     if scope == "per_class":
@@ -109,6 +110,7 @@ def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hc
 def run(args) -> dict:
     pre = PreprocessConfig()
     hconv = HCONV.model_copy(update=json.loads(args.hconv)) if args.hconv else HCONV
+    conv = CONV.model_copy(update=json.loads(args.conv)) if args.conv else CONV
     counts = sorted(args.counts)
     n_max = max(counts) * args.n_ad
     features = FeatureNet(spatial_dims=3)
@@ -129,7 +131,7 @@ def run(args) -> dict:
         test_ad = data["test_AD"]
         f_test, real_grad, real_hf = features(test_ad), gradient_magnitude(test_ad), high_frequency_fraction(test_ad)
         for name in args.generators:
-            extras[name], info = generate(name, data, n_max, seed * 1009, pre, hconv)
+            extras[name], info = generate(name, data, n_max, seed * 1009, pre, hconv, conv)
             quality.append({"seed": seed, "source": name, **info})
             print(f"seed {seed}: {name} trained in {info['train_seconds']} s (accept {info['final_accept']}, "
                   f"{info['replaced']} near-copies redrawn, {info['left_out']} left out)", flush=True)
@@ -237,6 +239,7 @@ def main() -> None:
     ap.add_argument("--clf-steps", type=int, default=100)
     ap.add_argument("--generators", nargs="*", default=GENERATORS, choices=GENERATORS)
     ap.add_argument("--hconv", default="", help="JSON overrides of the MCMC-HVAE generators' ModelChoice")
+    ap.add_argument("--conv", default="", help="JSON overrides of the conv generators' ModelChoice")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG", help="merge the JSON of earlier runs and report")
