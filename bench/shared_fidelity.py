@@ -40,9 +40,8 @@ from models.vae import build_model
 
 
 def variant_settings(name: str) -> tuple[dict, AugmentConfig, str]:
-    """'<scope> <arch> [xK] [zN] [mcmc] [nc] [mC,C..] [rN]': e.g. 'shared conv x4 z64 mcmc';
-    'nc': noncentered; 'm2,4': hconv latent maps of 2 and 4 channels (finest first); 'r1': one
-    residual refine block per decoder level (ModelConfig.decoder_refine)."""
+    """'<scope> <arch> [xK] [zN] [mcmc] [nc] [mC,C..]': e.g. 'shared conv x4 z64 mcmc';
+    'nc': noncentered; 'm2,4': hconv latent maps of 2 and 4 channels (finest first)."""
     words = name.split()
     scope, arch = words[0], words[1]
     choice = (CONV if arch == "conv" else HCONV).model_dump()
@@ -59,8 +58,6 @@ def variant_settings(name: str) -> tuple[dict, AugmentConfig, str]:
             choice["parameterization"] = "noncentered"
         elif w.startswith("m"):
             choice["latent_channels"] = tuple(int(c) for c in w[1:].split(","))
-        elif w.startswith("r"):
-            choice["decoder_refine"] = int(w[1:])
     config = config.model_copy(update={"pretrain_steps": round(600 * scale), "mcmc_steps": round(150 * scale)})
     return choice, config, scope
 

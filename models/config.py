@@ -57,11 +57,6 @@ class ModelConfig(_Config):
     parameterization: Literal["centered", "noncentered"] = "noncentered"
     # conv: channels per down-sampling stage (each halves every spatial size).
     channels: tuple[int, ...] = (16, 32, 64)
-    # conv / hconv: residual 3x3 conv blocks after each of the decoder's up-sampling steps, i.e.
-    # capacity at the fine resolutions where detail lives (the decoder otherwise reaches the data
-    # grid through a single transposed conv of channels[0] filters). Each block starts as the
-    # identity (its last conv is zero), so training starts where it would without them.
-    decoder_refine: int = Field(0, ge=0, le=4)
     # mlp: exactly the hidden widths of the encoder (in order) and the decoder (reversed), e.g.
     # (200, 200) is 784-200-200-(q's parameters) and z-200-200-784; the last width is also the
     # width of the hierarchical VAE's per-layer networks.

@@ -39,7 +39,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .likelihoods import build_likelihood
-from .networks import ACTIVATION, _conv, mlp, upsample_stage
+from .networks import ACTIVATION, _conv, mlp
 from .vae import LOG_STD_RANGE, VAE, _normal_log_prob, _randn, _standard_normal_log_prob, soft_bound
 
 
@@ -87,7 +87,8 @@ class SpatialHVAE(VAE):
             nn.Sequential(_conv(cfg, widths[k], widths[k]), _conv_only(cfg, widths[k], widths[k]))
             for k in range(n_maps))
         self.up = nn.ModuleList(
-            upsample_stage(cfg, w, (widths + [cfg.channels[0]])[r + 1]) for r, w in enumerate(widths))
+            _conv(cfg, w, (widths + [cfg.channels[0]])[r + 1], strides=2, is_transposed=True)
+            for r, w in enumerate(widths))
         self.head = _conv_only(cfg, cfg.channels[0], cfg.data_shape[0], kernel_size=1)
         self._init_class_prior(top_dim)
         self.likelihood = build_likelihood(cfg)

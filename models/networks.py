@@ -90,31 +90,6 @@ def _conv(cfg: ModelConfig, c_in: int, c_out: int, **kwargs) -> Convolution:
     )
 
 
-class ResidualRefine(nn.Module):
-    """h + conv(act(conv(h))) at one resolution; the second conv starts at zero, so the block
-    starts as the identity (ModelConfig.decoder_refine)."""
-
-    def __init__(self, cfg: ModelConfig, channels: int) -> None:
-        super().__init__()
-        last = Convolution(spatial_dims=cfg.spatial_dims, in_channels=channels, out_channels=channels,
-                           kernel_size=3, conv_only=True)
-        nn.init.zeros_(last.conv.weight)
-        nn.init.zeros_(last.conv.bias)
-        self.body = nn.Sequential(_conv(cfg, channels, channels), last)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.body(h)
-
-
-def upsample_stage(cfg: ModelConfig, c_in: int, c_out: int) -> nn.Module:
-    """A transposed conv that doubles every spatial size, then cfg.decoder_refine residual blocks
-    (just the conv when there are none, so that states saved without them load unchanged)."""
-    up = _conv(cfg, c_in, c_out, strides=2, is_transposed=True)
-    if not cfg.decoder_refine:
-        return up
-    return nn.Sequential(up, *(ResidualRefine(cfg, c_out) for _ in range(cfg.decoder_refine)))
-
-
 def build_encoder(cfg: ModelConfig) -> tuple[nn.Module, int]:
     """The encoder network and its feature size F."""
     if cfg.arch == "linear":
@@ -158,7 +133,7 @@ def build_decoder(cfg: ModelConfig, in_dim: int) -> nn.Module:
         # Mirror of the encoder: each transposed conv doubles every spatial size.
         widths = list(reversed(cfg.channels))
         for c_in, c_out in zip(widths, widths[1:] + [cfg.channels[0]]):
-            layers.append(upsample_stage(cfg, c_in, c_out))
+            layers.append(_conv(cfg, c_in, c_out, strides=2, is_transposed=True))
         # A 1x1 conv with no activation, so ``out`` can take any real value (mean, logits).
         layers.append(
             Convolution(

@@ -30,7 +30,6 @@ class ModelChoice(BaseModel):
     likelihood: str = "gaussian"
     parameterization: str = "noncentered"
     channels: tuple[int, ...] = (8, 16, 32)
-    decoder_refine: int = Field(0, ge=0, le=4)  # residual conv blocks per decoder level (ModelConfig)
     latent_channels: tuple[int, ...] = ()  # arch "hconv": spatial latent maps (models/hierarchy.py)
     hidden: tuple[int, ...] = (256,)
     obs_log_var: float = -4.0

@@ -440,29 +440,3 @@ def test_an_unfitted_model_samples_from_its_prior():
     with pytest.raises(ValueError, match="no scans"):
         model.fit_sampling_distribution([])
 
-
-@pytest.mark.parametrize("arch,extra", [("conv", {}), ("hconv", {"latent_channels": (2, 4)})])
-def test_decoder_refine_blocks_start_as_the_identity_and_then_learn(arch, extra):
-    # Every refine block is the identity at the start (training starts where it would without
-    # them), its weights are decoder (theta) parameters, and one step moves it off the identity.
-    from models.networks import ResidualRefine
-
-    shape = dict(data_shape=(1, 16, 16, 16), arch=arch, channels=(4, 8), **extra)
-    assert not any(isinstance(m, ResidualRefine) for m in build_model(ModelConfig(**shape)).modules())
-    refined = build_model(ModelConfig(**shape, decoder_refine=2))
-    blocks = [m for m in refined.modules() if isinstance(m, ResidualRefine)]
-    assert len(blocks) == 2 * len(shape["channels"])  # 2 per up-sampling level
-    gen = torch.Generator().manual_seed(0)
-    for block in blocks:
-        channels = block.body[0].conv.in_channels
-        h = torch.randn(2, channels, 4, 4, 4, generator=gen)
-        assert torch.equal(block(h), h)
-    theta = {id(p) for p in refined.generative_parameters()}
-    weights = [p for block in blocks for p in block.parameters()]
-    assert all(id(p) in theta for p in weights)
-    u = torch.randn(3, refined.latent_dim, generator=gen)
-    before = refined.decode(u).detach()
-    x = torch.rand(3, 1, 16, 16, 16, generator=gen)
-    (-refined.log_likelihood_given(x, u).mean()).backward()
-    torch.optim.SGD(weights, lr=0.1).step()
-    assert not torch.allclose(refined.decode(u), before)
