@@ -439,4 +439,3 @@ def test_an_unfitted_model_samples_from_its_prior():
     assert torch.equal(a, model.sample_prior(4, generator=torch.Generator().manual_seed(3)))
     with pytest.raises(ValueError, match="no scans"):
         model.fit_sampling_distribution([])
-
