@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", nargs="+", default=["shared conv", "shared conv x4"])
     ap.add_argument("--difficulty", type=float, default=DIFFICULTY)
+    ap.add_argument("--spreads", type=float, nargs="+", default=None,
+                    help="also draw with the aggregate-posterior Gaussian's spread scaled by each")
     ap.add_argument("--tag", default="")
     ap.add_argument("--temperatures", type=float, nargs="+", default=None,
                     help="hconv variants: draw the 30 scans at each of these map temperatures "
@@ -119,15 +121,22 @@ def main() -> None:
         seconds = time.perf_counter() - started
         inner = getattr(model, "model", model)
         temperatures = args.temperatures if args.temperatures and inner.cfg.arch == "hconv" else [None]
+        fitted_spread = (inner.sampling_scale_tril.clone(), inner.sampling_diag_scale.clone())
         for t in temperatures:
-            row = name
-            if t is not None:
-                inner.cfg = inner.cfg.model_copy(update={"map_temperature": t})
-                row = f"{name} t{t:g}"
-            scans, near = draw_synthetic(model, 30, x_ad, seed * 1009 + 1)
-            sources[row] = scans
-            rows[row] = {"train_seconds": round(seconds, 1), "redrawn": near["replaced"],
-                         "final_accept": history.final_accept()}
+            for spread in args.spreads or [None]:
+                row = name
+                if t is not None:
+                    inner.cfg = inner.cfg.model_copy(update={"map_temperature": t})
+                    row = f"{name} t{t:g}"
+                if spread is not None:
+                    # the aggregate-posterior Gaussian's spread around its mean, scaled
+                    inner.sampling_scale_tril.copy_(spread * fitted_spread[0])
+                    inner.sampling_diag_scale.copy_(spread * fitted_spread[1])
+                    row = f"{row} spread {spread:g}"
+                scans, near = draw_synthetic(model, 30, x_ad, seed * 1009 + 1)
+                sources[row] = scans
+                rows[row] = {"train_seconds": round(seconds, 1), "redrawn": near["replaced"],
+                             "final_accept": history.final_accept()}
         if args.joint and inner.cfg.arch == "hconv":
             # the same trained weights, every layer drawn from the joint aggregate-posterior Gaussian
             joint = build_model(inner.cfg.model_copy(update={"map_sampling": "joint"}))
