@@ -2,8 +2,9 @@
 
 Seed 0 of the hard cohort (bench/cohort_utility.py's data): the transfer conv AD model's
 reconstructions of its 6 training scans (decoded posterior means) against new scans drawn from
-its aggregate-posterior Gaussian (what augment delivers, before near-copy redraws) and from the
-same Gaussian with its spread halved. Writes docs/figures/transfer_patches_seed0.png.
+its aggregate-posterior Gaussian (what augment delivers, before near-copy redraws), from the
+same Gaussian with its spread halved, and from a Gaussian with the spread of the posterior means
+alone (plus a tenth of the mean posterior variance). Writes docs/figures/transfer_patches_seed0.png.
 
     OMP_NUM_THREADS=1 python bench/transfer_patches.py
 """
@@ -40,9 +41,15 @@ def main() -> None:
         mean = model.sampling_loc
         u = torch.randn(6, model.latent_dim, generator=g)
         half = model.decode(mean + 0.5 * (u @ model.sampling_scale_tril.T)).clamp(0, 1)
+        # the spread of the 6 posterior means alone (the law of total covariance without its mean
+        # posterior variance; a tenth of that variance keeps the Gaussian full rank)
+        _, log_var = model.encode(x)
+        centred = loc - loc.mean(0)
+        between = centred.T @ centred / len(x) + 0.1 * torch.diag(log_var.exp().mean(0))
+        means_only = model.decode(loc.mean(0) + u @ torch.linalg.cholesky(between).T).clamp(0, 1)
     figure = Path(__file__).resolve().parents[1] / "docs" / "figures" / "transfer_patches_seed0.png"
     plot_montage([("real AD train", x), ("recon (posterior means)", recon), ("aggregate draws", draws),
-                  ("draws at scale 0.5", half)], figure, per_row=4)
+                  ("draws at scale 0.5", half), ("draws, spread of the means", means_only)], figure, per_row=4)
     print(f"wrote {figure}")
 
 
