@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import RESULTS, machine, write_result
-from models.augment import AugmentConfig, ModelConfig, fit_base_model, fit_class_model
+from models.augment import AugmentConfig, ModelConfig, fit_class_model, fit_transfer_model
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
 
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "figures" / "adaptation_demo.png"
@@ -37,12 +37,12 @@ def run_seed(seed: int, config: AugmentConfig, work: Path) -> dict:
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
     config = config.model_copy(update={"seed": seed})
     started = time.perf_counter()
-    base = None
+    # The demo's first (and only) minority class: seed = config.seed * 1009 + 0, as in augment.
     if config.model_scope == "transfer":  # the base model learns every class's scans first
         every = load_tensors(cohort, pre, work / f"cache{seed}")
-        base = fit_base_model(every, model_cfg, config, seed * 1009)
-    # The demo's first (and only) minority class: seed = config.seed * 1009 + 0, as in augment.
-    _, sampler, history, _ = fit_class_model(x, model_cfg, config, seed * 1009, init=base)
+        _, sampler, history, _ = fit_transfer_model(every, x, model_cfg, config, seed * 1009)
+    else:
+        _, sampler, history, _ = fit_class_model(x, model_cfg, config, seed * 1009)
     seconds = time.perf_counter() - started
     phase2 = [r for r in history.records if r.phase == 2]
     accepts = [r.accept for r in phase2]

@@ -56,7 +56,7 @@ from bench.downstream import (
 )
 from bench.hierarchy import gradient_magnitude, high_frequency_fraction
 from bench.posterior_quality import FeatureNet, kid
-from models.augment import AugmentConfig, draw_synthetic, fit_base_model, fit_class_model
+from models.augment import AugmentConfig, draw_synthetic, fit_class_model, fit_transfer_model
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig
 from models.options import ModelChoice
@@ -90,8 +90,8 @@ def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hc
     if scope == "per_class":
         model, _, history, _ = fit_class_model(data["train_AD"], model_cfg, config, seed)
     elif scope == "transfer":
-        base = fit_base_model(torch.cat([data["train_CN"], data["train_AD"]]), model_cfg, config, seed)
-        model, _, history, _ = fit_class_model(data["train_AD"], model_cfg, config, seed, init=base)
+        model, _, history, _ = fit_transfer_model(torch.cat([data["train_CN"], data["train_AD"]]),
+                                                  data["train_AD"], model_cfg, config, seed)
     else:
         shared = fit_shared_model({"CN": data["train_CN"], "AD": data["train_AD"]}, model_cfg, config, seed)
         model, history = class_view(shared, "AD"), shared.history

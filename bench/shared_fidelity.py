@@ -31,7 +31,7 @@ from bench.common import RESULTS, machine, write_result
 from bench.downstream import build_data, duplicate_copies, plot_montage, score, train_classifier
 from bench.hierarchy import gradient_magnitude, high_frequency_fraction
 from bench.posterior_quality import FeatureNet, kid
-from models.augment import AugmentConfig, draw_synthetic, fit_base_model, fit_class_model
+from models.augment import AugmentConfig, draw_synthetic, fit_class_model, fit_transfer_model
 from models.conditional import ClassView
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
@@ -113,8 +113,8 @@ def main() -> None:
         if scope == "per-class":
             model, _, history, _ = fit_class_model(x_ad, model_cfg, config, seed * 1009)
         elif scope == "transfer":
-            base = fit_base_model(torch.cat([x_cn, x_ad]), model_cfg, config, seed * 1009)
-            model, _, history, _ = fit_class_model(x_ad, model_cfg, config, seed * 1009, init=base)
+            model, _, history, _ = fit_transfer_model(torch.cat([x_cn, x_ad]), x_ad, model_cfg, config,
+                                                      seed * 1009)
         else:
             shared = fit_shared_model({"CN": x_cn, "AD": x_ad}, model_cfg, config, seed * 1009)
             model, history = class_view(shared, "AD"), shared.history
@@ -123,11 +123,10 @@ def main() -> None:
         temperatures = args.temperatures if args.temperatures and inner.cfg.arch == "hconv" else [None]
         fitted_spread = (inner.sampling_scale_tril.clone(), inner.sampling_diag_scale.clone())
         for t in temperatures:
+            if t is not None:
+                inner.cfg = inner.cfg.model_copy(update={"map_temperature": t})
             for spread in args.spreads or [None]:
-                row = name
-                if t is not None:
-                    inner.cfg = inner.cfg.model_copy(update={"map_temperature": t})
-                    row = f"{name} t{t:g}"
+                row = name if t is None else f"{name} t{t:g}"
                 if spread is not None:
                     # the aggregate-posterior Gaussian's spread around its mean, scaled
                     inner.sampling_scale_tril.copy_(spread * fitted_spread[0])

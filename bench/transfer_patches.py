@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(1)
 from bench.cohort_utility import CONV, DIFFICULTY
 from bench.downstream import build_data, plot_montage
-from models.augment import AugmentConfig, fit_base_model, fit_class_model
+from models.augment import AugmentConfig, fit_transfer_model
 from models.config import ModelConfig
 from models.data import PreprocessConfig
 
@@ -29,12 +29,12 @@ def main() -> None:
         data = build_data(0, Path(tmp), 60, 6, 20, pre, difficulty=DIFFICULTY)
     cfg = ModelConfig(data_shape=(1, *pre.target_shape), **CONV.model_dump())
     config = AugmentConfig()
-    base = fit_base_model(torch.cat([data["train_CN"], data["train_AD"]]), cfg, config, 0)
-    model, *_ = fit_class_model(data["train_AD"], cfg, config, 0, init=base)
+    model, *_ = fit_transfer_model(torch.cat([data["train_CN"], data["train_AD"]]), data["train_AD"], cfg,
+                                   config, 0)
     model.eval()
     x = data["train_AD"]
     with torch.no_grad():
-        loc, _ = model.encode(x)
+        loc, log_var = model.encode(x)
         recon = model.decode(loc).clamp(0, 1)
         g = torch.Generator().manual_seed(1)
         draws = model.sample(6, generator=g).clamp(0, 1)
@@ -43,7 +43,6 @@ def main() -> None:
         half = model.decode(mean + 0.5 * (u @ model.sampling_scale_tril.T)).clamp(0, 1)
         # the spread of the 6 posterior means alone (the law of total covariance without its mean
         # posterior variance; a tenth of that variance keeps the Gaussian full rank)
-        _, log_var = model.encode(x)
         centred = loc - loc.mean(0)
         between = centred.T @ centred / len(x) + 0.1 * torch.diag(log_var.exp().mean(0))
         means_only = model.decode(loc.mean(0) + u @ torch.linalg.cholesky(between).T).clamp(0, 1)

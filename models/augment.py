@@ -316,6 +316,15 @@ def fit_base_model(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConfi
     return model.state_dict()
 
 
+def fit_transfer_model(x_every: torch.Tensor, x_class: torch.Tensor, model_cfg: ModelConfig,
+                       config: AugmentConfig, seed: int):
+    """model_scope "transfer" for one class, without checkpoints: the base model on ``x_every``,
+    then the class model on ``x_class`` from its weights. Returns what ``fit_class_model`` does.
+    (``augment`` calls the two steps itself: one base model serves every minority class.)"""
+    base = fit_base_model(x_every, model_cfg, config, seed)
+    return fit_class_model(x_class, model_cfg, config, seed, init=base)
+
+
 def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies: str = "replace",
                    copy_fraction: float = 0.5, max_redraws: int = 10, batch: int = 32,
                    on_batch: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
