@@ -19,8 +19,9 @@ AD vs CN from the training set plus 1x / 2x / 5x the minority count of extra AD 
                           generator could reach (not available to a lab; shown for scale)
 
 Every generator has the augment step budget (AugmentConfig: 600 plain-ELBO + 150 refined steps,
-batch 8) and delivers what `mcvae augment` delivers: decoder means from aggregate-posterior latents
-with near-copies of a training scan redrawn (models.augment.draw_synthetic). Counts are prefixes
+batch 8) and delivers what `mcvae augment` delivered before session 7: decoder means from
+aggregate-posterior latents with near-copies of a training scan redrawn (models.augment.draw_synthetic);
+``--fine-detail nearest`` adds augment's new default, the nearest training scan's fine detail. Counts are prefixes
 of the largest draw. Also per generator, over its 30 scans: KID against the held-out real AD scans
 (random-feature KID of bench/posterior_quality.py), sharpness ratios to the held-out real AD scans
 (bench/hierarchy.py), near-copies redrawn, and training seconds.
@@ -82,7 +83,7 @@ def generator_config(name: str, hconv: ModelChoice, conv: ModelChoice = CONV) ->
 
 
 def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hconv: ModelChoice,
-             conv: ModelChoice = CONV):
+             conv: ModelChoice = CONV, fine_detail: str = "none"):
     """Train one generator as `mcvae augment` would and draw n AD scans; (scans, info)."""
     choice, config, scope = generator_config(name, hconv, conv)
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **choice.model_dump())
@@ -97,7 +98,7 @@ def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hc
         model, history = class_view(shared, "AD"), shared.history
     seconds = time.perf_counter() - started
     scans, near = draw_synthetic(model, n, data["train_AD"], seed + 1, config.near_copies,
-                                 config.near_copy_fraction, config.max_redraws)
+                                 config.near_copy_fraction, config.max_redraws, fine_detail=fine_detail)
     last = history.records[-1] if history.records else None
     # final_accept: the mean over the last tenth of the MCMC epochs (the issue's measure); the last
     # epoch alone is one or two minibatches and scatters by about +-0.1 (session 5 read it: noise).
@@ -131,7 +132,7 @@ def run(args) -> dict:
         test_ad = data["test_AD"]
         f_test, real_grad, real_hf = features(test_ad), gradient_magnitude(test_ad), high_frequency_fraction(test_ad)
         for name in args.generators:
-            extras[name], info = generate(name, data, n_max, seed * 1009, pre, hconv, conv)
+            extras[name], info = generate(name, data, n_max, seed * 1009, pre, hconv, conv, args.fine_detail)
             quality.append({"seed": seed, "source": name, **info})
             print(f"seed {seed}: {name} trained in {info['train_seconds']} s (accept {info['final_accept']}, "
                   f"{info['replaced']} near-copies redrawn, {info['left_out']} left out)", flush=True)
@@ -240,6 +241,9 @@ def main() -> None:
     ap.add_argument("--generators", nargs="*", default=GENERATORS, choices=GENERATORS)
     ap.add_argument("--hconv", default="", help="JSON overrides of the MCMC-HVAE generators' ModelChoice")
     ap.add_argument("--conv", default="", help="JSON overrides of the conv generators' ModelChoice")
+    ap.add_argument("--fine-detail", choices=["none", "nearest"], default="none",
+                    help="AugmentConfig.fine_detail of every generator (none: the decoder means that every "
+                         "figure before session 7 measured; augment's default is nearest)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG", help="merge the JSON of earlier runs and report")

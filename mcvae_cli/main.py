@@ -127,6 +127,8 @@ def _print_result(result) -> None:
         learned = generator_phrase(info, listed=False)
         line = (f"  class {label}: {learned}; near-copies of training "
                 f"scans: {near['replaced']} replaced by new draws, {near['left_out']} left out")
+        if near.get("without_detail"):
+            line += f", {len(near['without_detail'])} delivered without fine detail"
         if near["policy"] == "keep":
             line = (f"  class {label}: {learned}; "
                     f"{len(info['memorisation']['flagged'])} near-copies kept (--keep-near-copies)")

@@ -49,6 +49,7 @@ from .data import (
 )
 from .data.io import share_like_umask
 from .data.quality import preprocessed_problem, raw_problem, refuse
+from .fine_detail import FineDetail
 from .options import AugmentConfig, ModelChoice
 from .report import (
     memorisation_audit,
@@ -327,28 +328,48 @@ def fit_transfer_model(x_every: torch.Tensor, x_class: torch.Tensor, model_cfg: 
 
 def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies: str = "replace",
                    copy_fraction: float = 0.5, max_redraws: int = 10, batch: int = 32,
-                   on_batch: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Draw ``n`` scans (clipped to the preprocessed range). With ``near_copies="replace"`` a scan
-    nearer a training scan than the near-copy threshold (``report.near_copy_threshold``) is
-    redrawn, up to ``max_redraws`` rounds per batch; one still too near after that is left out,
-    never delivered. Returns the scans and what happened (threshold, replaced, left_out)."""
+                   on_batch: Callable[[int], None] | None = None,
+                   fine_detail: Literal["nearest", "none"] = "none",
+                   detail_sigma: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Draw ``n`` scans (clipped to the preprocessed range). With ``fine_detail="nearest"`` each
+    decoder mean gets the fine detail of the nearest training scan first (models/fine_detail.py;
+    ``detail_sigma`` > 0 keeps only the detail finer than a Gaussian of that many voxels).
+    With ``near_copies="replace"`` a scan nearer a training scan than the near-copy threshold
+    (``report.near_copy_threshold``) is redrawn, up to ``max_redraws`` rounds per batch. One still
+    too near after that is delivered as its decoder mean alone if fine detail made it a near-copy
+    and the mean is none (listed in ``without_detail``), else left out: never delivered. Returns
+    the scans and what happened (threshold, replaced, left_out, fine_detail, without_detail)."""
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     threshold = near_copy_threshold(train_x, copy_fraction)
+    detail = FineDetail(model, train_x, sigma=detail_sigma) if fine_detail == "nearest" else None
 
-    def draw(k: int) -> torch.Tensor:
-        return model.sample(k, generator=gen).cpu().clamp(*VALUE_RANGE)
+    def draw(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k scans as delivered (with fine detail if asked), and their decoder means alone."""
+        means = model.sample(k, generator=gen).cpu()
+        scans = detail(means) if detail is not None else means
+        return scans.clamp(*VALUE_RANGE), means.clamp(*VALUE_RANGE)
 
-    kept, replaced, left_out, done = [], 0, 0, 0
+    def too_near(scans: torch.Tensor) -> torch.Tensor:
+        return nearest_real(train_x, scans)[0] < threshold
+
+    kept, replaced, left_out, without_detail, done = [], 0, 0, [], 0
     for start in range(0, n, batch):
-        chunk = draw(min(batch, n - start))
+        chunk, means = draw(min(batch, n - start))
         if near_copies == "replace" and threshold > 0:
             for _ in range(max_redraws):
-                near = nearest_real(train_x, chunk)[0] < threshold
+                near = too_near(chunk)
                 if not near.any():
                     break
-                chunk[near] = draw(int(near.sum()))
+                chunk[near], means[near] = draw(int(near.sum()))
                 replaced += int(near.sum())
-            near = nearest_real(train_x, chunk)[0] < threshold
+            near = too_near(chunk)
+            if detail is not None and near.any():
+                # the detail made these copies (an undertrained model reconstructs every scan alike,
+                # so its residuals hold whole subjects): their decoder means, where those are new
+                plain = near & ~too_near(means)
+                chunk[plain] = means[plain]
+                near = near & ~plain
+                without_detail += [done + i for i in torch.nonzero(plain[~near]).flatten().tolist()]
             left_out += int(near.sum())
             chunk = chunk[~near]
         kept.append(chunk)
@@ -357,16 +378,19 @@ def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies:
             on_batch(done)
     scans = torch.cat(kept) if kept else torch.empty(0, *model.cfg.data_shape)
     return scans, {"policy": near_copies, "threshold": threshold, "copy_fraction": copy_fraction,
-                   "replaced": replaced, "left_out": left_out, "max_redraws": max_redraws}
+                   "replaced": replaced, "left_out": left_out, "max_redraws": max_redraws,
+                   "fine_detail": fine_detail, "without_detail": without_detail}
 
 
-def write_scans(scans: torch.Tensor, out_dir: Path, label: str, affine, sidecar: dict[str, Any]) -> list[str]:
-    """Write scans as ``syn_<label>_<i>.nii.gz`` plus a JSON sidecar each; return the names."""
+def write_scans(scans: torch.Tensor, out_dir: Path, label: str, affine, sidecar: dict[str, Any],
+                per_scan: list[dict[str, Any]] | None = None) -> list[str]:
+    """Write scans as ``syn_<label>_<i>.nii.gz`` plus a JSON sidecar each (``sidecar``, and
+    ``per_scan[i]`` for scan i); return the names."""
     names = []
     for i, scan in enumerate(scans):
         name = f"syn_{label}_{i:05d}.nii.gz"
         path = write_scan(out_dir / name, scan[0].numpy(), affine)
-        meta = {"synthetic": True, "class": label, **sidecar, "index": i,
+        meta = {"synthetic": True, "class": label, **sidecar, **(per_scan[i] if per_scan else {}), "index": i,
                 "shape": list(scan.shape[1:]), "affine": [list(map(float, r)) for r in affine]}
         path.with_name(name.replace(".nii.gz", ".json")).write_text(json.dumps(meta, indent=2))
         names.append(name)
@@ -520,9 +544,13 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
 
         report(f"sampling {label}", base + 0.8 * span)
         synthetic, near = draw_synthetic(model, wanted[label], train_x, seed + 1, config.near_copies,
-                                         config.near_copy_fraction, config.max_redraws)
+                                         config.near_copy_fraction, config.max_redraws,
+                                         fine_detail=config.fine_detail)
+        plain = set(near["without_detail"])
         names = write_scans(synthetic, staging / "synthetic" / label, label, affine,
-                            _sidecar(model, model_id, job_id, seed + 1, sampler_label(config.sampler)))
+                            _sidecar(model, model_id, job_id, seed + 1, sampler_label(config.sampler)),
+                            [{"fine_detail": "none" if i in plain else config.fine_detail}
+                             for i in range(len(synthetic))])
         delivered[label] = len(names)
         manifest_rows += [{"path": f"synthetic/{label}/{name}", "label": label, "split": TRAIN,
                            "synthetic": "true", "source_path": ""} for name in names]
@@ -582,6 +610,10 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
         lines.append(f"  near-copies (nearer a training scan than {near['copy_fraction']} x the smallest "
                      f"real-to-real distance, {near['threshold']:.4g} RMS per voxel): policy {near['policy']}, "
                      f"{near['replaced']} redrawn, {near['left_out']} left out")
+        if near.get("fine_detail", "none") != "none":
+            lines.append(f"  fine detail ({near['fine_detail']}): the residual of the training scan whose "
+                         f"reconstruction is nearest each scan; {len(near['without_detail'])} scan(s) delivered "
+                         "as decoder means alone (their detail made them near-copies)")
         lines.append(f"  final audit: {len(audit['flagged'])} delivered scan(s) below the threshold; nearest "
                      f"training scan at median {((audit['synthetic_to_real_nn'] or {}).get('median') or 0):.4g} "
                      f"(real-to-real median {audit['real_to_real_nn']['median']:.4g})")

@@ -191,8 +191,10 @@ class AugmentRequest(_In):
         "models.options.AugmentConfig, checked at submit (an unknown field or a wrong type is a "
         "422): preprocess, model, sampler, train (less device), pretrain_steps, mcmc_steps, seed, "
         "near_copies ('replace': near-copies of training scans are redrawn, never delivered; "
-        "'keep'), near_copy_fraction, max_redraws, real_scans ('preprocessed': real scans in the "
-        "result on the synthetic scans' grid and scale; 'raw': byte copies), model_scope "
+        "'keep'), near_copy_fraction, max_redraws, fine_detail ('nearest': each new scan gets the "
+        "fine detail of the training scan whose reconstruction is nearest it; 'none': decoder means), "
+        "real_scans ('preprocessed': real scans in the result on the synthetic scans' grid and scale; "
+        "'raw': byte copies), model_scope "
         "('per_class': one model per minority class; 'transfer': the same, each started from a base "
         "model of every class's train scans; 'shared': one class-conditional model)"))
     profile: Annotated[str, Field(max_length=64, pattern=TEXT_PATTERN)] | None = Field(

@@ -1,0 +1,124 @@
+"""Fine detail: a new scan carries the residual of the training scan whose reconstruction is
+nearest it, before the near-copy check judges it (models/fine_detail.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.augment import draw_synthetic
+from models.conditional import ClassView
+from models.config import ModelConfig
+from models.fine_detail import FineDetail
+from models.options import AugmentConfig
+from models.report import near_copy_threshold, nearest_real
+from models.vae import build_model
+
+
+def _model(n_classes: int = 0, arch: str = "conv", **extra):
+    torch.manual_seed(0)
+    cfg = ModelConfig(data_shape=(1, 8, 8, 8), arch=arch, latent_dims=[3], channels=(4, 8), hidden=(16,),
+                      n_classes=n_classes, **extra)
+    return build_model(cfg).eval()
+
+
+def _scans(n: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_reconstruction_plus_residual_is_the_training_scan():
+    model, x = _model(), _scans()
+    detail = FineDetail(model, x)
+    with torch.no_grad():
+        recon = model.decode(model.encode(x)[0])
+    assert torch.allclose(detail.reconstructions, recon, atol=1e-6)
+    # at its own reconstruction, each training scan comes back exactly
+    assert torch.allclose(detail(detail.reconstructions), x, atol=1e-6)
+
+
+class _Coarse(torch.nn.Module):
+    """A stand-in autoencoder that keeps only the coarse scale (2^3 block means): its
+    reconstructions differ per scan, as a trained VAE's do, and miss the fine detail."""
+
+    def __init__(self, batches: list[torch.Tensor] | None = None):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # where callers look for the device
+        self.batches = list(batches or [])
+        self.cfg = type("Cfg", (), {"data_shape": (1, 8, 8, 8)})()
+
+    def encode(self, x):
+        coarse = torch.nn.functional.avg_pool3d(x, 2)
+        return coarse, torch.zeros_like(coarse)
+
+    def decode(self, u):
+        return torch.nn.functional.interpolate(u, scale_factor=2, mode="nearest")
+
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        batch = self.batches.pop(0) if len(self.batches) > 1 else self.batches[0]
+        return batch[:n].clone()
+
+
+def test_each_scan_gets_the_residual_of_the_nearest_reconstruction():
+    x = _scans()
+    detail = FineDetail(_Coarse(), x)
+    g = torch.Generator().manual_seed(1)
+    new = detail.reconstructions[[2, 0, 3]] + 0.01 * torch.randn(3, 1, 8, 8, 8, generator=g)
+    assert detail.nearest(new).tolist() == [2, 0, 3]
+    assert torch.allclose(detail(new) - new, detail.residuals[[2, 0, 3]])
+    # the nearest is the same whichever scan a residual is added to: distances are to reconstructions
+    assert torch.equal(detail.nearest(new), nearest_real(detail.reconstructions, new)[1])
+
+
+def test_a_class_view_of_a_conditional_model_gets_its_class_reconstructions():
+    model, x = _model(n_classes=2), _scans()
+    view = ClassView(model, 1)
+    detail = FineDetail(view, x)
+    with torch.no_grad():
+        recon_1 = model.decode(model.encode(x, y=1)[0], y=1)
+        recon_0 = model.decode(model.encode(x, y=0)[0], y=0)
+    assert torch.allclose(detail.reconstructions, recon_1, atol=1e-6)
+    assert not torch.allclose(detail.reconstructions, recon_0, atol=1e-4)
+
+
+def test_a_draw_at_a_reconstruction_becomes_that_scan_and_is_redrawn_not_delivered():
+    x = _scans(seed=3) * 0.8 + 0.1
+    detail = FineDetail(_Coarse(), x)
+    novel = detail.reconstructions.mean(0, keepdim=True).repeat(2, 1, 1, 1, 1) + 0.25  # far from every scan
+    first = torch.cat([detail.reconstructions[1:2], novel[:1]])
+    scans, near = draw_synthetic(_Coarse([first, novel]), 2, x, seed=0, fine_detail="nearest")
+    assert near["replaced"] == 1 and near["left_out"] == 0 and near["fine_detail"] == "nearest"
+    assert torch.allclose(scans, detail(novel).clamp(0, 1), atol=1e-6)
+    assert float(nearest_real(x, scans)[0].min()) >= near_copy_threshold(x, 0.5)
+    # without fine detail the same draw is only the reconstruction, not a copy: it is delivered
+    plain, near = draw_synthetic(_Coarse([first, novel]), 2, x, seed=0)
+    assert near["fine_detail"] == "none" and near["replaced"] == 0 and torch.allclose(plain, first.clamp(0, 1))
+
+
+def test_fine_detail_is_the_augment_default_and_can_be_turned_off():
+    assert AugmentConfig().fine_detail == "nearest"
+    assert AugmentConfig(fine_detail="none").fine_detail == "none"
+    with pytest.raises(ValueError):
+        AugmentConfig(fine_detail="everything")
+
+
+def test_no_training_scans_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least one training scan"):
+        FineDetail(_model(), _scans()[:0])
+
+
+def test_a_scan_that_detail_keeps_a_copy_is_delivered_as_its_decoder_mean():
+    # a model that only ever draws training scan 1's reconstruction: with its detail it is scan 1
+    x = _scans(seed=3) * 0.8 + 0.1
+    detail = FineDetail(_Coarse(), x)
+    model = _Coarse([detail.reconstructions[1:2].repeat(2, 1, 1, 1, 1)])
+    scans, near = draw_synthetic(model, 2, x, seed=0, max_redraws=3, fine_detail="nearest")
+    assert near["replaced"] == 6 and near["left_out"] == 0 and near["without_detail"] == [0, 1]
+    assert torch.allclose(scans, detail.reconstructions[[1, 1]].clamp(0, 1))
+    assert float(nearest_real(x, scans)[0].min()) >= near_copy_threshold(x, 0.5)
+    # a decoder mean that is itself a copy is still left out: scans the coarse model reconstructs
+    # exactly (no detail at all), and a model that only ever draws scan 1
+    coarse = _Coarse()
+    x = coarse.decode(coarse.encode(x)[0])
+    scans, near = draw_synthetic(_Coarse([x[1:2].repeat(2, 1, 1, 1, 1)]), 2, x, seed=0, max_redraws=1,
+                                 fine_detail="nearest")
+    assert len(scans) == 0 and near["left_out"] == 2 and near["without_detail"] == []
