@@ -41,7 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cohort_utility import CONV, DIFFICULTY
 from bench.common import RESULTS, machine, write_result
-from bench.downstream import METRICS, build_data, duplicate_copies, mean_sd, plot_montage, score, train_classifier
+from bench.downstream import (
+    METRICS,
+    build_data,
+    duplicate_copies,
+    mean_sd,
+    plot_montage,
+    score,
+    train_classifier,
+)
 from bench.hierarchy import gradient_magnitude, high_frequency_fraction
 from bench.posterior_quality import FeatureNet, kid
 from models.augment import AugmentConfig, draw_synthetic, fit_class_model, fit_transfer_model

@@ -65,9 +65,10 @@ class AugmentConfig(BaseModel):
     fine_detail: Literal["nearest", "none"] = Field("nearest", description=(
         "nearest: each new scan (a smooth decoder mean) gets the fine detail of the training scan whose "
         "reconstruction lies nearest it, that scan minus its reconstruction (models/fine_detail.py); on "
-        "the harder demo cohort this gave real-like high-frequency energy (1.05x real against 0.68x) and "
-        "helped a classifier more (AUROC at 5x +0.085 over 5 seeds; docs/RESULTS.md); none: decoder "
-        "means only. Saved models never hold the detail: sample jobs draw decoder means"))
+        "the harder demo cohort this gave real-like high-frequency energy (1.04x real against 0.68x) and "
+        "helped a classifier more (AUROC at 5x 0.78 against 0.67, 5 seeds; duplicates 0.88; "
+        "docs/RESULTS.md). A scan whose detail keeps it a near-copy goes out as its decoder mean. none: "
+        "decoder means only. Saved models never hold the detail: sample jobs draw decoder means"))
     max_redraws: int = Field(10, ge=0, le=1000, description="redraw rounds per batch of scans")
     model_scope: Literal["per_class", "transfer", "shared"] = Field("per_class", description=(
         "per_class: one model per minority class, trained on that class's train scans; transfer: the "

@@ -92,6 +92,13 @@ def test_augment_balances_a_3d_cohort_with_readable_outputs(cohort, tiny_config,
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["final_counts"] == {"AD": 6, "CN": 6}
     assert "flagged" in metrics["classes"]["AD"]["memorisation"]
+    # fine detail is the default; the sidecars say which scans went out as decoder means alone
+    near = metrics["classes"]["AD"]["near_copies"]
+    assert near["fine_detail"] == "nearest"
+    details = [json.loads(p.with_name(p.name.replace(".nii.gz", ".json")).read_text())["fine_detail"]
+               for p in synthetic]
+    assert [i for i, d in enumerate(details) if d == "none"] == near["without_detail"]
+    assert set(details) <= {"nearest", "none"}
     assert (out / "models" / "AD" / "weights.safetensors").is_file()
     assert not list(tmp_path.glob(".balanced.partial-*")), "staging folder left behind"
 

@@ -122,3 +122,22 @@ def test_a_scan_that_detail_keeps_a_copy_is_delivered_as_its_decoder_mean():
     scans, near = draw_synthetic(_Coarse([x[1:2].repeat(2, 1, 1, 1, 1)]), 2, x, seed=0, max_redraws=1,
                                  fine_detail="nearest")
     assert len(scans) == 0 and near["left_out"] == 2 and near["without_detail"] == []
+
+
+def test_with_a_sigma_only_the_detail_finer_than_it_is_kept():
+    # a model that reconstructs nothing (zeros), so the detail is the scan itself: a linear ramp
+    # (coarse) plus a voxel checkerboard (fine). A Gaussian of 1 voxel leaves a linear ramp as it
+    # is away from the border and all but removes the checkerboard, so the high-passed detail
+    # there is the checkerboard alone.
+    class _Nothing(_Coarse):
+        def decode(self, u):
+            return torch.zeros(len(u), 1, 8, 8, 8)
+
+    ramp = torch.linspace(0, 0.7, 8).view(1, 1, 8, 1, 1).expand(1, 1, 8, 8, 8)
+    idx = torch.arange(8)
+    checker = 0.05 * (-1.0) ** (idx.view(8, 1, 1) + idx.view(1, 8, 1) + idx.view(1, 1, 8))
+    x = (ramp + checker).contiguous()
+    full, fine = FineDetail(_Nothing(), x), FineDetail(_Nothing(), x, sigma=1.0)
+    inner = (slice(None), slice(None), slice(3, 5), slice(3, 5), slice(3, 5))  # away from the zero padding
+    assert torch.allclose(full.residuals, x)
+    assert torch.allclose(fine.residuals[inner], checker[3:5, 3:5, 3:5].expand(1, 1, 2, 2, 2), atol=0.01)
