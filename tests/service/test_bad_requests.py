@@ -166,6 +166,7 @@ def test_bad_job_requests_are_4xx_with_the_field_named(deployment, dataset):
                               ({"pretrain_steps": "many"}, ["config: pretrain_steps", "integer"]),
                               ({"sampler": {"kind": "gibbs"}}, ["config: sampler.kind"]),
                               ({"near_copies": "sometimes"}, ["config: near_copies"]),
+                              ({"fine_detail": "everything"}, ["config: fine_detail", "nearest"]),
                               ({"train": {"device": "cuda"}}, ["train.device"])):
             r = c.post("/v1/augmentations", json={"dataset": dataset["id"], "config": config})
             assert r.status_code == 422, (config, r.text)
