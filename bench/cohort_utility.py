@@ -229,8 +229,8 @@ def plot(summary: dict, payload: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_cohort_arguments(ap: argparse.ArgumentParser) -> None:
+    """The hard cohort's and the classifier's settings (shared with bench/sampling_variants.py)."""
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--difficulty", type=float, default=DIFFICULTY)
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 5])
@@ -238,6 +238,11 @@ def main() -> None:
     ap.add_argument("--n-ad", type=int, default=6)
     ap.add_argument("--n-test", type=int, default=20)
     ap.add_argument("--clf-steps", type=int, default=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_cohort_arguments(ap)
     ap.add_argument("--generators", nargs="*", default=GENERATORS, choices=GENERATORS)
     ap.add_argument("--hconv", default="", help="JSON overrides of the MCMC-HVAE generators' ModelChoice")
     ap.add_argument("--conv", default="", help="JSON overrides of the conv generators' ModelChoice")

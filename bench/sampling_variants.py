@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cohort_utility import CONV, DIFFICULTY
+from bench.cohort_utility import CONV, add_cohort_arguments
 from bench.common import RESULTS, machine, write_result
 from bench.downstream import (
     METRICS,
@@ -176,13 +176,7 @@ def report(payload: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--difficulty", type=float, default=DIFFICULTY)
-    ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 5])
-    ap.add_argument("--n-control", type=int, default=60)
-    ap.add_argument("--n-ad", type=int, default=6)
-    ap.add_argument("--n-test", type=int, default=20)
-    ap.add_argument("--clf-steps", type=int, default=100)
+    add_cohort_arguments(ap)
     ap.add_argument("--scopes", nargs="+", default=SCOPES, choices=SCOPES)
     ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
     ap.add_argument("--conv", default="", help="JSON overrides of the conv generators' ModelChoice")
