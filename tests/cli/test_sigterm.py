@@ -35,5 +35,7 @@ def test_sigterm_during_augment_removes_the_partial_output_and_its_cache(tmp_pat
         assert time.monotonic() < deadline, "no cached tensors appeared"
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    # communicate, not wait: it drains stderr, so a full pipe cannot hold the process up
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr.decode()
     assert list(out.parent.iterdir()) == []  # neither the output nor its staging and cache
