@@ -337,10 +337,14 @@ def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies:
     With ``near_copies="replace"`` a scan nearer a training scan than the near-copy threshold
     (``report.near_copy_threshold``) is redrawn, up to ``max_redraws`` rounds per batch. One still
     too near after that is delivered as its decoder mean alone if fine detail made it a near-copy
-    and the mean is none (listed in ``without_detail``), else left out: never delivered. Returns
-    the scans and what happened (threshold, replaced, left_out, fine_detail, without_detail)."""
+    and the mean is none (listed in ``without_detail``), else left out: never delivered. With a
+    single training scan there is no threshold, and no fine detail either (nothing could tell a
+    copy of it). Returns the scans and what happened (threshold, replaced, left_out, the
+    fine_detail applied, without_detail)."""
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     threshold = near_copy_threshold(train_x, copy_fraction)
+    if threshold <= 0:  # one training scan: no audit can tell a copy of it, so no real detail either
+        fine_detail = "none"
     detail = FineDetail(model, train_x, sigma=detail_sigma) if fine_detail == "nearest" else None
 
     def draw(k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -549,7 +553,7 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
         plain = set(near["without_detail"])
         names = write_scans(synthetic, staging / "synthetic" / label, label, affine,
                             _sidecar(model, model_id, job_id, seed + 1, sampler_label(config.sampler)),
-                            [{"fine_detail": "none" if i in plain else config.fine_detail}
+                            [{"fine_detail": "none" if i in plain else near["fine_detail"]}
                              for i in range(len(synthetic))])
         delivered[label] = len(names)
         manifest_rows += [{"path": f"synthetic/{label}/{name}", "label": label, "split": TRAIN,

@@ -141,3 +141,12 @@ def test_with_a_sigma_only_the_detail_finer_than_it_is_kept():
     inner = (slice(None), slice(None), slice(3, 5), slice(3, 5), slice(3, 5))  # away from the zero padding
     assert torch.allclose(full.residuals, x)
     assert torch.allclose(fine.residuals[inner], checker[3:5, 3:5, 3:5].expand(1, 1, 2, 2, 2), atol=0.01)
+
+
+def test_with_one_training_scan_no_detail_is_added():
+    # no second scan, so no near-copy threshold: real detail could turn every draw into that scan
+    x = _scans(1, seed=3)
+    draws = torch.full((2, 1, 8, 8, 8), 0.5)
+    scans, near = draw_synthetic(_Coarse([draws]), 2, x, seed=0, fine_detail="nearest")
+    assert near["threshold"] == 0 and near["fine_detail"] == "none"
+    assert torch.equal(scans, draws)
