@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 import torch
 
@@ -60,7 +61,7 @@ from bench.posterior_quality import FeatureNet, kid
 from models.augment import AugmentConfig, draw_synthetic, fit_class_model, fit_transfer_model
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig
-from models.options import ModelChoice
+from models.options import FineDetailPolicy, ModelChoice
 from models.report import memorisation_audit
 from models.shared_model import class_view, fit_shared_model
 
@@ -246,7 +247,7 @@ def main() -> None:
     ap.add_argument("--generators", nargs="*", default=GENERATORS, choices=GENERATORS)
     ap.add_argument("--hconv", default="", help="JSON overrides of the MCMC-HVAE generators' ModelChoice")
     ap.add_argument("--conv", default="", help="JSON overrides of the conv generators' ModelChoice")
-    ap.add_argument("--fine-detail", choices=["none", "nearest"], default="none",
+    ap.add_argument("--fine-detail", choices=get_args(FineDetailPolicy), default="none",
                     help="AugmentConfig.fine_detail of every generator (none: the decoder means that every "
                          "figure before session 7 measured; augment's default is nearest)")
     ap.add_argument("--threads", type=int, default=1)

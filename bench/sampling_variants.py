@@ -55,6 +55,7 @@ from bench.posterior_quality import FeatureNet, kid
 from models.augment import AugmentConfig, draw_synthetic, fit_class_model, fit_transfer_model
 from models.config import ModelConfig
 from models.data import PreprocessConfig
+from models.fine_detail import FineDetail
 
 VARIANTS = ["gaussian", "mixture", "mixture+detail", "gaussian+detail", "between", "between+detail", "fine_detail",
             "fine_detail_hp1"]
@@ -70,7 +71,7 @@ class Drawer(torch.nn.Module):
         with torch.no_grad():
             self.mu, log_var = model.encode(x_train)
             self.sd = (0.5 * log_var).exp()
-            self.detail = x_train - model.decode(self.mu)
+        self.detail = FineDetail(model, x_train).residuals  # x_i - decode(mu_i)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -50,7 +50,7 @@ from .data import (
 from .data.io import share_like_umask
 from .data.quality import preprocessed_problem, raw_problem, refuse
 from .fine_detail import FineDetail
-from .options import AugmentConfig, ModelChoice
+from .options import AugmentConfig, FineDetailPolicy, ModelChoice
 from .report import (
     memorisation_audit,
     near_copy_threshold,
@@ -329,7 +329,7 @@ def fit_transfer_model(x_every: torch.Tensor, x_class: torch.Tensor, model_cfg: 
 def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies: str = "replace",
                    copy_fraction: float = 0.5, max_redraws: int = 10, batch: int = 32,
                    on_batch: Callable[[int], None] | None = None,
-                   fine_detail: Literal["nearest", "none"] = "none",
+                   fine_detail: FineDetailPolicy = "none",
                    detail_sigma: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
     """Draw ``n`` scans (clipped to the preprocessed range). With ``fine_detail="nearest"`` each
     decoder mean gets the fine detail of the nearest training scan first (models/fine_detail.py;
@@ -350,8 +350,8 @@ def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies:
     def draw(k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """k scans as delivered (with fine detail if asked), and their decoder means alone."""
         means = model.sample(k, generator=gen).cpu()
-        scans = detail(means) if detail is not None else means
-        return scans.clamp(*VALUE_RANGE), means.clamp(*VALUE_RANGE)
+        clipped = means.clamp(*VALUE_RANGE)
+        return (detail(means).clamp(*VALUE_RANGE) if detail is not None else clipped), clipped
 
     def too_near(scans: torch.Tensor) -> torch.Tensor:
         return nearest_real(train_x, scans)[0] < threshold

@@ -20,6 +20,9 @@ from .targets import MAX_SYNTHETIC_PER_CLASS
 # subjects are that alike, so it adds no new subject and may leak one.
 NEAR_COPY_FRACTION = 0.5
 
+# What new scans get on top of the decoder's mean (AugmentConfig.fine_detail, models/fine_detail.py).
+FineDetailPolicy = Literal["nearest", "none"]
+
 
 class ModelChoice(BaseModel):
     """The parts of ModelConfig a user chooses; data_shape comes from preprocessing."""
@@ -62,7 +65,7 @@ class AugmentConfig(BaseModel):
         "real-to-real distance is redrawn (up to max_redraws times, then left out); keep: "
         "deliver it and only flag it in the report"))
     near_copy_fraction: float = Field(NEAR_COPY_FRACTION, gt=0, le=1)
-    fine_detail: Literal["nearest", "none"] = Field("nearest", description=(
+    fine_detail: FineDetailPolicy = Field("nearest", description=(
         "nearest: each new scan (a smooth decoder mean) gets the fine detail of the training scan whose "
         "reconstruction lies nearest it, that scan minus its reconstruction (models/fine_detail.py); on "
         "the harder demo cohort this gave real-like high-frequency energy (1.04x real against 0.68x) and "
