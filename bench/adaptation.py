@@ -1,9 +1,10 @@
 """Entropy adaptation in the product's own runs: acceptance and beta per epoch of the default
-`mcvae demo` class model (3-D, 32^3), on several seeds, against the acceptance target.
+`mcvae demo` model (3-D, 32^3), on several seeds, against the acceptance target.
 
 Each seed builds the demo cohort as `mcvae demo --seed S` does (40 CN, 4 AD), preprocesses it with
-the demo's defaults and trains the AD model with the default AugmentConfig through
-``fit_class_model`` (the code path of `mcvae demo` / augment). Prints per seed the final
+the demo's defaults and trains the model that draws the AD scans with the default AugmentConfig
+(``model_scope`` shared: one class-conditional model on every scan, ``fit_shared_model``; per_class
+and transfer: the AD model through ``fit_class_model``), the code path of `mcvae demo` / augment. Prints per seed the final
 acceptance (mean of the last 10 % of phase 2, and the last epoch), the minimum over phase 2 after
 its first 10 epochs, and writes bench/results/adaptation_demo.json and
 docs/figures/adaptation_demo.png (acceptance and beta per epoch, target line).
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 import torch
 
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import RESULTS, machine, write_result
 from models.augment import AugmentConfig, ModelConfig, fit_class_model, fit_transfer_model
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
+from models.shared_model import fit_shared_model
 
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "figures" / "adaptation_demo.png"
 
@@ -38,7 +41,11 @@ def run_seed(seed: int, config: AugmentConfig, work: Path) -> dict:
     config = config.model_copy(update={"seed": seed})
     started = time.perf_counter()
     # The demo's first (and only) minority class: seed = config.seed * 1009 + 0, as in augment.
-    if config.model_scope == "transfer":  # the base model learns every class's scans first
+    if config.model_scope == "shared":  # one model on every class, as augment trains it
+        scans = {"CN": load_tensors(cohort, pre, work / f"cache{seed}", "CN"), "AD": x}
+        shared = fit_shared_model(scans, model_cfg, config, seed * 1009)
+        sampler, history = shared.sampler, shared.history
+    elif config.model_scope == "transfer":  # the base model learns every class's scans first
         every = load_tensors(cohort, pre, work / f"cache{seed}")
         _, sampler, history, _ = fit_transfer_model(every, x, model_cfg, config, seed * 1009)
     else:
@@ -90,8 +97,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--mcmc-steps", type=int, default=None, help="override the default budget")
     parser.add_argument("--sampler", default="{}", help="JSON overrides of the SamplerConfig")
-    parser.add_argument("--model-scope", choices=["per_class", "transfer"], default="per_class",
-                        help="transfer: each seed's AD model starts from a base model on every scan")
+    scopes = AugmentConfig.model_fields["model_scope"]
+    parser.add_argument("--model-scope", choices=get_args(scopes.annotation), default=scopes.default,
+                        help="shared (the default): one class-conditional model on every scan; per_class: "
+                             "the AD model alone; transfer: the AD model from a base model on every scan")
     parser.add_argument("--model", default="{}", help="JSON overrides of the ModelChoice")
     parser.add_argument("--tag", default="")
     parser.add_argument("--threads", type=int, default=1)
@@ -132,7 +141,7 @@ def main() -> None:
                               "model": config.model.model_dump(), "pretrain_steps": config.pretrain_steps, "mcmc_steps": config.mcmc_steps,
                               "runs": runs})
     figure = FIGURE.with_name(f"{name}.png")
-    plot(runs, figure, f"demo AD model (32^3, {config.model_scope}), {config.sampler.kind} {config.sampler.adaptation}; {where}")
+    plot(runs, figure, f"demo model drawing AD (32^3, {config.model_scope}, {config.model.arch}), {config.sampler.kind} {config.sampler.adaptation}; {where}")
     print(f"wrote {out} and {figure}")
 
 

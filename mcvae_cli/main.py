@@ -295,10 +295,10 @@ def _add_scope_flag(p: argparse.ArgumentParser) -> None:
     from models.options import AugmentConfig  # torch-free: the choices are the config's own
 
     p.add_argument("--model-scope", choices=get_args(AugmentConfig.model_fields["model_scope"].annotation),
-                   help="per_class: one model per minority class (default); transfer: the same, each "
-                        "started from a base model trained on every class's train scans (sharper, "
-                        "about 1.5x the time); shared: one class-conditional model trained on every "
-                        "class's train scans, sampled per class (experimental)")
+                   help="shared: one class-conditional model trained on every class's train scans, "
+                        "sampled per class (default); per_class: one model per minority class, on "
+                        "its own train scans; transfer: per_class, each started from a base model "
+                        "trained on every class's train scans (about 1.5x the time)")
 
 
 def _add_output_flags(p: argparse.ArgumentParser) -> None:

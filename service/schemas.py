@@ -195,8 +195,9 @@ class AugmentRequest(_In):
         "fine detail of the training scan whose reconstruction is nearest it; 'none': decoder means), "
         "real_scans ('preprocessed': real scans in the result on the synthetic scans' grid and scale; "
         "'raw': byte copies), model_scope "
-        "('per_class': one model per minority class; 'transfer': the same, each started from a base "
-        "model of every class's train scans; 'shared': one class-conditional model)"))
+        "('shared', the default: one class-conditional model on every class's train scans; "
+        "'per_class': one model per minority class; 'transfer': the same, each started from a base "
+        "model of every class's train scans)"))
     profile: Annotated[str, Field(max_length=64, pattern=TEXT_PATTERN)] | None = Field(
         None, examples=list(PROFILE_NAMES), description=(
             "a resolution profile: " + ", ".join(PROFILE_NAMES) + " (models/profiles.py: grid, "

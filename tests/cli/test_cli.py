@@ -99,7 +99,8 @@ def test_augment_balances_a_3d_cohort_with_readable_outputs(cohort, tiny_config,
                for p in synthetic]
     assert [i for i, d in enumerate(details) if d == "none"] == near["without_detail"]
     assert set(details) <= {"nearest", "none"}
-    assert (out / "models" / "AD" / "weights.safetensors").is_file()
+    assert (out / "models" / "shared" / "weights.safetensors").is_file()  # the default: one model
+    assert not (out / "models" / "AD").exists()
     assert not list(tmp_path.glob(".balanced.partial-*")), "staging folder left behind"
 
 

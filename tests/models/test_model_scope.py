@@ -57,10 +57,26 @@ def test_a_shared_model_learns_every_class_and_draws_the_minority(cohort, tmp_pa
     assert "generator trained on these 3 scans only" not in summary
 
 
-def test_per_class_stays_the_default(cohort, tmp_path):
+def test_shared_is_the_default_and_per_class_stays_an_option(cohort, tmp_path):
     result = augment(cohort, tmp_path / "out", target={"AD": 2}, config=AugmentConfig(**TINY))
-    assert set(result.models) == {"AD"}
-    assert result.metrics["classes"]["AD"]["model_scope"] == "per_class"
+    assert set(result.models) == {"shared"}
+    assert result.metrics["classes"]["AD"]["model_scope"] == "shared"
+    per_class = augment(cohort, tmp_path / "per_class", target={"AD": 2},
+                        config=AugmentConfig(**TINY, model_scope="per_class"))
+    assert set(per_class.models) == {"AD"}
+    assert per_class.metrics["classes"]["AD"]["model_scope"] == "per_class"
+    assert per_class.metrics["classes"]["AD"]["n_trained_on"] == 3  # the class's own scans only
+
+
+def test_the_default_model_is_the_hierarchy_and_another_arch_gets_its_own_defaults():
+    """The default generator is the hconv hierarchy (a vector over one latent map, centered);
+    a user who names another arch gets no latent maps, so a valid config needs no extra keys."""
+    default = AugmentConfig().model
+    assert (default.arch, default.latent_channels, default.parameterization) == ("hconv", (4,), "centered")
+    conv = AugmentConfig(model={"arch": "conv", "latent_dims": [8]}).model
+    assert (conv.arch, conv.latent_channels, conv.parameterization) == ("conv", (), "noncentered")
+    explicit = AugmentConfig(model={"arch": "hconv", "latent_channels": [2, 4], "parameterization": "noncentered"}).model
+    assert (explicit.latent_channels, explicit.parameterization) == ((2, 4), "noncentered")
 
 
 def test_transfer_starts_each_class_model_from_a_base_model_of_every_class(cohort, tmp_path):
@@ -92,7 +108,8 @@ def test_transfer_starts_each_class_model_from_a_base_model_of_every_class(cohor
         in summary
 
     # The class model is not the one per_class trains from scratch with the same seed.
-    scratch = augment(cohort, tmp_path / "scratch", target={"AD": 4}, config=AugmentConfig(**TINY))
+    scratch = augment(cohort, tmp_path / "scratch", target={"AD": 4},
+                      config=AugmentConfig(**TINY, model_scope="per_class"))
     transferred, _, _ = load(result.models["AD"])
     fresh, _, _ = load(scratch.models["AD"])
     assert any(not torch.allclose(a, b) for a, b in zip(transferred.parameters(), fresh.parameters()))

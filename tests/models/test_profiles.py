@@ -22,14 +22,16 @@ def test_profiles_import_without_torch():
 @pytest.mark.parametrize("name", PROFILE_NAMES)
 @pytest.mark.parametrize("arch,maps", [("conv", ()), ("hconv", (2, 4))])
 def test_every_profile_makes_a_valid_augment_config_and_model_config(name, arch, maps):
-    settings = profile_settings(name)
+    # A user's model choice over the profile's: only the arch (and its maps) named, so every
+    # other field takes that arch's defaults (conv: no maps, noncentered).
+    settings = profile_settings(name, {"model": {"arch": arch, **({"latent_channels": maps} if maps else {})}})
     config = AugmentConfig(**settings)
     pre = PreprocessConfig(**settings["preprocess"])
     assert config.pretrain_steps == settings["pretrain_steps"]
-    extra = {"latent_channels": maps, "latent_dims": [16]} if arch == "hconv" else {}
-    cfg = ModelConfig(data_shape=(1, *pre.target_shape),
-                      **{**config.model.model_dump(), **extra, "arch": arch})
+    cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
     assert cfg.data_shape[1:] == tuple(settings["preprocess"]["target_shape"])
+    assert (cfg.arch, cfg.latent_channels) == (arch, maps)
+    assert cfg.channels == tuple(settings["model"]["channels"])
 
 
 def test_profiles_differ_in_grid_and_spacing():

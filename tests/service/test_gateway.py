@@ -35,8 +35,10 @@ def augmentation(deployment, dataset) -> dict:
     """An augmentation of the demo dataset, followed over SSE to its end."""
     with deployment.client() as c:
         # The CLI's target syntax: AD=3 adds 3 AD scans (what 'balance' would give here).
+        # A per-class model (the default, one shared model, is tested in test_profiles_and_shared).
         r = c.post("/v1/augmentations", json={"dataset": dataset["id"], "target": "AD=3",
-                                              "config": TINY_AUGMENT, "name": "demo balance"})
+                                              "config": {**TINY_AUGMENT, "model_scope": "per_class"},
+                                              "name": "demo balance"})
         assert r.status_code == 202, r.text
         started = r.json()
         with c.stream("GET", started["events_url"], timeout=300) as stream:

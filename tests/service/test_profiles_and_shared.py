@@ -16,8 +16,8 @@ from .conftest import TINY_AUGMENT
 pytestmark = pytest.mark.slow
 
 # The standard profile (64^3 at 3 mm) under a request that shrinks the grid only: its 3 mm
-# spacing is what the profile adds.
-SHARED_CONFIG = {**TINY_AUGMENT, "preprocess": {"target_shape": [16, 16, 16]}, "model_scope": "shared"}
+# spacing is what the profile adds. No model_scope: one shared model is the default.
+SHARED_CONFIG = {**TINY_AUGMENT, "preprocess": {"target_shape": [16, 16, 16]}}
 
 
 @pytest.fixture(scope="module")

@@ -136,10 +136,11 @@ def test_bad_input_is_reported_with_the_field_named(store, settings, dataset, tm
 
 def test_a_stopped_augmentation_resumes_its_class_model_from_the_last_checkpoint(store, settings, dataset):
     # AD has 3 scans, batch 3: one step per epoch, 20 + 10 steps; checkpoints every 4 steps.
+    # (The default scope, shared, has its own test below.)
     params = {"dataset": dataset, "target": "balance", "config": {
         "preprocess": TINY_PREPROCESS, "model": {"arch": "mlp", "latent_dims": [4], "hidden": [32]},
         "sampler": {"kind": "mala", "n_steps": 2}, "train": {"batch_size": 4},
-        "pretrain_steps": 20, "mcmc_steps": 10}}
+        "pretrain_steps": 20, "mcmc_steps": 10, "model_scope": "per_class"}}
     whole = run("augment", params, JobContext("aug-a", store, settings=settings))
 
     # Stopped in phase 2 (after the sampler's warm start), resumed from step 24.

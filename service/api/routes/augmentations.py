@@ -1,7 +1,8 @@
-"""Augmentations: balance a dataset with synthetic scans. The job trains a model per minority
-class on the dataset's train split (with ``config.model_scope`` "transfer", each started from a
-base model of every class's train scans; with "shared", one class-conditional model on every
-class's), optionally from a resolution ``profile``'s settings,
+"""Augmentations: balance a dataset with synthetic scans. The job trains one class-conditional
+model on the dataset's train split of every class (``config.model_scope`` "shared", the
+default; "per_class": a model per minority class on its own scans; "transfer": the same, each
+started from a base model of every class's train scans), optionally from a resolution
+``profile``'s settings,
 samples to the target, and packages one self-contained
 cohort: preprocessed real scans, synthetic scans with sidecars, a manifest relative to the zip
 (``path,label,split,synthetic,source_path``) and a report."""
