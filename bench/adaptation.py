@@ -83,7 +83,7 @@ def plot(runs: list[dict], path: Path, title: str) -> None:
     target = runs[0]["target"]
     ax_a.axhline(target, color="k", ls="--", lw=1, label=f"target {target}")
     ax_a.axhspan(target - 0.05, target + 0.05, color="k", alpha=0.08)
-    ax_a.set(xlabel="epoch (phase 2; 1 minibatch each)", ylabel="mean acceptance", ylim=(0, 1))
+    ax_a.set(xlabel="epoch (phase 2)", ylabel="mean acceptance", ylim=(0, 1))
     ax_b.set(xlabel="epoch (phase 2)", ylabel="beta (entropy weight)")
     ax_a.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
