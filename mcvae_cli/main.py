@@ -129,6 +129,9 @@ def _print_result(result) -> None:
                 f"scans: {near['replaced']} replaced by new draws, {near['left_out']} left out")
         if near.get("without_detail"):
             line += f", {len(near['without_detail'])} delivered without fine detail"
+        if info.get("retrains"):
+            line += (f"; trained {info['retrains'] + 1} times (a model that learned the class mean only was "
+                     "trained again from a fresh seed)")
         if near["policy"] == "keep":
             line = (f"  class {label}: {learned}; "
                     f"{len(info['memorisation']['flagged'])} near-copies kept (--keep-near-copies)")
@@ -138,7 +141,11 @@ def _print_result(result) -> None:
     print(f"  synthetic scans: {result.out_dir / 'synthetic'}")
     print(f"  report:          {result.report}  (summary.txt, montage_*.png, curves_*.png, metrics.json)")
     print(f"  models:          {result.out_dir / 'models'}")
+    from models.augment import spread_warning
+
     for label, info in m.get("classes", {}).items():
+        if (info.get("subject_spread") or {}).get("warning"):
+            print(f"  warning: {spread_warning(label, info['subject_spread'])}")
         short = info["n_requested"] - info["n_synthetic"]
         if short:
             print(f"  warning: class '{label}': {short} of {info['n_requested']} synthetic scans left out "

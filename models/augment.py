@@ -49,13 +49,14 @@ from .data import (
 )
 from .data.io import share_like_umask
 from .data.quality import preprocessed_problem, raw_problem, refuse
-from .fine_detail import FineDetail
+from .fine_detail import FineDetail, reconstruct
 from .options import AugmentConfig, FineDetailPolicy, ModelChoice
 from .report import (
     memorisation_audit,
     near_copy_threshold,
     nearest_real,
     slice_montage,
+    subject_spread,
     training_curves,
 )
 from .samplers import build_sampler
@@ -326,6 +327,37 @@ def fit_transfer_model(x_every: torch.Tensor, x_class: torch.Tensor, model_cfg: 
     return fit_class_model(x_class, model_cfg, config, seed, init=base)
 
 
+RETRAIN_SEED_STEP = 7919  # a retrained model's seed: the first one's plus this per retrain
+RETRAIN_KEY = "~retrain"  # a retrained model's checkpoint key: the model's own, this, and the retrain number
+
+
+def _retrain_checkpoints(checkpoints: ClassCheckpoints | None, attempt: int) -> ClassCheckpoints | None:
+    """Checkpoints of a retrained model: a series of its own per attempt (key ``label~retrainK``),
+    so a resumed job finds the failed attempt complete and the retrain where it stopped."""
+    if checkpoints is None or attempt == 0:
+        return checkpoints
+    suffix = f"{RETRAIN_KEY}{attempt}"
+    return ClassCheckpoints(checkpoints.every, save=lambda key, state: checkpoints.save(key + suffix, state),
+                            load=lambda key: checkpoints.load(key + suffix))
+
+
+def fit_learning_subjects(fit: Callable[[int, int], Any], spreads: Callable[[Any], dict[str, dict | None]],
+                          retrains: int, seed: int, on_retrain: Callable[[int, dict[str, dict]], None]):
+    """Train with ``fit(seed, attempt)``; while ``spreads(trained)`` (label -> report.subject_spread)
+    warns for a class and retrains are left, train again from seed + attempt x RETRAIN_SEED_STEP
+    (``on_retrain(attempt, warned)`` first). Returns (trained, attempts made after the first,
+    the last spreads). A model stuck on the class-mean plateau draws near-identical scans; a fresh
+    seed usually leaves it (docs/RESULTS.md, session 8)."""
+    for attempt in range(retrains + 1):
+        trained = fit(seed + attempt * RETRAIN_SEED_STEP, attempt)
+        found = spreads(trained)
+        warned = {label: s for label, s in found.items() if s is not None and s["warning"]}
+        if not warned or attempt == retrains:
+            return trained, attempt, found
+        on_retrain(attempt + 1, warned)
+    raise AssertionError("unreachable")
+
+
 def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies: str = "replace",
                    copy_fraction: float = 0.5, max_redraws: int = 10, batch: int = 32,
                    on_batch: Callable[[int], None] | None = None,
@@ -425,9 +457,10 @@ def _sidecar(model, model_id: str, job_id: str | None, seed: int, sampler_name: 
 def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted: dict[str, int],
                   names: list[str], train_seconds: float, history, trained_on: list[str], near: dict[str, Any],
                   train_x: torch.Tensor, synthetic: torch.Tensor, staging: Path, config: AugmentConfig,
-                  n_base: int | None = None) -> None:
+                  n_base: int | None = None, spread: dict[str, Any] | None = None) -> None:
     """One class's montage, curves and metrics entry (memorisation audit of what is delivered);
-    ``n_base``: the scans the base model of model_scope "transfer" learned from."""
+    ``n_base``: the scans the base model of model_scope "transfer" learned from; ``spread``: the
+    model's reconstructions of the class's scans against the scans (report.subject_spread)."""
     audit = memorisation_audit(train_x, synthetic, config.near_copy_fraction)
     slice_montage([s[0].numpy() for s in train_x], [s[0].numpy() for s in synthetic],
                   staging / "report" / f"montage_{label}.png",
@@ -444,34 +477,56 @@ def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted
         "trained_on": trained_on, "n_trained_on": len(trained_on), "near_copies": near,
         **({"n_base_trained_on": n_base} if n_base is not None else {}),
         "memorisation": {key: v for key, v in audit.items() if key != "synthetic_nn"},
+        "subject_spread": spread,
     }
 
 
 def _fit_shared(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[dict[str, str]],
                 model_cfg: ModelConfig, config: AugmentConfig, staging: Path, report: Progress, should_stop,
-                job_id: str, pre: PreprocessConfig, checkpoints: ClassCheckpoints | None = None):
+                job_id: str, pre: PreprocessConfig, checkpoints: ClassCheckpoints | None,
+                drawn: list[str], notes: list[str]):
     """``model_scope: shared``: one class-conditional model on the train scans of every class
     (models/shared_model.py), resumed from and checkpointed under ``"shared"`` with
-    ``checkpoints``; returns it, its training seconds and where it was saved."""
+    ``checkpoints``, trained again (``config.retrains``) while it reconstructs the scans of a
+    ``drawn`` class nearly alike; returns it, its training seconds (every attempt), where it was
+    saved and how many retrains it took."""
     scans = {c: x[[i for i in train_idx if real.items[i].label == c]] for c in real.classes}
     scans = {c: v for c, v in scans.items() if len(v)}
 
-    def on_step(done: int, total: int) -> None:
-        if should_stop is not None and should_stop():
-            raise TrainingCancelled("cancelled while training the shared model")
-        report("training shared model", 0.05 + 0.5 * done / max(total, 1))
+    def fit(seed: int, attempt: int):
+        def on_step(done: int, total: int) -> None:
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled("cancelled while training the shared model")
+            if attempt:  # the first training took the progress up to 0.55: hold it there
+                report(f"retraining shared model ({done}/{total})", 0.55)
+            else:
+                report("training shared model", 0.05 + 0.5 * done / max(total, 1))
+
+        return fit_shared_model(scans, model_cfg, config, seed, on_step, _retrain_checkpoints(checkpoints, attempt))
+
+    def spreads(shared) -> dict[str, dict | None]:
+        return {c: subject_spread(scans[c], reconstruct(class_view(shared, c), scans[c])) for c in drawn if c in scans}
 
     started = time.perf_counter()
     try:
-        shared = fit_shared_model(scans, model_cfg, config, config.seed * 1009, on_step, checkpoints)
+        shared, retrained, _ = fit_learning_subjects(
+            fit, spreads, config.retrains, config.seed * 1009,
+            lambda attempt, warned: notes.append(_retrain_note("the shared model", warned, attempt, config)))
     except TrainingCancelled as stop:
         raise Cancelled(str(stop)) from None
     seconds = time.perf_counter() - started
     model_dir = save(staging / "models" / "shared", shared.model, shared.sampler, {
-        "classes": shared.classes, "job_id": job_id, "seed": config.seed * 1009,
+        "classes": shared.classes, "job_id": job_id, "seed": config.seed * 1009 + retrained * RETRAIN_SEED_STEP,
         "preprocess": pre.model_dump(mode="json"), "train": shared.train_cfg.model_dump(mode="json"),
         "history": shared.history.as_dicts(), "trained_on": [rows[i]["source_path"] for i in train_idx]})
-    return shared, seconds, model_dir
+    return shared, seconds, model_dir, retrained
+
+
+def _retrain_note(what: str, warned: dict[str, dict], attempt: int, config: AugmentConfig) -> str:
+    spread = ", ".join(f"{label} {s['ratio']:.2f}" for label, s in warned.items())
+    return (f"{what} reconstructed the training scans of {', '.join(warned)} nearly alike (subject spread {spread}): "
+            f"it had learned the class mean, not the subjects; trained again from a fresh seed "
+            f"(retrain {attempt} of {config.retrains})")
 
 
 def _fit_base(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConfig, report: Progress, should_stop,
@@ -510,9 +565,9 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
     models: dict[str, Path] = {}
     shared = base_state = None
     if config.model_scope == "shared" and classes:
-        shared, shared_seconds, models["shared"] = _fit_shared(real, x, train_idx, rows, model_cfg, config,
-                                                               staging, report, should_stop, job_id, pre,
-                                                               checkpoints)
+        shared, shared_seconds, models["shared"], retrained = _fit_shared(
+            real, x, train_idx, rows, model_cfg, config, staging, report, should_stop, job_id, pre, checkpoints,
+            classes, notes)
     elif config.model_scope == "transfer" and classes:
         base_state = _fit_base(x[train_idx], model_cfg, config, report, should_stop, checkpoints)
     first_model = shared is not None or base_state is not None  # took the first half of the progress
@@ -531,14 +586,26 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
                     raise TrainingCancelled(f"cancelled while training class '{label}'")
                 report(f"training {label}", base + 0.8 * span * done / max(total, 1))
 
+            def fit(seed: int, attempt: int, label=label, train_x=train_x, on_step=on_step, base=base):
+                step = on_step if not attempt else (  # hold the progress where the first training ended
+                    lambda done, total: on_step(done, total) if should_stop is not None and should_stop()
+                    else report(f"retraining {label} ({done}/{total})", base + 0.8 * span))
+                return fit_class_model(train_x, model_cfg, config, seed, step,
+                                       checkpoints=_retrain_checkpoints(checkpoints, attempt), label=label,
+                                       init=base_state)
+
             started = time.perf_counter()
             try:
-                model, sampler, history, train_cfg = fit_class_model(train_x, model_cfg, config, seed, on_step,
-                                                                     checkpoints=checkpoints, label=label,
-                                                                     init=base_state)
+                (model, sampler, history, train_cfg), retrained, _ = fit_learning_subjects(
+                    fit, lambda fitted, label=label, train_x=train_x: {
+                        label: subject_spread(train_x, reconstruct(fitted[0], train_x))},
+                    config.retrains, seed,
+                    lambda attempt, warned, label=label: notes.append(
+                        _retrain_note(f"the model of class {label}", warned, attempt, config)))
             except TrainingCancelled as stop:
                 raise Cancelled(str(stop)) from None
             train_seconds = time.perf_counter() - started
+            seed = train_cfg.seed  # the seed of the model kept (a retrained one's own)
             models[label] = save(staging / "models" / label, model, sampler, {
                 "class": label, "job_id": job_id, "seed": seed, "preprocess": pre.model_dump(mode="json"),
                 "train": train_cfg.model_dump(mode="json"), "history": history.as_dicts(),
@@ -563,7 +630,9 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
         learned_from = train_idx if shared is not None else picked  # a shared model learned every class
         _class_report(metrics, label, picked, wanted, names, train_seconds, history,
                       [rows[i]["path"] for i in learned_from], near, train_x, synthetic, staging, config,
-                      n_base=len(train_idx) if base_state is not None else None)
+                      n_base=len(train_idx) if base_state is not None else None,
+                      spread=subject_spread(train_x, reconstruct(model, train_x)))
+        metrics["classes"][label]["retrains"] = retrained
 
     manifest = staging / "manifest.csv"
     with manifest.open("w", newline="") as fh:
@@ -592,6 +661,13 @@ def generator_phrase(info: dict[str, Any], listed: bool = True) -> str:
     return f"generator trained on {these}{info['n_train']} scans{only}"
 
 
+def spread_warning(label: str, spread: dict[str, Any]) -> str:
+    """The one wording of a subject-spread warning (report/summary.txt and the CLI)."""
+    return (f"class '{label}': the model reconstructs its training scans nearly alike (spread "
+            f"{spread['ratio']:.2f} of the real scans'): it learned the class mean more than its subjects, "
+            "so its synthetic scans look alike; try another seed, more pretrain_steps or a lower train.lr")
+
+
 def _write_summary(result: AugmentResult, path: Path) -> None:
     """report/summary.txt: what a person needs to trust the cohort, in a few lines."""
     m = result.metrics
@@ -618,6 +694,13 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
             lines.append(f"  fine detail ({near['fine_detail']}): the residual of the training scan whose "
                          f"reconstruction is nearest each scan; {len(near['without_detail'])} scan(s) delivered "
                          "as decoder means alone (their detail made them near-copies)")
+        spread = info.get("subject_spread")
+        if spread is not None:
+            lines.append(f"  subjects learned: the model's reconstructions of the {info['n_train']} training scans lie "
+                         f"{spread['ratio']:.2f} x as far apart as the scans (nearest-neighbour RMS median "
+                         f"{spread['reconstruction_nn_median']:.4g} against {spread['real_nn_median']:.4g})")
+            if spread["warning"]:
+                lines.append(f"  WARNING: {spread_warning(label, spread)}")
         lines.append(f"  final audit: {len(audit['flagged'])} delivered scan(s) below the threshold; nearest "
                      f"training scan at median {((audit['synthetic_to_real_nn'] or {}).get('median') or 0):.4g} "
                      f"(real-to-real median {audit['real_to_real_nn']['median']:.4g})")

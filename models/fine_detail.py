@@ -22,6 +22,15 @@ import torch
 from .report import nearest_real
 
 
+@torch.no_grad()
+def reconstruct(model, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """Decoder means at the posterior means of scans ``x`` (on the CPU): the model's
+    reconstructions. ``model``: anything with ``encode`` (posterior mean first) and ``decode``."""
+    device = next(iter(model.parameters())).device
+    return torch.cat([model.decode(model.encode(x[start:start + batch].to(device).float())[0]).cpu()
+                      for start in range(0, len(x), batch)])
+
+
 class FineDetail:
     """``FineDetail(model, train_x)(scans)``: scans plus the residual of the nearest training
     scan (nearest by RMS distance to its reconstruction). ``model``: anything with ``encode``
@@ -31,13 +40,7 @@ class FineDetail:
     def __init__(self, model, train_x: torch.Tensor, batch: int = 16, sigma: float = 0.0):
         if len(train_x) == 0:
             raise ValueError("fine detail needs at least one training scan")
-        device = next(iter(model.parameters())).device
-        recons = []
-        with torch.no_grad():
-            for start in range(0, len(train_x), batch):
-                x = train_x[start:start + batch].to(device).float()
-                recons.append(model.decode(model.encode(x)[0]).cpu())
-        self.reconstructions = torch.cat(recons)
+        self.reconstructions = reconstruct(model, train_x, batch)
         self.residuals = train_x.float() - self.reconstructions
         if sigma > 0:  # keep only what is finer than a Gaussian of sigma voxels
             from monai.networks.layers import GaussianFilter

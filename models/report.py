@@ -143,6 +143,27 @@ def near_copy_threshold(real: torch.Tensor, copy_fraction: float = 0.5) -> float
     return copy_fraction * float(real_nearest(real).min()) if len(real) > 1 else 0.0
 
 
+# Below this ratio a model reconstructs a class's training scans far more alike than they are:
+# it learned the class mean rather than its subjects, so its new scans look alike too. Measured
+# on the AD scans of `mcvae demo` (docs/RESULTS.md, session 8): 0.02 for a shared model stuck on
+# the class-mean plateau (--difficulty 0.6, seed 0), 0.89-0.98 for shared models that learned
+# their subjects (seeds 1-2 and the default cohort), 1.01 for the per-class conv model.
+SUBJECT_SPREAD_WARNING = 0.25
+
+
+def subject_spread(real: torch.Tensor, reconstructions: torch.Tensor) -> dict[str, Any] | None:
+    """How far apart the model's reconstructions of a class's training scans lie, against the
+    scans themselves: median nearest-neighbour RMS distance of each, and their ratio (about 1: the
+    model tells the subjects apart; near 0: it gives every scan the class mean). None with fewer
+    than 2 scans."""
+    if len(real) < 2:
+        return None
+    real_nn, recon_nn = float(real_nearest(real).median()), float(real_nearest(reconstructions).median())
+    ratio = recon_nn / real_nn if real_nn > 0 else 1.0
+    return {"real_nn_median": real_nn, "reconstruction_nn_median": recon_nn, "ratio": ratio,
+            "warning": ratio < SUBJECT_SPREAD_WARNING}
+
+
 def memorisation_audit(real: torch.Tensor, synthetic: torch.Tensor, copy_fraction: float = 0.5) -> dict[str, Any]:
     """Nearest-real-scan distances (RMS per voxel) of synthetic scans vs. real-to-real.
 

@@ -370,7 +370,14 @@ def evaluate(ctx: JobContext, p: EvaluateParams) -> Outcome:
 
 # -- augment ---------------------------------------------------------------------------------------
 def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
-    from models.augment import BASE_KEY, AugmentConfig, Cancelled, ClassCheckpoints
+    from models.augment import (
+        BASE_KEY,
+        RETRAIN_KEY,
+        AugmentConfig,
+        Cancelled,
+        ClassCheckpoints,
+        spread_warning,
+    )
     from models.augment import augment as run_augment
 
     config = library_config(AugmentConfig, p.augment_config(), "config")  # with p.profile's settings
@@ -394,9 +401,11 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
         state = checkpoints.load(latest, ctx.device)
         resumed[label] = int(state["global_step"])
         # model_scope shared: one series for the shared model, saved under "shared"; transfer: the
-        # base model's under models.augment.BASE_KEY, then one per class
+        # base model's under models.augment.BASE_KEY, then one per class; a model trained again
+        # (config.retrains) has a series of its own, "<key>~retrainK" (models.augment.RETRAIN_KEY)
+        key, _, retrain = label.partition(RETRAIN_KEY)
         what = ("shared model" if config.model_scope == "shared" else
-                "base model" if label == BASE_KEY else f"class {label}")
+                "base model" if key == BASE_KEY else f"class {key}") + (f" (retrain {retrain})" if retrain else "")
         ctx.log(f"{what}: resumed from step {resumed[label]}")
         return state
 
@@ -428,6 +437,9 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
     made = sum(result.synthetic_counts.values())
     if result.metrics.get("near_copies_replaced"):
         ctx.log(f"replaced {result.metrics['near_copies_replaced']} near-copies of training scans by new draws")
+    for label, info in result.metrics.get("classes", {}).items():  # the CLI prints the same warning
+        if (info.get("subject_spread") or {}).get("warning"):
+            ctx.log(spread_warning(label, info["subject_spread"]), "warning")
     obsolete = ctx.store.list("checkpoint", f"checkpoint-{ctx.job_id}-")  # superseded by the models
     return Outcome(metrics=metrics, artifacts=artifacts, obsolete=obsolete, message=f"made {made} synthetic scans")
 

@@ -91,7 +91,8 @@ def test_transfer_starts_each_class_model_from_a_base_model_of_every_class(cohor
     checkpoints = ClassCheckpoints(every=1000, save=lambda key, state: saved.__setitem__(key, state),
                                    load=lambda key: None)
     out = tmp_path / "out"
-    config = AugmentConfig(**TINY, model_scope="transfer")
+    # retrains 0: this test counts checkpoint series (a retrain adds one, tests/models/test_subject_spread.py)
+    config = AugmentConfig(**TINY, model_scope="transfer", retrains=0)
     result = augment(cohort, out, target={"AD": 4}, config=config, checkpoints=checkpoints)
 
     assert set(result.models) == {"AD"}  # the base model learned both classes: not delivered
@@ -109,7 +110,7 @@ def test_transfer_starts_each_class_model_from_a_base_model_of_every_class(cohor
 
     # The class model is not the one per_class trains from scratch with the same seed.
     scratch = augment(cohort, tmp_path / "scratch", target={"AD": 4},
-                      config=AugmentConfig(**TINY, model_scope="per_class"))
+                      config=AugmentConfig(**TINY, model_scope="per_class", retrains=0))
     transferred, _, _ = load(result.models["AD"])
     fresh, _, _ = load(scratch.models["AD"])
     assert any(not torch.allclose(a, b) for a, b in zip(transferred.parameters(), fresh.parameters()))

@@ -192,6 +192,11 @@ def test_a_stopped_shared_augmentation_resumes_its_model_from_the_last_checkpoin
     again = JobContext("sh-b", store, settings=settings)
     resumed = run("augment", params, again)
     assert "shared model: resumed from step 24" in [e["message"] for e in again.events]
+    # The job's event feed carries the CLI's warning when the model learned the class mean only.
+    spread = resumed.metrics["classes"]["AD"]["subject_spread"]
+    warned = [e for e in again.events
+              if e.get("level") == "warning" and "reconstructs its training scans nearly alike" in e["message"]]
+    assert spread["warning"] and len(warned) == 1  # 33 steps of a tiny MLP: the class mean only
     assert resumed.metrics["resumed_from"] == {"shared": 24}
     assert store.list("checkpoint", "checkpoint-sh-b-")[-1].endswith("000000033")  # the final state
     assert sorted(resumed.obsolete) == sorted(store.list("checkpoint", "checkpoint-sh-b-"))
@@ -209,9 +214,24 @@ def test_a_stopped_shared_augmentation_resumes_its_model_from_the_last_checkpoin
     for a, b in zip(scans_a, scans_b):
         np.testing.assert_allclose(nib.load(a).get_fdata(), nib.load(b).get_fdata(), atol=1e-4)
 
-    # A rerun after the final checkpoint trains nothing more: it resumes at the end.
+    # The tiny model learned the class mean only, so it was trained again from a fresh seed
+    # (retrains: 1, the default), in a checkpoint series of its own.
+    assert resumed.metrics["classes"]["AD"]["retrains"] == 1
+    # A rerun after the final checkpoints trains nothing more: it resumes both at their ends.
     third = JobContext("sh-b", store, settings=settings)
-    assert run("augment", params, third).metrics["resumed_from"] == {"shared": 33}
+    assert run("augment", params, third).metrics["resumed_from"] == {"shared": 33, "shared~retrain1": 33}
+
+    # Stopped during the retrain (33 steps of the first model, then 5 of the second): the rerun
+    # finds the first model complete and resumes the retrain from its checkpoint at step 4.
+    with pytest.raises(JobCancelled, match="cancelled while training the shared model"):
+        run("augment", params, StopAfter("sh-c", store, settings=settings, steps=38))
+    again = JobContext("sh-c", store, settings=settings)
+    resumed_retrain = run("augment", params, again)
+    assert resumed_retrain.metrics["resumed_from"] == {"shared": 33, "shared~retrain1": 4}
+    assert "shared model (retrain 1): resumed from step 4" in [e["message"] for e in again.events]
+    model_c, _, _ = load(store.path("model-sh-c-0"))
+    for (name, a), c in zip(model_a.state_dict().items(), model_c.state_dict().values()):
+        assert torch.allclose(a, c, rtol=1e-4, atol=1e-6), name
 
 
 def test_a_sample_job_draws_the_named_class_of_a_shared_model(store, settings, dataset):

@@ -1,0 +1,106 @@
+"""Does the model tell a class's subjects apart? report.subject_spread compares how far apart its
+reconstructions of the training scans lie with how far apart the scans lie; augment records it
+per class and warns when the model gives every scan the class mean (docs/RESULTS.md, session 8)."""
+
+from __future__ import annotations
+
+import glob
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from models import load
+from models.augment import augment
+from models.conditional import ClassView
+from models.data import make_demo_slices
+from models.fine_detail import reconstruct
+from models.options import AugmentConfig
+from models.report import SUBJECT_SPREAD_WARNING, subject_spread
+
+from .test_model_scope import TINY
+
+
+def _scans(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_reconstructions_as_far_apart_as_the_scans_give_ratio_one():
+    x = _scans(5)
+    spread = subject_spread(x, x.clone())
+    assert spread["ratio"] == pytest.approx(1.0) and not spread["warning"]
+    assert spread["real_nn_median"] == pytest.approx(spread["reconstruction_nn_median"])
+
+
+def test_the_class_mean_for_every_scan_warns():
+    x = _scans(5)
+    mean_only = x.mean(0, keepdim=True) + 0.001 * _scans(5, seed=1)  # every scan reconstructed alike
+    spread = subject_spread(x, mean_only)
+    assert spread["ratio"] < 0.02 < SUBJECT_SPREAD_WARNING and spread["warning"]
+    # halfway between the mean and the scans: no warning at ratio 0.5
+    half = subject_spread(x, 0.5 * x + 0.5 * x.mean(0, keepdim=True))
+    assert half["ratio"] == pytest.approx(0.5, abs=1e-6) and not half["warning"]
+
+
+def test_a_single_scan_has_no_spread():
+    assert subject_spread(_scans(1), _scans(1)) is None
+
+
+@pytest.mark.parametrize("scope", ["per_class", "shared"])
+def test_augment_records_the_spread_of_the_model_that_drew_each_class(tmp_path, scope):
+    cohort = tmp_path / "cohort"
+    make_demo_slices(cohort, n_control=6, n_ad=3, shape=(16, 16), seed=0)
+    out = tmp_path / "out"
+    result = augment(cohort, out, target={"AD": 2}, config=AugmentConfig(**TINY, model_scope=scope))
+    spread = result.metrics["classes"]["AD"]["subject_spread"]
+
+    # Recomputed from what was delivered: the saved model and the preprocessed real AD scans.
+    model, _, meta = load(result.models["shared" if scope == "shared" else "AD"])
+    model.eval()
+    if scope == "shared":
+        model = ClassView(model, meta["classes"].index("AD"))
+    real = torch.stack([torch.from_numpy(np.asarray(nib.load(p).dataobj, dtype=np.float32))[None]
+                        for p in sorted(glob.glob(str(out / "real" / "AD" / "*.nii.gz")))])
+    again = subject_spread(real, reconstruct(model, real))
+    assert spread["ratio"] == pytest.approx(again["ratio"], rel=1e-4)
+    assert spread["warning"] == (spread["ratio"] < SUBJECT_SPREAD_WARNING)
+    summary = (out / "report" / "summary.txt").read_text()
+    assert f"lie {spread['ratio']:.2f} x as far apart as the scans" in summary
+    assert ("WARNING: class 'AD': the model reconstructs its training scans nearly alike" in summary) == spread["warning"]
+
+
+@pytest.fixture(scope="module")
+def slices(tmp_path_factory):
+    root = tmp_path_factory.mktemp("spread") / "cohort"
+    make_demo_slices(root, n_control=6, n_ad=3, shape=(16, 16), seed=0)
+    return root
+
+
+def test_a_model_that_learned_only_the_class_mean_is_trained_again_from_a_fresh_seed(slices, tmp_path):
+    # 20 plain steps of a tiny MLP: every AD slice reconstructed alike (spread about 0.03)
+    config = AugmentConfig(**{**TINY, "pretrain_steps": 20}, model_scope="per_class")
+    assert config.retrains == 1  # the default
+    result = augment(slices, tmp_path / "out", target={"AD": 2}, config=config)
+    info = result.metrics["classes"]["AD"]
+    assert info["retrains"] == 1
+    [note] = [n for n in result.metrics["notes"] if "trained again from a fresh seed" in n]
+    assert "the model of class AD reconstructed the training scans of AD nearly alike" in note
+    assert "(retrain 1 of 1)" in note
+    _, _, meta = load(result.models["AD"])
+    assert meta["seed"] == 0 * 1009 + 0 + 7919  # the kept model is the retrained one
+    assert f"note: {note}" in (tmp_path / "out" / "report" / "summary.txt").read_text()
+
+    never = augment(slices, tmp_path / "never", target={"AD": 2}, config=config.model_copy(update={"retrains": 0}))
+    assert never.metrics["classes"]["AD"]["retrains"] == 0 and never.metrics["classes"]["AD"]["subject_spread"]["warning"]
+    assert not [n for n in never.metrics["notes"] if "trained again" in n]
+    assert load(never.models["AD"])[2]["seed"] == 0
+
+
+@pytest.mark.parametrize("scope", ["per_class", "shared"])
+def test_a_model_that_learned_its_subjects_is_kept(slices, tmp_path, scope):
+    config = AugmentConfig(**{**TINY, "pretrain_steps": 300}, model_scope=scope)
+    result = augment(slices, tmp_path / "out", target={"AD": 2}, config=config)
+    info = result.metrics["classes"]["AD"]
+    assert info["subject_spread"]["ratio"] > SUBJECT_SPREAD_WARNING and info["retrains"] == 0
+    assert not [n for n in result.metrics["notes"] if "trained again" in n]
