@@ -497,8 +497,8 @@ def _fit_shared(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[
         def on_step(done: int, total: int) -> None:
             if should_stop is not None and should_stop():
                 raise TrainingCancelled("cancelled while training the shared model")
-            if attempt:  # the first training took the progress up to 0.55: hold it there
-                report(f"retraining shared model ({done}/{total})", 0.55)
+            if attempt:  # the first training took the progress up to 0.55: hold it, and count in the stage
+                report(f"retraining shared model ({_tens(done, total)}%)", 0.55)
             else:
                 report("training shared model", 0.05 + 0.5 * done / max(total, 1))
 
@@ -520,6 +520,12 @@ def _fit_shared(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[
         "preprocess": pre.model_dump(mode="json"), "train": shared.train_cfg.model_dump(mode="json"),
         "history": shared.history.as_dicts(), "trained_on": [rows[i]["source_path"] for i in train_idx]})
     return shared, seconds, model_dir, retrained
+
+
+def _tens(done: int, total: int) -> int:
+    """Percent done in whole tens: a retrain's stage names its progress (the job's fraction stays
+    where the first training left it), and changes about ten times, not at every step."""
+    return 10 * (10 * done // max(total, 1))
 
 
 def _retrain_note(what: str, warned: dict[str, dict], attempt: int, config: AugmentConfig) -> str:
@@ -589,7 +595,7 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
             def fit(seed: int, attempt: int, label=label, train_x=train_x, on_step=on_step, base=base):
                 step = on_step if not attempt else (  # hold the progress where the first training ended
                     lambda done, total: on_step(done, total) if should_stop is not None and should_stop()
-                    else report(f"retraining {label} ({done}/{total})", base + 0.8 * span))
+                    else report(f"retraining {label} ({_tens(done, total)}%)", base + 0.8 * span))
                 return fit_class_model(train_x, model_cfg, config, seed, step,
                                        checkpoints=_retrain_checkpoints(checkpoints, attempt), label=label,
                                        init=base_state)
