@@ -671,7 +671,7 @@ def spread_warning(label: str, spread: dict[str, Any]) -> str:
     """The one wording of a subject-spread warning (report/summary.txt and the CLI)."""
     return (f"class '{label}': the model reconstructs its training scans nearly alike (spread "
             f"{spread['ratio']:.2f} of the real scans'): it learned the class mean more than its subjects, "
-            "so its synthetic scans look alike; try another seed, more pretrain_steps or a lower train.lr")
+            "so its synthetic scans look alike; try another seed or more pretrain_steps")
 
 
 def _write_summary(result: AugmentResult, path: Path) -> None:
