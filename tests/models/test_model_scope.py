@@ -8,10 +8,8 @@ import json
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from models.augment import augment
-from models.data import make_demo_slices
 from models.options import AugmentConfig
 
 TINY = {"preprocess": {"spatial_dims": 2, "target_shape": [16, 16], "target_spacing": None},
@@ -21,16 +19,9 @@ TINY = {"preprocess": {"spatial_dims": 2, "target_shape": [16, 16], "target_spac
         "pretrain_steps": 20, "mcmc_steps": 6, "near_copies": "keep"}
 
 
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scope") / "cohort"
-    make_demo_slices(root, n_control=6, n_ad=3, shape=(16, 16), seed=0)
-    return root
-
-
-def test_a_shared_model_learns_every_class_and_draws_the_minority(cohort, tmp_path):
+def test_a_shared_model_learns_every_class_and_draws_the_minority(slices_cohort, tmp_path):
     out = tmp_path / "out"
-    result = augment(cohort, out, target={"AD": 5}, config=AugmentConfig(**TINY, model_scope="shared"))
+    result = augment(slices_cohort, out, target={"AD": 5}, config=AugmentConfig(**TINY, model_scope="shared"))
 
     assert set(result.models) == {"shared"}  # one model for the cohort, none per class
     meta = json.loads((out / "models" / "shared" / "config.json").read_text())
@@ -57,11 +48,11 @@ def test_a_shared_model_learns_every_class_and_draws_the_minority(cohort, tmp_pa
     assert "generator trained on these 3 scans only" not in summary
 
 
-def test_shared_is_the_default_and_per_class_stays_an_option(cohort, tmp_path):
-    result = augment(cohort, tmp_path / "out", target={"AD": 2}, config=AugmentConfig(**TINY))
+def test_shared_is_the_default_and_per_class_stays_an_option(slices_cohort, tmp_path):
+    result = augment(slices_cohort, tmp_path / "out", target={"AD": 2}, config=AugmentConfig(**TINY))
     assert set(result.models) == {"shared"}
     assert result.metrics["classes"]["AD"]["model_scope"] == "shared"
-    per_class = augment(cohort, tmp_path / "per_class", target={"AD": 2},
+    per_class = augment(slices_cohort, tmp_path / "per_class", target={"AD": 2},
                         config=AugmentConfig(**TINY, model_scope="per_class"))
     assert set(per_class.models) == {"AD"}
     assert per_class.metrics["classes"]["AD"]["model_scope"] == "per_class"
@@ -79,7 +70,7 @@ def test_the_default_model_is_the_hierarchy_and_another_arch_gets_its_own_defaul
     assert (explicit.latent_channels, explicit.parameterization) == ((2, 4), "noncentered")
 
 
-def test_transfer_starts_each_class_model_from_a_base_model_of_every_class(cohort, tmp_path):
+def test_transfer_starts_each_class_model_from_a_base_model_of_every_class(slices_cohort, tmp_path):
     """model_scope "transfer": a base model learns every class's train scans, each minority
     model starts from its weights; only class models are delivered, and the report says both."""
     import torch
@@ -93,7 +84,7 @@ def test_transfer_starts_each_class_model_from_a_base_model_of_every_class(cohor
     out = tmp_path / "out"
     # retrains 0: this test counts checkpoint series (a retrain adds one, tests/models/test_subject_spread.py)
     config = AugmentConfig(**TINY, model_scope="transfer", retrains=0)
-    result = augment(cohort, out, target={"AD": 4}, config=config, checkpoints=checkpoints)
+    result = augment(slices_cohort, out, target={"AD": 4}, config=config, checkpoints=checkpoints)
 
     assert set(result.models) == {"AD"}  # the base model learned both classes: not delivered
     assert set(saved) == {BASE_KEY, "AD"}
@@ -109,7 +100,7 @@ def test_transfer_starts_each_class_model_from_a_base_model_of_every_class(cohor
         in summary
 
     # The class model is not the one per_class trains from scratch with the same seed.
-    scratch = augment(cohort, tmp_path / "scratch", target={"AD": 4},
+    scratch = augment(slices_cohort, tmp_path / "scratch", target={"AD": 4},
                       config=AugmentConfig(**TINY, model_scope="per_class", retrains=0))
     transferred, _, _ = load(result.models["AD"])
     fresh, _, _ = load(scratch.models["AD"])
@@ -117,7 +108,7 @@ def test_transfer_starts_each_class_model_from_a_base_model_of_every_class(cohor
     # and a rerun with the base model's checkpoint resumes it instead of training it again
     resaved: dict[str, dict] = {}
     again = ClassCheckpoints(every=1000, save=lambda key, state: resaved.__setitem__(key, state), load=saved.get)
-    rerun = augment(cohort, tmp_path / "again", target={"AD": 4}, config=config, checkpoints=again)
+    rerun = augment(slices_cohort, tmp_path / "again", target={"AD": 4}, config=config, checkpoints=again)
     for key in (BASE_KEY, "AD"):  # both were complete: their histories did not grow
         assert len(resaved[key]["history"]) == len(saved[key]["history"])
     resumed, _, _ = load(rerun.models["AD"])

@@ -14,7 +14,6 @@ import torch
 from models import load
 from models.augment import augment
 from models.conditional import ClassView
-from models.data import make_demo_slices
 from models.fine_detail import reconstruct
 from models.options import AugmentConfig
 from models.report import SUBJECT_SPREAD_WARNING, subject_spread
@@ -48,11 +47,9 @@ def test_a_single_scan_has_no_spread():
 
 
 @pytest.mark.parametrize("scope", ["per_class", "shared"])
-def test_augment_records_the_spread_of_the_model_that_drew_each_class(tmp_path, scope):
-    cohort = tmp_path / "cohort"
-    make_demo_slices(cohort, n_control=6, n_ad=3, shape=(16, 16), seed=0)
+def test_augment_records_the_spread_of_the_model_that_drew_each_class(slices_cohort, tmp_path, scope):
     out = tmp_path / "out"
-    result = augment(cohort, out, target={"AD": 2}, config=AugmentConfig(**TINY, model_scope=scope))
+    result = augment(slices_cohort, out, target={"AD": 2}, config=AugmentConfig(**TINY, model_scope=scope))
     spread = result.metrics["classes"]["AD"]["subject_spread"]
 
     # Recomputed from what was delivered: the saved model and the preprocessed real AD scans.
@@ -70,18 +67,11 @@ def test_augment_records_the_spread_of_the_model_that_drew_each_class(tmp_path, 
     assert ("WARNING: class 'AD': the model reconstructs its training scans nearly alike" in summary) == spread["warning"]
 
 
-@pytest.fixture(scope="module")
-def slices(tmp_path_factory):
-    root = tmp_path_factory.mktemp("spread") / "cohort"
-    make_demo_slices(root, n_control=6, n_ad=3, shape=(16, 16), seed=0)
-    return root
-
-
-def test_a_model_that_learned_only_the_class_mean_is_trained_again_from_a_fresh_seed(slices, tmp_path):
+def test_a_model_that_learned_only_the_class_mean_is_trained_again_from_a_fresh_seed(slices_cohort, tmp_path):
     # 20 plain steps of a tiny MLP: every AD slice reconstructed alike (spread about 0.03)
     config = AugmentConfig(**{**TINY, "pretrain_steps": 20}, model_scope="per_class")
     assert config.retrains == 1  # the default
-    result = augment(slices, tmp_path / "out", target={"AD": 2}, config=config)
+    result = augment(slices_cohort, tmp_path / "out", target={"AD": 2}, config=config)
     info = result.metrics["classes"]["AD"]
     assert info["retrains"] == 1
     [note] = [n for n in result.metrics["notes"] if "trained again from a fresh seed" in n]
@@ -91,16 +81,16 @@ def test_a_model_that_learned_only_the_class_mean_is_trained_again_from_a_fresh_
     assert meta["seed"] == 0 * 1009 + 0 + 7919  # the kept model is the retrained one
     assert f"note: {note}" in (tmp_path / "out" / "report" / "summary.txt").read_text()
 
-    never = augment(slices, tmp_path / "never", target={"AD": 2}, config=config.model_copy(update={"retrains": 0}))
+    never = augment(slices_cohort, tmp_path / "never", target={"AD": 2}, config=config.model_copy(update={"retrains": 0}))
     assert never.metrics["classes"]["AD"]["retrains"] == 0 and never.metrics["classes"]["AD"]["subject_spread"]["warning"]
     assert not [n for n in never.metrics["notes"] if "trained again" in n]
     assert load(never.models["AD"])[2]["seed"] == 0
 
 
 @pytest.mark.parametrize("scope", ["per_class", "shared"])
-def test_a_model_that_learned_its_subjects_is_kept(slices, tmp_path, scope):
+def test_a_model_that_learned_its_subjects_is_kept(slices_cohort, tmp_path, scope):
     config = AugmentConfig(**{**TINY, "pretrain_steps": 300}, model_scope=scope)
-    result = augment(slices, tmp_path / "out", target={"AD": 2}, config=config)
+    result = augment(slices_cohort, tmp_path / "out", target={"AD": 2}, config=config)
     info = result.metrics["classes"]["AD"]
     assert info["subject_spread"]["ratio"] > SUBJECT_SPREAD_WARNING and info["retrains"] == 0
     assert not [n for n in result.metrics["notes"] if "trained again" in n]
