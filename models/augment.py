@@ -465,7 +465,8 @@ def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted
     slice_montage([s[0].numpy() for s in train_x], [s[0].numpy() for s in synthetic],
                   staging / "report" / f"montage_{label}.png",
                   f"class {label}: real training scans (top) vs synthetic (bottom)")
-    training_curves(history.as_dicts(), staging / "report" / f"curves_{label}.png", f"class {label}",
+    whose = f"class {label}" if config.model_scope != "shared" else f"shared model of every class (drew {label})"
+    training_curves(history.as_dicts(), staging / "report" / f"curves_{label}.png", whose,
                     target_accept=config.sampler.accept_target if config.sampler.kind != "none" else None)
     last = history.records[-1] if history.records else None
     metrics["classes"][label] = {
@@ -633,7 +634,8 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
                            "synthetic": "true", "source_path": ""} for name in names]
 
         report(f"report {label}", base + 0.9 * span)
-        learned_from = train_idx if shared is not None else picked  # a shared model learned every class
+        # a shared model learned every class: this class's scans first, so the summary can list them
+        learned_from = picked + [i for i in train_idx if i not in set(picked)] if shared is not None else picked
         _class_report(metrics, label, picked, wanted, names, train_seconds, history,
                       [rows[i]["path"] for i in learned_from], near, train_x, synthetic, staging, config,
                       n_base=len(train_idx) if base_state is not None else None,
@@ -689,7 +691,11 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
         audit = info["memorisation"]
         lines += ["", f"class {label}: {info['n_synthetic']} synthetic scans ({info['n_requested']} requested)",
                   f"  {generator_phrase(info)} (split 'train', or every scan when the cohort has no split):"]
-        lines += [f"    {p}" for p in info["trained_on"]]
+        own = info["trained_on"][:info["n_train"]]  # this class's scans come first
+        lines += [f"    {p}" for p in own]
+        if len(info["trained_on"]) > len(own):
+            lines.append(f"    and the {len(info['trained_on']) - len(own)} train scans of the other classes "
+                         f"(listed in report/metrics.json, classes.{label}.trained_on)")
         if info.get("final_accept") is not None:
             lines.append(f"  MCMC refinement: mean acceptance {info['final_accept']:.3f} over the last 10% of its "
                          f"epochs (target {info['target_accept']:.3f})")

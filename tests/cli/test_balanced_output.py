@@ -88,10 +88,14 @@ def test_real_and_synthetic_scans_share_one_grid_and_intensity_range(balanced, c
     for sub in ("real", "synthetic", "report", "models"):
         assert (out / sub).is_dir()
     summary = (out / "report" / "summary.txt").read_text()
-    # The default generator is one class-conditional model on every class's scans.
+    # The default generator is one class-conditional model on every class's scans: the summary
+    # lists the class's own and counts the others, which metrics.json lists.
     assert "shared class-conditional generator trained on these 8 scans of every class (3 of this class)" in summary
+    assert "and the 5 train scans of the other classes (listed in report/metrics.json" in summary
+    trained_on = json.loads((out / "report" / "metrics.json").read_text())["classes"]["AD"]["trained_on"]
+    assert sorted(trained_on) == sorted(r["path"] for r in real)
     for r in real:
-        assert r["path"] in summary
+        assert (r["path"] in summary) == (r["label"] == "AD"), r
 
 
 def test_near_copies_are_replaced_by_default_and_the_count_reported(balanced):
