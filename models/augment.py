@@ -348,14 +348,15 @@ def fit_learning_subjects(fit: Callable[[int, int], Any], spreads: Callable[[Any
     (``on_retrain(attempt, warned)`` first). Returns (trained, attempts made after the first,
     the last spreads). A model stuck on the class-mean plateau draws near-identical scans; a fresh
     seed usually leaves it (docs/RESULTS.md, session 8)."""
-    for attempt in range(retrains + 1):
+    attempt = 0
+    while True:
         trained = fit(seed + attempt * RETRAIN_SEED_STEP, attempt)
         found = spreads(trained)
         warned = {label: s for label, s in found.items() if s is not None and s["warning"]}
         if not warned or attempt == retrains:
             return trained, attempt, found
-        on_retrain(attempt + 1, warned)
-    raise AssertionError("unreachable")
+        attempt += 1
+        on_retrain(attempt, warned)
 
 
 def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies: str = "replace",
@@ -490,19 +491,13 @@ def _fit_shared(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[
     (models/shared_model.py), resumed from and checkpointed under ``"shared"`` with
     ``checkpoints``, trained again (``config.retrains``) while it reconstructs the scans of a
     ``drawn`` class nearly alike; returns it, its training seconds (every attempt), where it was
-    saved and how many retrains it took."""
+    saved, how many retrains it took and the kept model's subject spread per drawn class."""
     scans = {c: x[[i for i in train_idx if real.items[i].label == c]] for c in real.classes}
     scans = {c: v for c, v in scans.items() if len(v)}
 
     def fit(seed: int, attempt: int):
-        def on_step(done: int, total: int) -> None:
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled("cancelled while training the shared model")
-            if attempt:  # the first training took the progress up to 0.55: hold it, and count in the stage
-                report(f"retraining shared model ({_tens(done, total)}%)", 0.55)
-            else:
-                report("training shared model", 0.05 + 0.5 * done / max(total, 1))
-
+        on_step = _training_steps(report, should_stop, "training shared model", "the shared model", 0.05, 0.55,
+                                  attempt)
         return fit_shared_model(scans, model_cfg, config, seed, on_step, _retrain_checkpoints(checkpoints, attempt))
 
     def spreads(shared) -> dict[str, dict | None]:
@@ -510,23 +505,33 @@ def _fit_shared(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[
 
     started = time.perf_counter()
     try:
-        shared, retrained, _ = fit_learning_subjects(
+        shared, retrained, spreads_found = fit_learning_subjects(
             fit, spreads, config.retrains, config.seed * 1009,
             lambda attempt, warned: notes.append(_retrain_note("the shared model", warned, attempt, config)))
     except TrainingCancelled as stop:
         raise Cancelled(str(stop)) from None
     seconds = time.perf_counter() - started
     model_dir = save(staging / "models" / "shared", shared.model, shared.sampler, {
-        "classes": shared.classes, "job_id": job_id, "seed": config.seed * 1009 + retrained * RETRAIN_SEED_STEP,
+        "classes": shared.classes, "job_id": job_id, "seed": shared.train_cfg.seed,
         "preprocess": pre.model_dump(mode="json"), "train": shared.train_cfg.model_dump(mode="json"),
         "history": shared.history.as_dicts(), "trained_on": [rows[i]["source_path"] for i in train_idx]})
-    return shared, seconds, model_dir, retrained
+    return shared, seconds, model_dir, retrained, spreads_found
 
 
-def _tens(done: int, total: int) -> int:
-    """Percent done in whole tens: a retrain's stage names its progress (the job's fraction stays
-    where the first training left it), and changes about ten times, not at every step."""
-    return 10 * (10 * done // max(total, 1))
+def _training_steps(report: Progress, should_stop, stage: str, stopped: str, start: float, end: float,
+                    attempt: int = 0) -> Callable[[int, int], None]:
+    """The ``on_step`` of one training: stop when asked (``stopped`` names what was cancelled) and
+    move the job's progress from ``start`` to ``end`` under ``stage``. A retrain (``attempt`` > 0)
+    holds the progress at ``end``, where the first training left it, and counts in its stage in
+    whole tens of percent, so a log gets about ten lines, not one per step."""
+    def on_step(done: int, total: int) -> None:
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled(f"cancelled while training {stopped}")
+        if attempt:
+            report(f"re{stage} ({10 * (10 * done // max(total, 1))}%)", end)
+        else:
+            report(stage, start + (end - start) * done / max(total, 1))
+    return on_step
 
 
 def _retrain_note(what: str, warned: dict[str, dict], attempt: int, config: AugmentConfig) -> str:
@@ -541,11 +546,7 @@ def _fit_base(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConfig, re
     """``model_scope: transfer``: the base model on the train scans of every class (``x``),
     resumed from and checkpointed under ``BASE_KEY``; returns its weights. It is not delivered:
     it learned every class, so its own draws would mix them."""
-    def on_step(done: int, total: int) -> None:
-        if should_stop is not None and should_stop():
-            raise TrainingCancelled("cancelled while training the base model")
-        report("training base model", 0.05 + 0.5 * done / max(total, 1))
-
+    on_step = _training_steps(report, should_stop, "training base model", "the base model", 0.05, 0.55)
     try:
         return fit_base_model(x, model_cfg, config, config.seed * 1009, on_step, checkpoints)
     except TrainingCancelled as stop:
@@ -572,7 +573,7 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
     models: dict[str, Path] = {}
     shared = base_state = None
     if config.model_scope == "shared" and classes:
-        shared, shared_seconds, models["shared"], retrained = _fit_shared(
+        shared, shared_seconds, models["shared"], retrained, spreads = _fit_shared(
             real, x, train_idx, rows, model_cfg, config, staging, report, should_stop, job_id, pre, checkpoints,
             classes, notes)
     elif config.model_scope == "transfer" and classes:
@@ -588,22 +589,16 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
             model, history, train_seconds, model_id = (class_view(shared, label), shared.history,
                                                        shared_seconds, f"{job_id}/shared")
         else:
-            def on_step(done: int, total: int, base=base, label=label) -> None:
-                if should_stop is not None and should_stop():
-                    raise TrainingCancelled(f"cancelled while training class '{label}'")
-                report(f"training {label}", base + 0.8 * span * done / max(total, 1))
-
-            def fit(seed: int, attempt: int, label=label, train_x=train_x, on_step=on_step, base=base):
-                step = on_step if not attempt else (  # hold the progress where the first training ended
-                    lambda done, total: on_step(done, total) if should_stop is not None and should_stop()
-                    else report(f"retraining {label} ({_tens(done, total)}%)", base + 0.8 * span))
+            def fit(seed: int, attempt: int, label=label, train_x=train_x, base=base):
+                step = _training_steps(report, should_stop, f"training {label}", f"class '{label}'",
+                                       base, base + 0.8 * span, attempt)
                 return fit_class_model(train_x, model_cfg, config, seed, step,
                                        checkpoints=_retrain_checkpoints(checkpoints, attempt), label=label,
                                        init=base_state)
 
             started = time.perf_counter()
             try:
-                (model, sampler, history, train_cfg), retrained, _ = fit_learning_subjects(
+                (model, sampler, history, train_cfg), retrained, spreads = fit_learning_subjects(
                     fit, lambda fitted, label=label, train_x=train_x: {
                         label: subject_spread(train_x, reconstruct(fitted[0], train_x))},
                     config.retrains, seed,
@@ -635,11 +630,11 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
 
         report(f"report {label}", base + 0.9 * span)
         # a shared model learned every class: this class's scans first, so the summary can list them
-        learned_from = picked + [i for i in train_idx if i not in set(picked)] if shared is not None else picked
+        learned_from = (picked + [i for i in train_idx if real.items[i].label != label]) if shared is not None \
+            else picked
         _class_report(metrics, label, picked, wanted, names, train_seconds, history,
                       [rows[i]["path"] for i in learned_from], near, train_x, synthetic, staging, config,
-                      n_base=len(train_idx) if base_state is not None else None,
-                      spread=subject_spread(train_x, reconstruct(model, train_x)))
+                      n_base=len(train_idx) if base_state is not None else None, spread=spreads.get(label))
         metrics["classes"][label]["retrains"] = retrained
 
     manifest = staging / "manifest.csv"

@@ -28,8 +28,9 @@ FineDetailPolicy = Literal["nearest", "none"]
 # won the harder-cohort comparison (docs/RESULTS.md, session 7): a 16-unit vector latent over one
 # 4-channel latent map at the bottleneck (4^3 at 32^3), centered chains over all 272 coordinates.
 # A user who picks another arch gets that arch's own defaults, not the hierarchy's maps.
+DEFAULT_ARCH = "hconv"
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hconv": {"latent_channels": (4,), "parameterization": "centered"},
+    DEFAULT_ARCH: {"latent_channels": (4,), "parameterization": "centered"},
 }
 OTHER_ARCH_DEFAULTS: dict[str, Any] = {"latent_channels": (), "parameterization": "noncentered"}
 
@@ -38,14 +39,14 @@ class ModelChoice(BaseModel):
     """The parts of ModelConfig a user chooses; data_shape comes from preprocessing."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    arch: str = "hconv"
+    arch: str = DEFAULT_ARCH
     latent_dims: list[int] = Field(default_factory=lambda: [16])
     likelihood: str = "gaussian"
-    # unset: centered for hconv, noncentered otherwise (ARCH_DEFAULTS)
-    parameterization: str = "centered"
+    # unset: the arch's own (ARCH_DEFAULTS: centered for hconv, noncentered otherwise)
+    parameterization: str = ARCH_DEFAULTS[DEFAULT_ARCH]["parameterization"]
     channels: tuple[int, ...] = (8, 16, 32)
     # arch "hconv": spatial latent maps (models/hierarchy.py); unset: (4,) for hconv, () otherwise
-    latent_channels: tuple[int, ...] = (4,)
+    latent_channels: tuple[int, ...] = ARCH_DEFAULTS[DEFAULT_ARCH]["latent_channels"]
     hidden: tuple[int, ...] = (256,)
     obs_log_var: float = -4.0
     sampling: Literal["prior", "aggregate"] = "aggregate"
