@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, machine, write_result
 from bench.downstream import (
+    CLASSIFIER_RECIPES,
     METRICS,
     build_data,
     classical_copies,
@@ -160,7 +161,7 @@ def run(args) -> dict:
             extra = extras[name][: c * args.n_ad] if c else x_ad[:0]
             x = torch.cat([x_cn, x_ad, extra])
             y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(extra))]).long()
-            s = score(train_classifier(x, y, seed, args.clf_steps, 16, 3e-3), x_test, y_test)
+            s = score(train_classifier(x, y, seed, args.clf_steps, 16, 3e-3, args.clf_recipe), x_test, y_test)
             key = "real only" if not c else f"{name} {c}x"
             runs.append({"seed": seed, "condition": key, "source": name if c else "real only", "count": c,
                          "n_extra": len(extra), **s})
@@ -239,6 +240,8 @@ def add_cohort_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n-ad", type=int, default=6)
     ap.add_argument("--n-test", type=int, default=20)
     ap.add_argument("--clf-steps", type=int, default=100)
+    ap.add_argument("--clf-recipe", choices=CLASSIFIER_RECIPES, default="weighted",
+                    help="how the classifier meets the class imbalance (bench/downstream.py train_classifier)")
 
 
 def main() -> None:

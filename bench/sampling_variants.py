@@ -146,7 +146,7 @@ def run(args) -> dict:
                 extra = scans[: c * args.n_ad]
                 x = torch.cat([x_cn, x_ad, extra])
                 y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(extra))]).long()
-                s = score(train_classifier(x, y, seed, args.clf_steps, 16, 3e-3), x_test, y_test)
+                s = score(train_classifier(x, y, seed, args.clf_steps, 16, 3e-3, args.clf_recipe), x_test, y_test)
                 key = name if not c else f"{name} {c}x"
                 runs.append({"seed": seed, "condition": key, "source": name, "count": c,
                              "n_extra": len(extra), **s})
