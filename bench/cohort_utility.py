@@ -4,7 +4,8 @@ augmentation for a downstream classifier, and which generator makes the best one
 Per seed: a harder demo cohort (``make_demo_cohort(difficulty=D)``: subtler atrophy, anatomical
 and intensity heterogeneity, three scanner sites) of 60 CN + 6 AD for training and a held-out
 balanced 20 + 20 test cohort (demo seed 1000 + s, same difficulty) that no generator sees. The
-classifier recipe of bench/downstream.py (small 3-D CNN, 100 steps, class-weighted loss) learns
+classifier recipe of bench/downstream.py (small 3-D CNN, 100 steps; ``--clf-recipe``: class-weighted
+loss, the recipe until session 8, or class-balanced mini-batches) learns
 AD vs CN from the training set plus 1x / 2x / 5x the minority count of extra AD scans from:
 
   duplicates              random copies of the real AD scans
@@ -19,7 +20,8 @@ AD vs CN from the training set plus 1x / 2x / 5x the minority count of extra AD 
                           generator could reach (not available to a lab; shown for scale)
 
 Every generator has the augment step budget (AugmentConfig: 600 plain-ELBO + 150 refined steps,
-batch 8) and delivers what `mcvae augment` delivered before session 7: decoder means from
+batch 8), is trained again from a fresh seed when it learned its AD subjects too little (augment's
+`retrains` rule, since session 9 here), and delivers what `mcvae augment` delivered before session 7: decoder means from
 aggregate-posterior latents with near-copies of a training scan redrawn (models.augment.draw_synthetic);
 ``--fine-detail nearest`` adds augment's new default, the nearest training scan's fine detail. Counts are prefixes
 of the largest draw. Also per generator, over its 30 scans: KID against the held-out real AD scans
@@ -59,11 +61,18 @@ from bench.downstream import (
 )
 from bench.hierarchy import gradient_magnitude, high_frequency_fraction
 from bench.posterior_quality import FeatureNet, kid
-from models.augment import AugmentConfig, draw_synthetic, fit_class_model, fit_transfer_model
+from models.augment import (
+    AugmentConfig,
+    draw_synthetic,
+    fit_class_model,
+    fit_learning_subjects,
+    fit_transfer_model,
+)
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig
+from models.fine_detail import reconstruct
 from models.options import FineDetailPolicy, ModelChoice
-from models.report import memorisation_audit
+from models.report import memorisation_audit, subject_spread
 from models.shared_model import class_view, fit_shared_model
 
 DIFFICULTY = 0.6
@@ -90,14 +99,25 @@ def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hc
     choice, config, scope = generator_config(name, hconv, conv)
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **choice.model_dump())
     started = time.perf_counter()
-    if scope == "per_class":
-        model, _, history, _ = fit_class_model(data["train_AD"], model_cfg, config, seed)
-    elif scope == "transfer":
-        model, _, history, _ = fit_transfer_model(torch.cat([data["train_CN"], data["train_AD"]]),
-                                                  data["train_AD"], model_cfg, config, seed)
-    else:
-        shared = fit_shared_model({"CN": data["train_CN"], "AD": data["train_AD"]}, model_cfg, config, seed)
+    x_ad = data["train_AD"]
+    # As `mcvae augment` does: a model whose reconstructions of the AD scans lie far closer together
+    # than the scans (the class-mean plateau, report.subject_spread) is trained again from a fresh seed.
+    if scope == "shared":
+        scans = {"CN": data["train_CN"], "AD": x_ad}
+        shared, retrained, spreads = fit_learning_subjects(
+            lambda s, _: fit_shared_model(scans, model_cfg, config, s),
+            lambda fitted: {"AD": subject_spread(x_ad, reconstruct(class_view(fitted, "AD"), x_ad))},
+            config.retrains, seed, lambda *_: None)
         model, history = class_view(shared, "AD"), shared.history
+    else:
+        def fit(s: int, _attempt: int):
+            if scope == "per_class":
+                return fit_class_model(x_ad, model_cfg, config, s)
+            return fit_transfer_model(torch.cat([data["train_CN"], x_ad]), x_ad, model_cfg, config, s)
+
+        (model, _, history, _), retrained, spreads = fit_learning_subjects(
+            fit, lambda fitted: {"AD": subject_spread(x_ad, reconstruct(fitted[0], x_ad))},
+            config.retrains, seed, lambda *_: None)
     seconds = time.perf_counter() - started
     scans, near = draw_synthetic(model, n, data["train_AD"], seed + 1, config.near_copies,
                                  config.near_copy_fraction, config.max_redraws, fine_detail=fine_detail)
@@ -107,7 +127,8 @@ def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hc
     return scans.float(), {"train_seconds": round(seconds, 1), "final_accept": history.final_accept(),
                            "last_epoch_accept": getattr(last, "accept", None),
                            "final_elbo": getattr(last, "elbo", None), "replaced": near["replaced"],
-                           "left_out": near["left_out"], "delivered": len(scans)}
+                           "left_out": near["left_out"], "delivered": len(scans), "retrains": retrained,
+                           "subject_spread": spreads["AD"]["ratio"] if spreads["AD"] else None}
 
 
 def run(args) -> dict:
@@ -137,7 +158,8 @@ def run(args) -> dict:
             extras[name], info = generate(name, data, n_max, seed * 1009, pre, hconv, conv, args.fine_detail)
             quality.append({"seed": seed, "source": name, **info})
             print(f"seed {seed}: {name} trained in {info['train_seconds']} s (accept {info['final_accept']}, "
-                  f"{info['replaced']} near-copies redrawn, {info['left_out']} left out)", flush=True)
+                  f"{info['replaced']} near-copies redrawn, {info['left_out']} left out; subject spread "
+                  f"{info['subject_spread']:.2f} after {info['retrains']} retrains)", flush=True)
         for name in ["more real AD", "duplicates", "classical", *args.generators]:
             scans = extras[name]
             audit = memorisation_audit(x_ad, scans)
