@@ -94,8 +94,9 @@ def generator_config(name: str, hconv: ModelChoice, conv: ModelChoice = CONV) ->
 
 
 def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hconv: ModelChoice,
-             conv: ModelChoice = CONV, fine_detail: str = "none"):
-    """Train one generator as `mcvae augment` would and draw n AD scans; (scans, info)."""
+             conv: ModelChoice = CONV, fine_detail: str = "none", paired: bool = False):
+    """Train one generator as `mcvae augment` would and draw n AD scans; (scans, info). With
+    ``paired`` a shared model also draws n CN scans (info["paired_CN"]), for the paired rows."""
     choice, config, scope = generator_config(name, hconv, conv)
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **choice.model_dump())
     started = time.perf_counter()
@@ -121,6 +122,10 @@ def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hc
     seconds = time.perf_counter() - started
     scans, near = draw_synthetic(model, n, data["train_AD"], seed + 1, config.near_copies,
                                  config.near_copy_fraction, config.max_redraws, fine_detail=fine_detail)
+    paired_cn = None
+    if paired and scope == "shared":
+        paired_cn, _ = draw_synthetic(class_view(shared, "CN"), n, data["train_CN"], seed + 2, config.near_copies,
+                                      config.near_copy_fraction, config.max_redraws, fine_detail=fine_detail)
     last = history.records[-1] if history.records else None
     # final_accept: the mean over the last tenth of the MCMC epochs (the issue's measure); the last
     # epoch alone is one or two minibatches and scatters by about +-0.1 (session 5 read it: noise).
@@ -128,7 +133,8 @@ def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hc
                            "last_epoch_accept": getattr(last, "accept", None),
                            "final_elbo": getattr(last, "elbo", None), "replaced": near["replaced"],
                            "left_out": near["left_out"], "delivered": len(scans), "retrains": retrained,
-                           "subject_spread": spreads["AD"]["ratio"] if spreads["AD"] else None}
+                           "subject_spread": spreads["AD"]["ratio"] if spreads["AD"] else None,
+                           "paired_CN": None if paired_cn is None else paired_cn.float()}
 
 
 def run(args) -> dict:
@@ -139,6 +145,7 @@ def run(args) -> dict:
     n_max = max(counts) * args.n_ad
     features = FeatureNet(spatial_dims=3)
     runs, quality, montage = [], [], None
+    paired_cn: dict[str, torch.Tensor] = {}
     for seed in args.seeds:
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="utility-") as tmp:  # subject k is the same at any count
@@ -155,7 +162,11 @@ def run(args) -> dict:
         test_ad = data["test_AD"]
         f_test, real_grad, real_hf = features(test_ad), gradient_magnitude(test_ad), high_frequency_fraction(test_ad)
         for name in args.generators:
-            extras[name], info = generate(name, data, n_max, seed * 1009, pre, hconv, conv, args.fine_detail)
+            extras[name], info = generate(name, data, n_max, seed * 1009, pre, hconv, conv, args.fine_detail,
+                                          paired=args.paired)
+            if info["paired_CN"] is not None:
+                paired_cn[f"{name} paired"] = info["paired_CN"]
+            del info["paired_CN"]
             quality.append({"seed": seed, "source": name, **info})
             print(f"seed {seed}: {name} trained in {info['train_seconds']} s (accept {info['final_accept']}, "
                   f"{info['replaced']} near-copies redrawn, {info['left_out']} left out; subject spread "
@@ -178,15 +189,22 @@ def run(args) -> dict:
             plot_montage(montage, RESULTS / f"cohort_utility_montage{args.tag}.png")
 
         conditions = [("real", 0)] + [(name, c) for name in SOURCES if name in extras for c in counts]
+        if args.skip_baselines:  # the generator-free rows of an earlier run on the same seeds
+            conditions = [(name, c) for name, c in conditions if name in args.generators]
+        conditions += [(name, c) for name in paired_cn for c in counts]
         for name, c in conditions:
             t1 = time.perf_counter()
-            extra = extras[name][: c * args.n_ad] if c else x_ad[:0]
-            x = torch.cat([x_cn, x_ad, extra])
-            y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(extra))]).long()
+            # a paired row: the generator's AD scans plus as many of its CN scans, so that looking
+            # synthetic says nothing about the class
+            source = name.removesuffix(" paired")
+            extra = extras[source][: c * args.n_ad] if c else x_ad[:0]
+            extra_cn = paired_cn[name][: c * args.n_ad] if name in paired_cn else x_cn[:0]
+            x = torch.cat([x_cn, extra_cn, x_ad, extra])
+            y = torch.cat([torch.zeros(len(x_cn) + len(extra_cn)), torch.ones(len(x_ad) + len(extra))]).long()
             s = score(train_classifier(x, y, seed, args.clf_steps, 16, 3e-3, args.clf_recipe), x_test, y_test)
             key = "real only" if not c else f"{name} {c}x"
             runs.append({"seed": seed, "condition": key, "source": name if c else "real only", "count": c,
-                         "n_extra": len(extra), **s})
+                         "n_extra": len(extra), "n_extra_cn": len(extra_cn), **s})
             print(f"seed {seed}: {key:24s} bal.acc {s['balanced_accuracy']:.3f}  AUROC {s['auroc']:.3f}  "
                   f"({time.perf_counter() - t1:.1f} s)", flush=True)
     return {"runs": runs, "quality": quality}
@@ -234,9 +252,10 @@ def plot(summary: dict, payload: dict, path: Path) -> None:
                "shared plain VAE": "tab:blue", "shared MCMC-HVAE": "tab:red", "more real AD": "k"}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for ax, metric in zip(axes, ["balanced_accuracy", "auroc"]):
-        base = summary["real only"][metric]
-        ax.axhline(base["mean"], color="k", lw=1, ls="--", label="real only")
-        ax.axhspan(base["mean"] - base["sd"], base["mean"] + base["sd"], color="k", alpha=0.07)
+        if "real only" in summary:
+            base = summary["real only"][metric]
+            ax.axhline(base["mean"], color="k", lw=1, ls="--", label="real only")
+            ax.axhspan(base["mean"] - base["sd"], base["mean"] + base["sd"], color="k", alpha=0.07)
         for k, source in enumerate(sources):
             xs = [c + (k - (len(sources) - 1) / 2) * 0.08 for c in counts]
             stats = [summary[f"{source} {c}x"][metric] for c in counts]
@@ -251,6 +270,17 @@ def plot(summary: dict, payload: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _first_of_each(rows: list[dict], key: str) -> list[dict]:
+    """One row per (seed, key): a row that a later run repeated (the same seed and model, rerun for
+    its paired rows) is counted once."""
+    seen, kept = set(), []
+    for row in rows:
+        if (row["seed"], row[key]) not in seen:
+            seen.add((row["seed"], row[key]))
+            kept.append(row)
+    return kept
 
 
 def add_cohort_arguments(ap: argparse.ArgumentParser) -> None:
@@ -275,6 +305,11 @@ def main() -> None:
     ap.add_argument("--fine-detail", choices=get_args(FineDetailPolicy), default="none",
                     help="AugmentConfig.fine_detail of every generator (none: the decoder means that every "
                          "figure before session 7 measured; augment's default is nearest)")
+    ap.add_argument("--paired", action="store_true",
+                    help="shared generators also draw as many CN scans, scored in extra '<name> paired' rows")
+    ap.add_argument("--skip-baselines", action="store_true",
+                    help="score only the generators' rows (real only, duplicates, classical and more real AD "
+                         "come from an earlier run on the same seeds)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG", help="merge the JSON of earlier runs and report")
@@ -282,7 +317,8 @@ def main() -> None:
     if args.merge:
         parts = [json.loads((RESULTS / f"cohort_utility{t}.json").read_text()) for t in args.merge]
         payload = {"args": parts[0]["args"], "machine": parts[0]["machine"], "tag": args.tag,
-                   "runs": [r for p in parts for r in p["runs"]], "quality": [q for p in parts for q in p["quality"]],
+                   "runs": _first_of_each([r for p in parts for r in p["runs"]], "condition"),
+                   "quality": _first_of_each([q for p in parts for q in p["quality"]], "source"),
                    "merged": args.merge}
         report(payload)
         write_result(f"cohort_utility{args.tag}", payload)
