@@ -130,6 +130,15 @@ class SmallCNN(nn.Module):
 CLASSIFIER_RECIPES = ("weighted", "balanced")
 
 
+def minibatch(y: torch.Tensor, batch: int, recipe: str, g: torch.Generator) -> torch.Tensor:
+    """Indices of one mini-batch: uniform over the scans (``weighted``), or half of each class
+    drawn with replacement within it (``balanced``)."""
+    if recipe == "balanced":
+        members = [torch.nonzero(y == k).flatten() for k in (0, 1)]
+        return torch.cat([m[torch.randint(len(m), (batch // 2,), generator=g)] for m in members])
+    return torch.randint(len(y), (min(batch, len(y)),), generator=g)
+
+
 def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int, batch: int, lr: float,
                      recipe: str = "weighted"):
     """The one recipe every condition gets: a fixed step budget and random left-right flips (the
@@ -148,15 +157,10 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int, ba
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     counts = torch.bincount(y, minlength=2).float()
     weight = counts.sum() / (2 * counts.clamp(min=1)) if recipe == "weighted" else None
-    by_class = [torch.nonzero(y == k).flatten() for k in (0, 1)]
     g = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(steps):
-        if recipe == "balanced":
-            half = batch // 2
-            idx = torch.cat([members[torch.randint(len(members), (half,), generator=g)] for members in by_class])
-        else:
-            idx = torch.randint(len(x), (min(batch, len(x)),), generator=g)
+        idx = minibatch(y, batch, recipe, g)
         xb, yb = x[idx], y[idx]
         flip = torch.rand(len(xb), generator=g) < 0.5
         xb = torch.where(flip[:, None, None, None, None], xb.flip(2), xb)

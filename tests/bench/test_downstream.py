@@ -1,8 +1,16 @@
 """Fast smoke test of bench/downstream.py's pieces (the experiment itself is the script)."""
 
+import pytest
 import torch
 
-from bench.downstream import SmallCNN, classical_copies, duplicate_copies, score, train_classifier
+from bench.downstream import (
+    SmallCNN,
+    classical_copies,
+    duplicate_copies,
+    minibatch,
+    score,
+    train_classifier,
+)
 
 
 def test_extra_scan_sources_and_classifier_recipe():
@@ -21,5 +29,21 @@ def test_extra_scan_sources_and_classifier_recipe():
     xs = torch.cat([x, x])
     net = train_classifier(xs, y, seed=0, steps=2, batch=4, lr=1e-3)
     s = score(net, xs, y)
-    assert set(s) == {"balanced_accuracy", "ad_recall", "auroc"}
-    assert all(0.0 <= v <= 1.0 for v in s.values())
+    assert set(s) == {"balanced_accuracy", "ad_recall", "auroc", "p_ad"}
+    assert all(0.0 <= s[k] <= 1.0 for k in ("balanced_accuracy", "ad_recall", "auroc"))
+    assert len(s["p_ad"]) == len(y) and all(0.0 <= p <= 1.0 for p in s["p_ad"])
+    balanced = train_classifier(xs, y, seed=0, steps=2, batch=4, lr=1e-3, recipe="balanced")
+    assert any(not torch.equal(a, b) for a, b in zip(net.parameters(), balanced.parameters()))
+    with pytest.raises(ValueError, match="recipe"):
+        train_classifier(xs, y, seed=0, steps=1, batch=4, lr=1e-3, recipe="oversampled")
+
+
+def test_balanced_minibatches_hold_half_of_each_class():
+    y = torch.tensor([0] * 60 + [1] * 6)  # the hard cohort's 60 CN + 6 AD
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        idx = minibatch(y, 16, "balanced", g)
+        assert len(idx) == 16 and int(y[idx].sum()) == 8  # 8 AD in every batch
+    uniform = torch.cat([minibatch(y, 16, "weighted", g) for _ in range(200)])
+    # uniform batches: AD at its share of the scans, 6/66 = 0.091 (3200 draws: sd 0.005)
+    assert abs(float(y[uniform].float().mean()) - 6 / 66) < 0.03
