@@ -141,11 +141,11 @@ def _print_result(result) -> None:
     print(f"  synthetic scans: {result.out_dir / 'synthetic'}")
     print(f"  report:          {result.report}  (summary.txt, montage_*.png, curves_*.png, metrics.json)")
     print(f"  models:          {result.out_dir / 'models'}")
-    from models.augment import spread_warning
+    from models.augment import class_warnings
 
     for label, info in m.get("classes", {}).items():
-        if (info.get("subject_spread") or {}).get("warning"):
-            print(f"  warning: {spread_warning(label, info['subject_spread'])}")
+        for warning in class_warnings(label, info):
+            print(f"  warning: {warning}")
         short = info["n_requested"] - info["n_synthetic"]
         if short:
             print(f"  warning: class '{label}': {short} of {info['n_requested']} synthetic scans left out "

@@ -671,6 +671,27 @@ def spread_warning(label: str, spread: dict[str, Any]) -> str:
             "so its synthetic scans look alike; try another seed or more pretrain_steps")
 
 
+def class_warnings(label: str, info: dict[str, Any]) -> list[str]:
+    """Every warning about one class's synthetic scans, from its metrics entry: the wording of
+    report/summary.txt, the CLI and the job's event feed. Besides a low subject spread: scans that
+    went out as decoder means alone. A model can sit above the spread line yet tell few subjects
+    apart, and then most draws land on a training scan (on one hard-cohort seed, spread 0.42:
+    216 redraws and 16 of 30 scans without detail; docs/RESULTS.md, session 9)."""
+    warnings = []
+    spread = info.get("subject_spread")
+    if spread is not None and spread["warning"]:
+        warnings.append(spread_warning(label, spread))
+    near = info.get("near_copies") or {}
+    plain = len(near.get("without_detail") or [])
+    if plain:
+        warnings.append(
+            f"class '{label}': {plain} of {info['n_synthetic']} synthetic scans went out as blurred decoder means "
+            f"without fine detail (with it they stayed near-copies of a training scan after {near['max_redraws']} "
+            f"redraw rounds; {near['replaced']} redraws in all): the model tells few of its subjects apart; look "
+            "at the montage, and try another seed or more pretrain_steps")
+    return warnings
+
+
 def _write_summary(result: AugmentResult, path: Path) -> None:
     """report/summary.txt: what a person needs to trust the cohort, in a few lines."""
     m = result.metrics
@@ -706,8 +727,7 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
             lines.append(f"  subjects learned: the model's reconstructions of the {info['n_train']} training scans lie "
                          f"{spread['ratio']:.2f} x as far apart as the scans (nearest-neighbour RMS median "
                          f"{spread['reconstruction_nn_median']:.4g} against {spread['real_nn_median']:.4g})")
-            if spread["warning"]:
-                lines.append(f"  WARNING: {spread_warning(label, spread)}")
+        lines += [f"  WARNING: {w}" for w in class_warnings(label, info)]
         lines.append(f"  final audit: {len(audit['flagged'])} delivered scan(s) below the threshold; nearest "
                      f"training scan at median {((audit['synthetic_to_real_nn'] or {}).get('median') or 0):.4g} "
                      f"(real-to-real median {audit['real_to_real_nn']['median']:.4g})")

@@ -376,7 +376,7 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
         AugmentConfig,
         Cancelled,
         ClassCheckpoints,
-        spread_warning,
+        class_warnings,
     )
     from models.augment import augment as run_augment
 
@@ -438,8 +438,8 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
     if result.metrics.get("near_copies_replaced"):
         ctx.log(f"replaced {result.metrics['near_copies_replaced']} near-copies of training scans by new draws")
     for label, info in result.metrics.get("classes", {}).items():  # the CLI prints the same warning
-        if (info.get("subject_spread") or {}).get("warning"):
-            ctx.log(spread_warning(label, info["subject_spread"]), "warning")
+        for warning in class_warnings(label, info):
+            ctx.log(warning, "warning")
     obsolete = ctx.store.list("checkpoint", f"checkpoint-{ctx.job_id}-")  # superseded by the models
     return Outcome(metrics=metrics, artifacts=artifacts, obsolete=obsolete, message=f"made {made} synthetic scans")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models import load
-from models.augment import augment
+from models.augment import augment, class_warnings
 from models.conditional import ClassView
 from models.fine_detail import reconstruct
 from models.options import AugmentConfig
@@ -65,6 +65,27 @@ def test_augment_records_the_spread_of_the_model_that_drew_each_class(slices_coh
     summary = (out / "report" / "summary.txt").read_text()
     assert f"lie {spread['ratio']:.2f} x as far apart as the scans" in summary
     assert ("WARNING: class 'AD': the model reconstructs its training scans nearly alike" in summary) == spread["warning"]
+    plain = len(result.metrics["classes"]["AD"]["near_copies"]["without_detail"])
+    assert ("synthetic scans went out as blurred decoder means" in summary) == (plain > 0)
+    assert sum(line.startswith("  WARNING: ") for line in summary.splitlines()) == \
+        len(class_warnings("AD", result.metrics["classes"]["AD"]))
+
+
+def test_warnings_name_a_low_spread_and_scans_delivered_without_detail():
+    healthy = {"n_synthetic": 30, "subject_spread": {"ratio": 0.9, "warning": False},
+               "near_copies": {"without_detail": [], "replaced": 3, "max_redraws": 10}}
+    assert class_warnings("AD", healthy) == []
+    # the hard-cohort seed of session 9: above the spread line, yet most draws landed on a training scan
+    halfway = {**healthy, "subject_spread": {"ratio": 0.42, "warning": False},
+               "near_copies": {"without_detail": [f"syn_AD_{k:05d}" for k in range(16)], "replaced": 216,
+                               "max_redraws": 10}}
+    [warning] = class_warnings("AD", halfway)
+    assert warning.startswith("class 'AD': 16 of 30 synthetic scans went out as blurred decoder means")
+    assert "after 10 redraw rounds; 216 redraws in all" in warning
+    stuck = {**halfway, "subject_spread": {"ratio": 0.02, "warning": True}}
+    first, second = class_warnings("AD", stuck)
+    assert "reconstructs its training scans nearly alike (spread 0.02" in first and second == warning
+    assert class_warnings("AD", {"n_synthetic": 0}) == []  # no spread or near-copy record: nothing to say
 
 
 def test_a_model_that_learned_only_the_class_mean_is_trained_again_from_a_fresh_seed(slices_cohort, tmp_path):
