@@ -67,12 +67,12 @@ from models.augment import (
     fit_class_model,
     fit_learning_subjects,
     fit_transfer_model,
+    learned_spread,
 )
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig
-from models.fine_detail import reconstruct
 from models.options import FineDetailPolicy, ModelChoice
-from models.report import memorisation_audit, subject_spread
+from models.report import memorisation_audit
 from models.shared_model import class_view, fit_shared_model
 
 DIFFICULTY = 0.6
@@ -95,8 +95,8 @@ def generator_config(name: str, hconv: ModelChoice, conv: ModelChoice = CONV) ->
 
 def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hconv: ModelChoice,
              conv: ModelChoice = CONV, fine_detail: str = "none", paired: bool = False):
-    """Train one generator as `mcvae augment` would and draw n AD scans; (scans, info). With
-    ``paired`` a shared model also draws n CN scans (info["paired_CN"]), for the paired rows."""
+    """Train one generator as `mcvae augment` would and draw n AD scans; (scans, info, CN scans).
+    The CN scans (n, for the paired rows) only with ``paired`` and a shared model, else None."""
     choice, config, scope = generator_config(name, hconv, conv)
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **choice.model_dump())
     started = time.perf_counter()
@@ -107,7 +107,7 @@ def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hc
         scans = {"CN": data["train_CN"], "AD": x_ad}
         shared, retrained, spreads = fit_learning_subjects(
             lambda s, _: fit_shared_model(scans, model_cfg, config, s),
-            lambda fitted: {"AD": subject_spread(x_ad, reconstruct(class_view(fitted, "AD"), x_ad))},
+            lambda fitted: {"AD": learned_spread(class_view(fitted, "AD"), x_ad)},
             config.retrains, seed, lambda *_: None)
         model, history = class_view(shared, "AD"), shared.history
     else:
@@ -117,7 +117,7 @@ def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hc
             return fit_transfer_model(torch.cat([data["train_CN"], x_ad]), x_ad, model_cfg, config, s)
 
         (model, _, history, _), retrained, spreads = fit_learning_subjects(
-            fit, lambda fitted: {"AD": subject_spread(x_ad, reconstruct(fitted[0], x_ad))},
+            fit, lambda fitted: {"AD": learned_spread(fitted[0], x_ad)},
             config.retrains, seed, lambda *_: None)
     seconds = time.perf_counter() - started
     scans, near = draw_synthetic(model, n, data["train_AD"], seed + 1, config.near_copies,
@@ -129,12 +129,11 @@ def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hc
     last = history.records[-1] if history.records else None
     # final_accept: the mean over the last tenth of the MCMC epochs (the issue's measure); the last
     # epoch alone is one or two minibatches and scatters by about +-0.1 (session 5 read it: noise).
-    return scans.float(), {"train_seconds": round(seconds, 1), "final_accept": history.final_accept(),
-                           "last_epoch_accept": getattr(last, "accept", None),
-                           "final_elbo": getattr(last, "elbo", None), "replaced": near["replaced"],
-                           "left_out": near["left_out"], "delivered": len(scans), "retrains": retrained,
-                           "subject_spread": spreads["AD"]["ratio"] if spreads["AD"] else None,
-                           "paired_CN": None if paired_cn is None else paired_cn.float()}
+    info = {"train_seconds": round(seconds, 1), "final_accept": history.final_accept(),
+            "last_epoch_accept": getattr(last, "accept", None), "final_elbo": getattr(last, "elbo", None),
+            "replaced": near["replaced"], "left_out": near["left_out"], "delivered": len(scans),
+            "retrains": retrained, "subject_spread": spreads["AD"]["ratio"] if spreads["AD"] else None}
+    return scans.float(), info, None if paired_cn is None else paired_cn.float()
 
 
 def run(args) -> dict:
@@ -162,11 +161,10 @@ def run(args) -> dict:
         test_ad = data["test_AD"]
         f_test, real_grad, real_hf = features(test_ad), gradient_magnitude(test_ad), high_frequency_fraction(test_ad)
         for name in args.generators:
-            extras[name], info = generate(name, data, n_max, seed * 1009, pre, hconv, conv, args.fine_detail,
-                                          paired=args.paired)
-            if info["paired_CN"] is not None:
-                paired_cn[f"{name} paired"] = info["paired_CN"]
-            del info["paired_CN"]
+            extras[name], info, cn = generate(name, data, n_max, seed * 1009, pre, hconv, conv, args.fine_detail,
+                                              paired=args.paired)
+            if cn is not None:
+                paired_cn[f"{name} paired"] = cn
             quality.append({"seed": seed, "source": name, **info})
             print(f"seed {seed}: {name} trained in {info['train_seconds']} s (accept {info['final_accept']}, "
                   f"{info['replaced']} near-copies redrawn, {info['left_out']} left out; subject spread "

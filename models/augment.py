@@ -341,6 +341,12 @@ def _retrain_checkpoints(checkpoints: ClassCheckpoints | None, attempt: int) -> 
                             load=lambda key: checkpoints.load(key + suffix))
 
 
+def learned_spread(model, x: torch.Tensor) -> dict[str, Any] | None:
+    """``report.subject_spread`` of ``model`` on a class's training scans ``x``: its
+    reconstructions of them against the scans themselves."""
+    return subject_spread(x, reconstruct(model, x))
+
+
 def fit_learning_subjects(fit: Callable[[int, int], Any], spreads: Callable[[Any], dict[str, dict | None]],
                           retrains: int, seed: int, on_retrain: Callable[[int, dict[str, dict]], None]):
     """Train with ``fit(seed, attempt)``; while ``spreads(trained)`` (label -> report.subject_spread)
@@ -501,7 +507,7 @@ def _fit_shared(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[
         return fit_shared_model(scans, model_cfg, config, seed, on_step, _retrain_checkpoints(checkpoints, attempt))
 
     def spreads(shared) -> dict[str, dict | None]:
-        return {c: subject_spread(scans[c], reconstruct(class_view(shared, c), scans[c])) for c in drawn if c in scans}
+        return {c: learned_spread(class_view(shared, c), scans[c]) for c in drawn if c in scans}
 
     started = time.perf_counter()
     try:
@@ -599,8 +605,7 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
             started = time.perf_counter()
             try:
                 (model, sampler, history, train_cfg), retrained, spreads = fit_learning_subjects(
-                    fit, lambda fitted, label=label, train_x=train_x: {
-                        label: subject_spread(train_x, reconstruct(fitted[0], train_x))},
+                    fit, lambda fitted, label=label, train_x=train_x: {label: learned_spread(fitted[0], train_x)},
                     config.retrains, seed,
                     lambda attempt, warned, label=label: notes.append(
                         _retrain_note(f"the model of class {label}", warned, attempt, config)))

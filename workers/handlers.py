@@ -437,7 +437,7 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
     made = sum(result.synthetic_counts.values())
     if result.metrics.get("near_copies_replaced"):
         ctx.log(f"replaced {result.metrics['near_copies_replaced']} near-copies of training scans by new draws")
-    for label, info in result.metrics.get("classes", {}).items():  # the CLI prints the same warning
+    for label, info in result.metrics.get("classes", {}).items():  # the CLI prints the same warnings
         for warning in class_warnings(label, info):
             ctx.log(warning, "warning")
     obsolete = ctx.store.list("checkpoint", f"checkpoint-{ctx.job_id}-")  # superseded by the models
