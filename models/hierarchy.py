@@ -209,6 +209,38 @@ class SpatialHVAE(VAE):
     def latent_to_chain(self, z: torch.Tensor, y=None) -> torch.Tensor:
         raise NotImplementedError("hconv: latents -> chain coordinates is not needed and not provided")
 
+    def exogenous(self, u: torch.Tensor, y=None) -> torch.Tensor:
+        """VAE.exogenous: each layer standardised by its prior given the layers above (the top
+        vector by its class prior), walking down the given chain point."""
+        self._check_u(u)
+        if self.noncentered:
+            self._onehot(self._row_labels(y, u.shape[0]), u.shape[0])  # validates y
+            return u
+        rows = u.shape[0]
+        onehot = self._onehot(self._row_labels(y, rows), rows)
+        given, eps = self.split_layers(u), [None] * len(self.latent_dims)
+
+        def standardise(layer, loc, log_std):
+            eps[layer] = (given[layer] - loc) * torch.exp(-torch.as_tensor(log_std))
+            return given[layer]
+
+        self._descend(standardise, onehot, self._top_prior(onehot))
+        return torch.cat(eps, dim=-1)
+
+    def from_exogenous(self, eps: torch.Tensor, y=None) -> torch.Tensor:
+        self._check_u(eps)
+        if self.noncentered:
+            self._onehot(self._row_labels(y, eps.shape[0]), eps.shape[0])
+            return eps
+        rows = eps.shape[0]
+        onehot = self._onehot(self._row_labels(y, rows), rows)
+        noise = self.split_layers(eps)
+
+        def place(layer, loc, log_std):
+            return loc + torch.exp(torch.as_tensor(log_std)) * noise[layer]
+
+        return torch.cat(self._descend(place, onehot, self._top_prior(onehot))[0], dim=-1)
+
     def log_prior(self, u: torch.Tensor, y=None) -> torch.Tensor:
         self._check_u(u)
         if self.noncentered:

@@ -419,12 +419,37 @@ class VAE(nn.Module):
     @contextmanager
     def _as_centered(self):
         """The same weights read in the centered parameterisation meanwhile (chain = latents)."""
+        with self._read_as("centered"):
+            yield self
+
+    @contextmanager
+    def _read_as(self, parameterization: str):
         own = self.cfg
-        self.cfg = own.model_copy(update={"parameterization": "centered"})
+        self.cfg = own.model_copy(update={"parameterization": parameterization})
         try:
             yield self
         finally:
             self.cfg = own
+
+    # ------------------------------------------------------- counterfactuals
+    def exogenous(self, u: torch.Tensor, y=None) -> torch.Tensor:
+        """The chain point u (of class y) as the model's exogenous noise eps, (B, latent_dim):
+        z_L = m_y + s_y eps_L and z_l = mu_l(z_{l+1}) + sigma_l(z_{l+1}) eps_l. What a scan keeps
+        when its class is changed (``from_exogenous`` under another label): the abduction step of
+        a counterfactual. Noncentered chains already hold eps."""
+        if self.noncentered:
+            self._check_u(u)
+            return u
+        with self._read_as("noncentered"):
+            return self.latent_to_chain(u, y)
+
+    def from_exogenous(self, eps: torch.Tensor, y=None) -> torch.Tensor:
+        """Exogenous noise -> the chain point of class y (the inverse of ``exogenous``)."""
+        if self.noncentered:
+            self._check_u(eps)
+            return eps
+        with self._read_as("noncentered"):
+            return self.chain_to_latent(eps, y)
 
     def decode(self, u: torch.Tensor, y=None) -> torch.Tensor:
         """The noise-free scan (likelihood mean) at chain point u, (B, *data_shape)."""

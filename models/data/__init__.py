@@ -12,7 +12,7 @@ from importlib import import_module
 _EXPORTS = {
     "Cohort": ".cohort", "CohortItem": ".cohort", "format_summary": ".cohort",
     "read_cohort": ".cohort", "summarize": ".cohort",
-    "make_demo_cohort": ".demo", "make_demo_slices": ".demo",
+    "make_demo_cohort": ".demo", "make_demo_counterfactuals": ".demo", "make_demo_slices": ".demo",
     "CohortError": ".errors", "QualityError": ".errors", "ScanError": ".errors",
     "load_scan": ".io", "scan_format": ".io", "write_scan": ".io",
     "PreprocessConfig": ".options",

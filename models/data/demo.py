@@ -84,6 +84,32 @@ def make_demo_cohort(
     return Cohort(items, out_dir)
 
 
+def make_demo_counterfactuals(
+    out_dir: str | Path,
+    indices: list[int] | range,
+    shape: tuple[int, int, int] | None = (32, 32, 32),
+    seed: int = 0,
+    difficulty: float = 0.0,
+) -> Cohort:
+    """The ground truth of a counterfactual: CN subjects ``indices`` of ``make_demo_cohort(seed=...,
+    difficulty=...)`` rendered again with the AD effect applied (``out_dir/AD/CNtoAD_<i>.nii.gz``),
+    everything else about each subject unchanged (pose, deformation, ageing, bias, site, noise).
+    The effect's strengths come from a stream of their own per subject, drawn as an AD subject's."""
+    difficulty = check_difficulty(difficulty)
+    out_dir = Path(out_dir)
+    grid_shape, affine = _grid(shape)
+    points = _voxel_centres(grid_shape, affine)
+    items = []
+    for i in indices:
+        effect_rng = np.random.default_rng([seed, len(CLASSES), int(i)])  # a stream no subject uses
+        volume = _render(points, _subject_rng(seed, "CN", int(i)), ad=False, spacing=_spacing(affine),
+                         difficulty=difficulty, effect_rng=effect_rng)
+        path = out_dir / "AD" / f"CNtoAD_{int(i):03d}.nii.gz"
+        write_scan(path, volume.reshape(grid_shape), affine)
+        items.append(CohortItem(path, "AD"))
+    return Cohort(items, out_dir)
+
+
 def make_demo_slices(
     out_dir: str | Path,
     n_control: int = 20,
@@ -240,9 +266,18 @@ def _voxel_centres(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
 
 
 def _render(
-    points: np.ndarray, rng: np.random.Generator, ad: bool, spacing: np.ndarray, difficulty: float = 0.0
+    points: np.ndarray, rng: np.random.Generator, ad: bool, spacing: np.ndarray, difficulty: float = 0.0,
+    effect_rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Intensities (float32) of one subject at world points (N, 3)."""
+    """Intensities (float32) of one subject at world points (N, 3).
+
+    ``effect_rng`` (CN subjects only): render the same subject with the AD effect applied, its
+    strengths drawn from this stream. Every draw of the subject's own stream is consumed as for
+    the CN scan, so pose, deformation, normal ageing, bias, site and noise are the subject's own;
+    the AD effect replaces the normal shell and cortical loss and adds to the ventricles' and the
+    medial temporal lobes' ageing, as an AD subject's draws do."""
+    if effect_rng is not None and ad:
+        raise ValueError("effect_rng: only a CN subject can be rendered with the AD effect added")
     factor = max(1, int(np.ceil(float(np.min(spacing)) / 2.0)))
     t1_map, gm_map, ventricle_map, affine, bbox = _template(factor)
     unit = (points - bbox[0]) / (bbox[1] - bbox[0])  # ~[0, 1] over the brain: for smooth fields
@@ -261,9 +296,11 @@ def _render(
     source = (points - centre) @ pose.T + centre + shift
     source += _smooth_field(rng, unit, channels=3, scale=2.5) * (1.0 + d)
     strength = rng.uniform(0.2, 0.3) * effect if ad else 0.0
+    if effect_rng is not None:
+        strength = effect_rng.uniform(0.2, 0.3) * effect
     if extra is not None:  # ventricles enlarge with age in everyone
         strength += extra.uniform(-0.05, 0.15) * d
-    if ad or extra is not None:
+    if ad or extra is not None or effect_rng is not None:
         source = _expand_ventricles(source, strength=strength)
 
     vox = (source - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
@@ -273,6 +310,9 @@ def _render(
 
     # Periventricular tissue loss: CSF fills a shell around the ventricles (AD: 3-5 mm wide).
     shell = rng.uniform(3.0, 5.0) if ad else rng.uniform(0.0, 1.0)
+    if effect_rng is not None:  # the subject's own normal shell is the baseline AD widens
+        normal, shell = shell, effect_rng.uniform(3.0, 5.0)
+        shell = normal + (shell - normal) * effect
     if extra is not None:  # AD's shell nearer a normal one; everyone's widening with age
         if ad:
             normal = extra.uniform(0.0, 1.0)
@@ -284,6 +324,9 @@ def _render(
     # Grey-matter loss darkens GM towards CSF: mild and global with age, strong in AD's MTL.
     cortical = rng.uniform(0.08, 0.15) * effect if ad else rng.uniform(0.0, 0.04)
     temporal = rng.uniform(0.35, 0.5) * effect if ad else 0.0
+    if effect_rng is not None:
+        cortical = effect_rng.uniform(0.08, 0.15) * effect
+        temporal = effect_rng.uniform(0.35, 0.5) * effect
     if extra is not None:
         cortical += extra.uniform(0.0, 0.08) * d
         temporal += extra.uniform(0.0, 0.12) * d
