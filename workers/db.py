@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from .migrating import prepare_sqlite_file
-from .settings import get_settings
+from .settings import get_settings, on_reset
 
 _lock = threading.Lock()
 _engines: dict[str, tuple[Engine, sessionmaker]] = {}
@@ -77,3 +77,6 @@ def dispose_engines(close: bool = True) -> None:
         for eng, _ in _engines.values():
             eng.dispose(close=close)
         _engines.clear()
+
+
+on_reset(dispose_engines)  # reset_settings(): the next session opens the database it names
