@@ -113,7 +113,7 @@ def cmd_doctor(args) -> int:
         from workers import get_settings, health
 
         settings = get_settings()
-    except Exception as err:  # bad environment values
+    except Exception as err:  # noqa: BLE001 - bad environment values: a FAIL line, not a crash
         from .errors import one_line
 
         report(False, f"settings: {one_line(err)}", "fix the MCVAE_* environment variables")
