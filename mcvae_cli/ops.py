@@ -1,6 +1,8 @@
 """Operations commands: serve, database upgrades, API keys, worker health, doctor.
 
 Nothing here imports torch except the doctor's GPU check, so these run in the gateway image.
+Each command imports the service or workers pieces it uses inside its function, so that one
+command does not load what another needs.
 """
 
 from __future__ import annotations

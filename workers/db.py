@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from .migrating import prepare_sqlite_file
+from .migrations import upgrade_database
 from .settings import get_settings, on_reset
 
 _lock = threading.Lock()
@@ -53,8 +54,6 @@ def _open(url: str | None) -> tuple[Engine, sessionmaker]:
             if database and database != ":memory:":
                 prepare_sqlite_file(database)  # 0640, and 0750 for a new folder
             if url not in _migrated:
-                from .migrations import upgrade_database
-
                 upgrade_database(url)
                 _migrated.add(url)
             eng = _create(url)
