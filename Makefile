@@ -1,12 +1,12 @@
 # One entry point for every set-up step: `make test` and `make demo` work from a fresh clone.
-# CI (.ci/run) runs `make test test-deploy`: the suite, then the container tests.
+# CI (.ci/run) runs `make lint test test-deploy`: ruff, the suite, then the container tests.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # CPU machines take the local CPU build of torch; the CUDA image picks its own in docker/.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: venv test test-fast test-deploy images demo bench device-wheels clean
+.PHONY: venv lint test test-fast test-deploy images demo bench device-wheels clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 venv: $(VENV)/.installed
+
+# ruff with the rules of pyproject.toml ([tool.ruff]); CI runs it before the tests.
+lint: venv
+	$(VENV)/bin/ruff check .
 
 # Everything but the container builds (about 5-6 minutes on the 2-core CI machine).
 test: venv

@@ -51,8 +51,7 @@ for name, over in variants.items():
     t = trainer(scfg)
     t.load_state_dict(state)
     rows = []
-    def cb(r):
-        s = t.sampler
+    def cb(r, t=t, rows=rows):
         rows.append(dict(e=r.epoch, a=round(r.accept, 3), beta=round(r.beta, 4), h=round(r.step_size, 4),
                          ldc=round(r.log_det_c, 3), obs=round(float(t.model.likelihood.log_var.detach()), 3), elbo=round(r.elbo)))
     t0 = time.time(); t.fit(callback=cb)

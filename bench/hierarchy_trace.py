@@ -25,10 +25,10 @@ from bench.posterior_quality import FeatureNet, kid
 from models.augment import AugmentConfig
 from models.config import ModelConfig
 from models.data import PreprocessConfig
+from models.factory import build_model
 from models.report import memorisation_audit
 from models.samplers import build_sampler
 from models.training import Trainer
-from models.vae import build_model
 
 
 def main() -> None:

@@ -35,8 +35,8 @@ from models.augment import AugmentConfig, draw_synthetic, fit_class_model, fit_t
 from models.conditional import ClassView
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
+from models.factory import build_model
 from models.shared_model import class_view, fit_shared_model, stack_classes
-from models.vae import build_model
 
 
 def variant_settings(name: str) -> tuple[dict, AugmentConfig, str]:

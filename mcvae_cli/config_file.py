@@ -22,5 +22,5 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
         raise ValueError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'YAML'} ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of settings at the top level")
+        raise ValueError(f"{path}: expected a mapping of settings at the top level")  # noqa: TRY004 (main prints ValueErrors)
     return data

@@ -14,7 +14,7 @@ def one_line(err: BaseException) -> str:
                 parts.append(f"{where}: {e.get('msg', '')}")
             if parts:
                 return "invalid configuration: " + "; ".join(parts)
-        except Exception:  # not a pydantic error after all
+        except Exception:  # noqa: BLE001, S110 - not a pydantic error after all: report str(err)
             pass
     text = " ".join(str(err).split())
     return text or type(err).__name__

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+# Each command imports what it uses inside its function, so that `mcvae --help` and the commands
+# that need no model (serve, keys, doctor, ...) start without loading torch and MONAI.
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
 

@@ -1,6 +1,8 @@
 """Operations commands: serve, database upgrades, API keys, worker health, doctor.
 
 Nothing here imports torch except the doctor's GPU check, so these run in the gateway image.
+Each command imports the service or workers pieces it uses inside its function, so that one
+command does not load what another needs.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def cmd_doctor(args) -> int:
         from workers import get_settings, health
 
         settings = get_settings()
-    except Exception as err:  # bad environment values
+    except Exception as err:  # noqa: BLE001 - bad environment values: a FAIL line, not a crash
         from .errors import one_line
 
         report(False, f"settings: {one_line(err)}", "fix the MCVAE_* environment variables")

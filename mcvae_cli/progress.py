@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Self
 
 from tqdm import tqdm
 
@@ -28,7 +29,7 @@ class StageBar:
         self.started = time.monotonic()
 
     def __call__(self, stage: str, fraction: float) -> None:
-        target = int(round(100 * min(max(fraction, 0.0), 1.0)))
+        target = round(100 * min(max(fraction, 0.0), 1.0))
         if self.lines and (stage != self.stage or target >= self.last_line + self.line_step):
             elapsed = time.monotonic() - self.started
             print(f"{self.title}: {target:3d}% {stage} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
@@ -41,7 +42,7 @@ class StageBar:
     def close(self) -> None:
         self.bar.close()
 
-    def __enter__(self) -> StageBar:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

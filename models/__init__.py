@@ -15,7 +15,7 @@ _EXPORTS = {
     "build_sampler": ".samplers",
     "EpochRecord": ".training", "Trainer": ".training", "TrainHistory": ".training",
     "TrainingCancelled": ".training", "train": ".training",
-    "VAE": ".vae", "build_model": ".vae",
+    "build_model": ".factory", "VAE": ".vae",
 }
 
 __all__ = sorted(_EXPORTS)  # noqa: PLE0605 (the names _EXPORTS lists)

@@ -49,6 +49,7 @@ from .data import (
 )
 from .data.io import share_like_umask
 from .data.quality import preprocessed_problem, raw_problem, refuse
+from .factory import build_model
 from .fine_detail import FineDetail, reconstruct
 from .options import AugmentConfig, FineDetailPolicy, ModelChoice
 from .report import (
@@ -63,7 +64,6 @@ from .samplers import build_sampler
 from .shared_model import class_view, fit_shared_model
 from .targets import synthetic_counts
 from .training import Trainer, TrainingCancelled
-from .vae import build_model
 
 __all__ = ["AugmentConfig", "AugmentResult", "Cancelled", "ClassCheckpoints", "ModelChoice", "augment",
            "fit_class_model", "write_synthetic"]

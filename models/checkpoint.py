@@ -54,7 +54,7 @@ def save(path: str | os.PathLike, model: nn.Module, sampler: nn.Module, meta: di
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, nn.Module, dict[str, Any]]:
     """Returns (model, sampler, meta), both modules in eval mode on ``device``."""
-    from .vae import build_model  # local: vae imports networks, which import monai
+    from .factory import build_model  # local: the models import networks, which import monai
 
     path = Path(path)
     config_file, weights_file = path / CONFIG, path / WEIGHTS

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .options import sample_class
+
 
 class ClassView:
     """``model`` with its label fixed to ``y``: one class index for every item, or a (B,) tensor
@@ -87,7 +89,5 @@ def for_class(model, meta: dict, requested: str | None, field: str = "class"):
     class-conditional model, or the model itself; the class drawn, or None for a model trained
     on every class). The rule is ``models.options.sample_class`` (the gateway checks it too);
     its ValueErrors name ``field``."""
-    from .options import sample_class
-
     label, index = sample_class(meta, getattr(model.cfg, "n_classes", 0), requested, field)
     return (model if index is None else ClassView(model, index)), label

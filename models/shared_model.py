@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 from .conditional import ClassView
 from .config import ModelConfig, TrainConfig
+from .factory import build_model
 from .samplers import build_sampler
 from .training import Trainer, TrainHistory
-from .vae import build_model
 
 
 @dataclass

@@ -630,11 +630,3 @@ class VAE(nn.Module):
             for c in torch.unique(y):
                 mean = self.likelihood.output_for_mean(x[y == c].float().mean(0))
                 self.class_offset[int(c)] = mean - self.output_offset
-
-
-def build_model(cfg: ModelConfig) -> VAE:
-    if cfg.arch == "hconv":
-        from .hierarchy import SpatialHVAE  # local: hierarchy subclasses VAE
-
-        return SpatialHVAE(cfg)
-    return VAE(cfg)

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 from workers import db as workers_db
 from workers.settings import get_settings
 
+from .migrations import upgrade_database
+
 _lock = threading.Lock()
 _ready: set[str] = set()
 
@@ -25,8 +27,6 @@ def ensure_schema(url: str | None = None) -> str:
         with _lock:
             if url not in _ready:
                 workers_db.engine(url)  # the job tables first (creates the SQLite file too)
-                from .migrations import upgrade_database
-
                 upgrade_database(url)
                 _ready.add(url)
     return url

@@ -17,8 +17,8 @@ from sqlalchemy import func, select, text
 
 from workers import db, embedded, get_settings
 from workers.app import get_app
+from workers.queues import INTERACTIVE, QUEUES
 from workers.records import JobRecord
-from workers.settings import INTERACTIVE, QUEUES
 
 from . import schemas
 from .errors import scrub

@@ -4,8 +4,9 @@ A dataset is ``dataset-<ingest job id>``, a trained model ``model-<train job id>
 registered to the caller's lab when their job is submitted. An augment job registers its
 models (``model-<job>-<i>``) itself, so the gateway records the augmentation and adds its
 models once it sees the job succeeded ("reconcile", run on reads; only unfinished rows are
-looked at). Reconcile also removes an upload once its ingest has ended, and the artifacts of
-resources deleted while their job was still running.
+looked at). Reconcile also removes the artifacts of resources deleted while their job was still
+running. Upload copies are not removed on reads: the ingest job removes its upload when it is
+done with it, and the storage sweeper (workers/sweeper.py) whatever an ended ingest left.
 """
 
 from __future__ import annotations
@@ -119,8 +120,6 @@ def reconcile(lab: str, store: ArtifactStore) -> None:
 
 def _follow_up(rec: ResourceRecord, job: workers.Job, store: ArtifactStore) -> None:
     with db.session() as s:
-        if rec.upload:
-            store.delete(rec.upload)  # the ingest has its own copy now, or failed
         if rec.deleted_at is not None:
             store.delete(rec.id)
             # Preprocessed tensors the workers cached for a dataset are patient data too.

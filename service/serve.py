@@ -14,7 +14,7 @@ import signal
 import subprocess
 
 from workers import embedded, get_settings, reset_settings, start_worker_process
-from workers.settings import QUEUES
+from workers.queues import QUEUES
 
 from .logs import configure_logging
 from .settings import get_service_settings

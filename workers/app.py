@@ -9,7 +9,6 @@ not sit on messages other workers could run.
 
 from __future__ import annotations
 
-import logging
 import os
 from functools import lru_cache
 
@@ -17,18 +16,9 @@ from celery import Celery, signals
 from kombu import Exchange, Queue
 
 from .logs import use_json
-from .settings import INTERACTIVE, QUEUES, Settings, get_settings
+from .queues import INTERACTIVE, PRIORITY_NORMAL, PRIORITY_STEPS, QUEUES, task_name
+from .settings import Settings, get_settings, on_reset
 
-log = logging.getLogger(__name__)
-
-TASKS = ("ingest", "train", "sample", "augment", "evaluate")
-
-# Message priorities (Redis: 0 is served first; kombu keeps one list per step of
-# PRIORITY_STEPS and a worker pops the lower steps first). A job taken over from a dead worker,
-# or re-published after the broker lost it, must not queue behind work submitted after it;
-# synchronous sampling has a client waiting; deferrals of duplicates can wait.
-PRIORITY_STEPS = [0, 3, 6, 9]
-PRIORITY_URGENT, PRIORITY_NORMAL, PRIORITY_DEFERRED = 0, 6, 9
 # kombu's own redelivery of unacknowledged messages (the backstop behind workers/recovery.py):
 # it scans every unacked_restore_interval * unacked_restore_throttle seconds (kombu's defaults,
 # 10 * 10, added ~100 s to every visibility timeout) for messages older than the visibility
@@ -38,13 +28,11 @@ REDIS_RESTORE = {"unacked_restore_interval": 10, "unacked_restore_throttle": 1,
                  "unacked_restore_limit": 100, "unacked_mutex_expire": 30}
 
 
-def task_name(kind: str) -> str:
-    return f"mcvae.{kind}"
-
-
 def create_app(settings: Settings) -> Celery:
+    # What a worker loads before it starts (Celery imports these ahead of its worker_init
+    # signal): the tasks, and the handlers of the worker's life cycle (workers/lifecycle.py).
     app = Celery("mcvae", broker=settings.broker, backend=settings.result_backend,
-                 include=["workers.tasks"])
+                 include=["workers.tasks", "workers.lifecycle"])
     transport_options: dict = {}
     if settings.broker.startswith(("redis://", "rediss://", "redis+socket://")):
         # With acks_late a message stays "unacked" in Redis while its task runs; after
@@ -90,6 +78,9 @@ def get_app() -> Celery:
     return create_app(get_settings())
 
 
+on_reset(get_app.cache_clear)  # reset_settings(): the next get_app() reads the new settings
+
+
 def __getattr__(name: str):
     # ``celery -A workers.app`` looks up ``app``; build it lazily so that importing this module
     # (e.g. from the gateway) reads the environment only when the app is actually wanted.
@@ -98,72 +89,10 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-# -- worker life cycle -------------------------------------------------------------------------
+# -- worker logs (the rest of the worker's life cycle: workers/lifecycle.py) --------------------
 @signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
 def _json_logs(logger=None, **_) -> None:
     """Worker logs as JSON lines, like the gateway's (MCVAE_LOG_FORMAT=text keeps Celery's)."""
     if logger is not None and os.environ.get("MCVAE_LOG_FORMAT", "json") != "text":
         use_json(logger)
-
-
-@signals.worker_init.connect
-def _prepare_database(sender=None, **_) -> None:
-    from . import db, recovery
-
-    db.engine()  # creates or migrates the schema once, before the pool forks
-    try:
-        # Before this worker consumes anything: a job taken back now is published first in
-        # line, ahead of whatever else waits in its queue.
-        recovery.recover(getattr(sender, "hostname", None), at_start=True)
-    except Exception:  # the periodic round will try again
-        log.exception("job recovery at worker start failed")
-    db.dispose_engines()  # children must not share the parent's connections
-
-
-@signals.worker_process_init.connect
-def _child_init(**_) -> None:
-    from . import db
-
-    db.dispose_engines(close=False)
-    threads = get_settings().torch_threads
-    if threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-@signals.task_failure.connect
-def _hard_time_limit(task_id=None, exception=None, **_) -> None:
-    # The pool process was killed mid-job, so no code of the job's own can record this; the
-    # worker's main process reports it here (the soft limit is handled inside the job).
-    from celery.exceptions import TimeLimitExceeded
-
-    if not isinstance(exception, TimeLimitExceeded) or not task_id:
-        return
-    from .jobs import fail_running
-
-    fail_running(task_id, f"hard time limit of {get_settings().time_limit} s exceeded (MCVAE_TIME_LIMIT)")
-
-
-@signals.worker_ready.connect
-def _start_housekeeping(sender=None, **_) -> None:
-    """In the worker's main process (after the recovery at start, in _prepare_database): keep
-    recovering stranded jobs, and sweep storage, from timer threads. Every worker does this; the checks are compare-and-set on the
-    job records, so several workers doing it at once take each job over once."""
-    from . import recovery, sweeper
-
-    settings = get_settings()
-    _timers[:] = [recovery.Every("job recovery", settings.recovery_interval, recovery.recover),
-                  recovery.Every("storage sweep", settings.sweep_interval, sweeper.sweep)]
-    for timer in _timers:
-        timer.start()
-
-
-@signals.worker_shutdown.connect
-def _stop_housekeeping(**_) -> None:
-    for timer in _timers:
-        timer.stop()
-
-
-_timers: list = []

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .records import utcnow
+from .settings import get_settings
 
 KINDS = ("dataset", "checkpoint", "model", "output", "report")
 ID_PATTERN = re.compile(r"^(dataset|checkpoint|model|output|report)-[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -261,6 +262,4 @@ class ArtifactStore:
 
 def default_store() -> ArtifactStore:
     """The store of the configured deployment (MCVAE_ARTIFACT_ROOT, else MCVAE_DATA_DIR/artifacts)."""
-    from .settings import get_settings
-
     return ArtifactStore(get_settings().artifacts)

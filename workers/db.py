@@ -15,7 +15,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from .migrating import prepare_sqlite_file
-from .settings import get_settings
+from .migrations import upgrade_database
+from .settings import get_settings, on_reset
 
 _lock = threading.Lock()
 _engines: dict[str, tuple[Engine, sessionmaker]] = {}
@@ -53,8 +54,6 @@ def _open(url: str | None) -> tuple[Engine, sessionmaker]:
             if database and database != ":memory:":
                 prepare_sqlite_file(database)  # 0640, and 0750 for a new folder
             if url not in _migrated:
-                from .migrations import upgrade_database
-
                 upgrade_database(url)
                 _migrated.add(url)
             eng = _create(url)
@@ -77,3 +76,6 @@ def dispose_engines(close: bool = True) -> None:
         for eng, _ in _engines.values():
             eng.dispose(close=close)
         _engines.clear()
+
+
+on_reset(dispose_engines)  # reset_settings(): the next session opens the database it names

@@ -23,6 +23,7 @@ from . import sources
 from .artifacts import ID_PATTERN, ArtifactNotFound
 from .checkpoints import Checkpoints
 from .context import JobCancelled, JobContext, Outcome, json_safe
+from .db import session
 from .params import (
     AugmentParams,
     EvaluateParams,
@@ -32,6 +33,7 @@ from .params import (
     TrainParams,
     describe,
 )
+from .records import JobRecord
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 
@@ -101,9 +103,6 @@ def _owner(ctx: JobContext) -> str | None:
     """Who submitted the job; None for an in-process run (tests, the CLI: the operator's own)."""
     if not getattr(ctx, "token", None):  # only a recorded run (runner.RecordedContext) has one
         return None
-    from .db import session
-    from .records import JobRecord
-
     with session(ctx.settings.database) as s:
         rec = s.get(JobRecord, ctx.job_id)
         return rec.owner if rec is not None else None

@@ -23,9 +23,11 @@ from sqlalchemy import delete, select, update
 from . import db
 from .app import get_app
 from .params import KINDS, queue_for, validate
+from .queues import INTERACTIVE, PRIORITY_URGENT
 from .records import STATES, TERMINAL, JobEventRecord, JobRecord, utcnow
+from .recovery import publish, recover
 from .runner import add_event
-from .settings import INTERACTIVE, get_settings
+from .settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +103,6 @@ def _visible(s, job_id: str, owner: str | None) -> JobRecord:
 
 
 def _publish(job_id: str, kind: str, queue: str) -> None:
-    from .app import PRIORITY_URGENT
-    from .recovery import publish
-
     # A client is waiting for interactive work: it goes first within its queue as well.
     interactive = queue == get_settings().queue_name(INTERACTIVE)
     publish(job_id, kind, queue, PRIORITY_URGENT if interactive else None)
@@ -239,8 +238,6 @@ def wait(job_id: str, timeout: float | None = None, poll: float = 0.25, owner: s
 def recover_jobs(hostname: str | None = None) -> list[str]:
     """Re-queue orphaned jobs and re-publish lost messages now (what every worker does at start
     and then periodically; see workers/recovery.py). Returns the ids."""
-    from .recovery import recover
-
     done = recover(hostname, at_start=True)
     return done["orphaned"] + done["lost"]
 

@@ -20,9 +20,10 @@ from models.profiles import PROFILE_NAMES, config_with_profile
 from models.targets import parse_target
 
 from .artifacts import kind_of
+from .queues import TASKS
 from .settings import Settings
 
-KINDS = ("ingest", "train", "sample", "augment", "evaluate")
+KINDS = TASKS  # the job kinds: one Celery task each
 
 
 class InvalidParams(ValueError):

@@ -25,11 +25,15 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 
+import redis
 from sqlalchemy import select, update
 
 from . import db
+from .app import get_app
+from .queues import INTERACTIVE, PRIORITY_NORMAL, PRIORITY_STEPS, PRIORITY_URGENT, QUEUES, task_name
 from .records import JobRecord, utcnow
 from .runner import BOOT, add_event
 from .settings import Settings, get_settings
@@ -38,8 +42,6 @@ log = logging.getLogger(__name__)
 
 
 def publish(job_id: str, kind: str, queue: str, priority: int | None = None) -> None:
-    from .app import PRIORITY_NORMAL, get_app, task_name
-
     # Explicitly: send_task does not apply task_default_priority.
     get_app().send_task(task_name(kind), args=[job_id], task_id=job_id, queue=queue,
                         priority=PRIORITY_NORMAL if priority is None else priority)
@@ -51,8 +53,6 @@ def requeue_orphans(settings: Settings | None = None, hostname: str | None = Non
     ``hostname``: this worker's node name; its running jobs claimed by an earlier process
     (another boot id in the run token) are orphaned whatever their heartbeat says.
     """
-    from .app import PRIORITY_URGENT
-
     settings = settings or get_settings()
     now = utcnow()
     stale = now - dt.timedelta(seconds=settings.lease_seconds)
@@ -88,8 +88,6 @@ def republish_lost(settings: Settings | None = None, everything: bool = False) -
 
     ``everything``: re-publish every queued job (the embedded broker, which cannot be listed).
     """
-    from .app import PRIORITY_URGENT
-
     settings = settings or get_settings()
     now = utcnow()
     quiet_since = now - dt.timedelta(seconds=settings.publish_grace)
@@ -127,13 +125,6 @@ def broker_job_ids(settings: Settings) -> set[str]:
     a live worker would have started it by then (prefetch 1), so its holder died with it and
     only the visibility timeout (an hour) would otherwise bring it back.
     """
-    import time
-
-    import redis
-
-    from .app import PRIORITY_STEPS
-    from .settings import INTERACTIVE, QUEUES
-
     prefix = settings.redis_key_prefix
     sep = "\x06\x16"  # kombu's separator of a queue and its priority step
     client = redis.Redis.from_url(settings.broker, socket_timeout=10, socket_connect_timeout=5)

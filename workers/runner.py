@@ -39,7 +39,9 @@ from sqlalchemy import case, select, update
 from . import db
 from .artifacts import ArtifactNotFound, ArtifactStore
 from .context import JobCancelled, JobContext, json_safe
-from .params import describe
+from .handlers import HANDLERS
+from .params import SCHEMAS, describe
+from .queues import PRIORITY_DEFERRED
 from .records import TERMINAL, JobEventRecord, JobRecord, utcnow
 from .settings import Settings, get_settings
 
@@ -301,9 +303,6 @@ def readable(exc: BaseException) -> str:
 # -- the task body -----------------------------------------------------------------------------------
 def execute(task, job_id: str, kind: str) -> str:
     """Run one delivery of job ``job_id``; returns what happened (for logs and tests)."""
-    from .handlers import HANDLERS
-    from .params import SCHEMAS
-
     settings = get_settings()
     hostname = getattr(task.request, "hostname", None) or socket.gethostname()
     try:
@@ -425,8 +424,6 @@ def defer(task, job_id: str, queue: str | None, settings: Settings) -> None:
     a second time while it waits.
     """
     delay = max(1.0, min(settings.lease_seconds, settings.visibility_timeout / 2))
-    from .app import PRIORITY_DEFERRED
-
     task.apply_async(args=(job_id,), task_id=job_id, queue=queue, countdown=delay,
                      priority=PRIORITY_DEFERRED)
     log.info("job %s is running elsewhere; looking again in %.0f s", job_id, delay)

@@ -7,16 +7,14 @@ are, which queues exist, and the limits jobs run under. Unset URLs fall back to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-QUEUES = ("gpu", "cpu")  # logical queue names; the broker sees settings.queue_name(...)
-# Synchronous sampling: its own queue, which every worker also consumes (first) unless
-# MCVAE_SERVE_INTERACTIVE=false, so that it never waits behind ingest or training messages.
-INTERACTIVE = "interactive"
+from .queues import INTERACTIVE, QUEUES
 
 
 class Settings(BaseSettings):
@@ -121,10 +119,18 @@ def get_settings() -> Settings:
     return Settings()
 
 
+# What was built from the settings and must be forgotten with them: the Celery app (app.py) and
+# the database engines (db.py). Those modules import this one, so they register themselves.
+_on_reset: list[Callable[[], object]] = []
+
+
+def on_reset(forget: Callable[[], object]) -> None:
+    """Have ``reset_settings`` call ``forget`` (in the order registered)."""
+    _on_reset.append(forget)
+
+
 def reset_settings() -> None:
     """Forget cached settings (and what was built from them) after the environment changed."""
     get_settings.cache_clear()
-    from . import app, db  # local: both import this module
-
-    app.get_app.cache_clear()
-    db.dispose_engines()
+    for forget in _on_reset:
+        forget()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from .queues import task_name
 from .runner import execute
 
 # Celery's recipe for long idempotent tasks: acknowledge after the work, give the message back
@@ -15,31 +16,31 @@ from .runner import execute
 OPTIONS = {"bind": True, "acks_late": True, "reject_on_worker_lost": True}
 
 
-@shared_task(name="mcvae.ingest", **OPTIONS)
+@shared_task(name=task_name("ingest"), **OPTIONS)
 def ingest(self, job_id: str) -> str:
     """Validate an uploaded cohort and store it as a dataset artifact."""
     return execute(self, job_id, "ingest")
 
 
-@shared_task(name="mcvae.train", **OPTIONS)
+@shared_task(name=task_name("train"), **OPTIONS)
 def train(self, job_id: str) -> str:
     """Train one model, checkpointing as it goes; resumes from the last checkpoint."""
     return execute(self, job_id, "train")
 
 
-@shared_task(name="mcvae.sample", **OPTIONS)
+@shared_task(name=task_name("sample"), **OPTIONS)
 def sample(self, job_id: str) -> str:
     """Draw synthetic scans from a trained model."""
     return execute(self, job_id, "sample")
 
 
-@shared_task(name="mcvae.augment", **OPTIONS)
+@shared_task(name=task_name("augment"), **OPTIONS)
 def augment(self, job_id: str) -> str:
     """Train per minority class, sample to the requested balance, package the result."""
     return execute(self, job_id, "augment")
 
 
-@shared_task(name="mcvae.evaluate", **OPTIONS)
+@shared_task(name=task_name("evaluate"), **OPTIONS)
 def evaluate(self, job_id: str) -> str:
     """Held-out log-likelihood of a trained model."""
     return execute(self, job_id, "evaluate")

@@ -13,7 +13,9 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-from .settings import INTERACTIVE, QUEUES, get_settings, reset_settings
+from .app import get_app
+from .queues import INTERACTIVE, QUEUES
+from .settings import get_settings, reset_settings
 
 
 def run_worker(
@@ -48,8 +50,6 @@ def run_worker(
     # Import the library once here, before the pool forks, so every child starts warm
     # (importing torch does not initialise CUDA, so forking afterwards is safe).
     import models.augment  # noqa: F401  (torch, MONAI, networks; the package itself loads lazily)
-
-    from .app import get_app
 
     hostname = hostname or f"mcvae-{os.getpid()}@{socket.gethostname()}"
     get_app().worker_main([
@@ -97,8 +97,6 @@ def ping_local_workers(timeout: float = 5.0) -> list[str]:
     Needs a broker that can broadcast (Redis); the embedded broker cannot, and this raises
     RuntimeError there.
     """
-    from .app import get_app
-
     if get_settings().embedded:
         raise RuntimeError("the embedded broker cannot ping workers; set MCVAE_BROKER_URL")
     suffix = f"@{socket.gethostname()}"

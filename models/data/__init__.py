@@ -10,14 +10,14 @@ preprocessing config) can be imported without nibabel, MONAI or torch (the gatew
 from importlib import import_module
 
 _EXPORTS = {
-    "Cohort": ".cohort", "CohortItem": ".cohort", "format_summary": ".cohort",
-    "read_cohort": ".cohort", "summarize": ".cohort",
+    "Cohort": ".cohort", "CohortItem": ".cohort", "read_cohort": ".cohort",
     "make_demo_cohort": ".demo", "make_demo_counterfactuals": ".demo", "make_demo_slices": ".demo",
     "CohortError": ".errors", "QualityError": ".errors", "ScanError": ".errors",
     "load_scan": ".io", "scan_format": ".io", "write_scan": ".io",
     "PreprocessConfig": ".options",
     "LoadScan": ".preprocess", "build_transforms": ".preprocess", "load_tensors": ".preprocess",
     "make_dataset": ".preprocess", "target_affine": ".preprocess",
+    "format_summary": ".summary", "summarize": ".summary",
 }
 
 __all__ = sorted(_EXPORTS)  # noqa: PLE0605 (the names _EXPORTS lists)

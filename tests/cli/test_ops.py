@@ -16,7 +16,7 @@ def _mcvae(args, env_extra, timeout=120):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCVAE_")}
     env.update(env_extra)
     return subprocess.run([sys.executable, "-m", "mcvae_cli.main", *args], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+                          text=True, env=env, timeout=timeout, check=False)
 
 
 @pytest.fixture()

@@ -13,10 +13,10 @@ from models.checkpoint import load, save
 from models.conditional import ClassView
 from models.config import ModelConfig, SamplerConfig, TrainConfig
 from models.evaluation import log_likelihood
+from models.factory import build_model
 from models.samplers import build_sampler
 from models.shared_model import class_view, fit_shared_model, sample_class
 from models.training import train
-from models.vae import build_model
 
 OBS_VAR = 0.1
 

@@ -9,10 +9,10 @@ import torch
 from models.augment import draw_synthetic
 from models.conditional import ClassView
 from models.config import ModelConfig
+from models.factory import build_model
 from models.fine_detail import FineDetail
 from models.options import AugmentConfig
 from models.report import near_copy_threshold, nearest_real
-from models.vae import build_model
 
 
 def _model(n_classes: int = 0, arch: str = "conv", **extra):

@@ -7,10 +7,10 @@ import torch
 
 from models.checkpoint import load, save
 from models.config import ModelConfig, SamplerConfig, TrainConfig
+from models.factory import build_model
 from models.hierarchy import SpatialHVAE
 from models.samplers import build_sampler
 from models.training import train
-from models.vae import build_model
 
 SHAPES = {2: (1, 16, 16), 3: (1, 8, 8, 8)}
 

@@ -5,8 +5,9 @@ import torch
 from torch.distributions import MultivariateNormal, Normal
 
 from models.config import ModelConfig
+from models.factory import build_model
 from models.networks import build_decoder, build_encoder
-from models.vae import VAE, build_model
+from models.vae import VAE
 
 SHAPE_2D = (1, 8, 8)
 SHAPE_3D = (1, 8, 8, 8)

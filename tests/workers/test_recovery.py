@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import workers
-from workers.app import PRIORITY_STEPS, REDIS_RESTORE, create_app
+from workers.app import REDIS_RESTORE, create_app
+from workers.queues import PRIORITY_STEPS
 
 from .conftest import tiny_train_params, wait_for
 

@@ -10,8 +10,8 @@ import sqlalchemy.exc
 
 import workers
 from workers import handlers, runner
-from workers.app import PRIORITY_DEFERRED
 from workers.context import Outcome
+from workers.queues import PRIORITY_DEFERRED
 
 
 class FakeTask:

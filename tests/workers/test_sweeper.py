@@ -99,6 +99,28 @@ def test_a_sweep_removes_debris_and_leaves_live_work_alone(service_env, demo_coh
     assert again["checkpoints"] == [checkpoints["live"]]  # superseded by the job's success
 
 
+
+def test_the_upload_copy_of_an_ended_ingest_is_swept(service_env, demo_cohort):
+    """The gateway does not remove upload copies on reads (service/resources.py): an upload
+    whose ingest failed or was cancelled goes with the sweep; one a running ingest reads stays."""
+    service_env(MCVAE_UPLOAD_RETENTION="0")
+    store = workers.ArtifactStore(workers.get_settings().artifacts)
+    uploads = {}
+    for state in ("failed", "cancelled", "running"):
+        uploads[state] = store.put_dir("dataset", demo_cohort, artifact_id=f"dataset-upload-{state}").id
+        job = workers.submit("ingest", {"source": uploads[state]})
+        if state == "running":
+            with db.session() as s:
+                s.execute(update(JobRecord).where(JobRecord.id == job.id).values(state="running"))
+        else:
+            _end(job.id, state, hours_ago=0)
+
+    removed = sweeper.sweep()
+
+    assert sorted(removed["uploads"]) == sorted([uploads["failed"], uploads["cancelled"]])
+    assert store.exists(uploads["running"])
+    assert not store.exists(uploads["failed"]) and not store.exists(uploads["cancelled"])
+
 def test_storage_per_owner_counts_each_kind_of_artifact(service_env, demo_cohort):
     service_env()
     store = workers.ArtifactStore(workers.get_settings().artifacts)
