@@ -120,7 +120,7 @@ def test_events_name_no_worker_and_a_cancel_after_the_end_changes_nothing(deploy
     assert "started (attempt 1)" in messages, messages
     hostname = socket.gethostname()
     assert not [m for m in messages if "gw-test-" in m or "@test" in m or hostname in m], messages
-    job_id = augmentation["started"]["job_id"]
+    job_id = augmentation["started"]["id"]
     with deployment.client() as c:
         before = c.get(f"/v1/jobs/{job_id}").json()
         for _ in range(2):
