@@ -163,7 +163,7 @@ def _runs(job_id: str) -> list[tuple[float, str]]:
     import workers
 
     return [(e.at.timestamp(), e.message) for e in workers.events(job_id)
-            if e.message.startswith(("started on", "resumed on"))]
+            if e.message.startswith(("started (", "resumed ("))]
 
 
 def _first(job_id: str, prefix: str, after: float = 0.0) -> float | None:
@@ -237,7 +237,7 @@ def worker_back(d: Deployment, api, dataset: str, epochs: int) -> Outcome:
     time.sleep(2)
     d.start_worker(name)
     _settle(outcome, jobs, {victim_job}, 900)
-    resumed = _first(victim_job, "resumed on", killed)
+    resumed = _first(victim_job, "resumed (", killed)
     outcome.takeover_s = resumed - killed if resumed else None
     outcome.note = "its own dead run, recognised at restart"
     return outcome
@@ -251,7 +251,7 @@ def worker_gone(d: Deployment, api, dataset: str, epochs: int) -> Outcome:
     killed = d.kill(d.workers.pop(name))
     _settle(outcome, [job], {job}, 900)
     requeued = _first(job, "its worker", killed)
-    resumed = _first(job, "resumed on", killed)
+    resumed = _first(job, "resumed (", killed)
     outcome.requeued_s = requeued - killed if requeued else None
     outcome.takeover_s = resumed - killed if resumed else None
     outcome.note = "the other worker, idle, takes it over"

@@ -70,6 +70,8 @@ def create_app(settings: ServiceSettings | None = None, configure_logs: bool = T
                          lifespan=lifespan, redoc_url=None, static_url=DOCS_ASSETS)
     app.state.settings = settings
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    failures = settings.auth_failures_per_minute
+    app.state.auth_failures = RateLimiter(failures, max(1, int(failures)))  # per client address
     app.state.metrics = Metrics()
     app.state.waiter = JobWaiter(settings.job_poll_seconds)
     errors.install(app)

@@ -13,6 +13,7 @@ import re
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workers import ArtifactNotFound, BrokerUnavailable, InvalidParams, JobNotFound
@@ -66,6 +67,18 @@ STORAGE_DETAIL = ("the server could not write to its storage (full or not writab
                   "kept: try again later, and tell the operator if it persists")
 
 
+DATABASE_DETAIL = "the service's database is unavailable; nothing was changed: try again later"
+INTERNAL_DETAIL = "internal error; quote the request id when reporting it"
+
+
+def database_outage(exc: BaseException) -> bool:
+    """A database that cannot be reached or has dropped the connection (or a pool with no free
+    connection): the request was fine, so a 503. Other DBAPI errors (a constraint, bad SQL)
+    are the gateway's bugs: a 500."""
+    return (isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError))
+            or bool(getattr(exc, "connection_invalidated", False)))
+
+
 def error_response(status: int, detail: str, code: str | None = None,
                    headers: dict[str, str] | None = None, **extra) -> JSONResponse:
     body = ErrorBody(detail=detail, code=code or CODES.get(status, "error"),
@@ -102,6 +115,19 @@ def install(app: FastAPI) -> None:
         cause = exc.cause if isinstance(exc, StorageError) else exc
         log.error("storage error", extra={"error": f"{type(cause).__name__} errno {cause.errno}: {cause.strerror}"})
         return error_response(503, STORAGE_DETAIL, "storage_unavailable", headers={"Retry-After": "30"})
+
+    # The database, wherever a route (or the key check) reads or writes it: one handler, so
+    # every route answers an outage the same way. The driver's text names the host, port and
+    # database: it goes to the log only; the client gets one generic line.
+    @app.exception_handler(sa_exc.DBAPIError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def database_error(_: Request, exc: Exception):
+        if not database_outage(exc):
+            log.error("database error", exc_info=exc)
+            return error_response(500, INTERNAL_DETAIL)
+        cause = getattr(exc, "orig", None) or exc
+        log.error("database unavailable", extra={"error": f"{type(cause).__name__}: {str(cause).strip()[:500]}"})
+        return error_response(503, DATABASE_DETAIL, "database_unavailable", headers={"Retry-After": "15"})
 
     # The job API's exceptions, wherever a route lets them through.
     @app.exception_handler(JobNotFound)

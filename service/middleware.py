@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 
-from .errors import error_response
+from .errors import INTERNAL_DETAIL, error_response
 from .logs import request_id
 from .metrics import Metrics
 
@@ -47,7 +47,7 @@ class RequestContext:
             log.exception("unhandled error")
             if status["started"]:
                 raise  # too late for a JSON body; the connection is closed instead
-            response = error_response(500, "internal error; quote the request id when reporting it")
+            response = error_response(500, INTERNAL_DETAIL)
             await response(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.sources import MAX_COMPRESSION_RATIO
@@ -33,7 +33,12 @@ class ServiceSettings(BaseSettings):
     # Verified keys are remembered this long, so a busy client costs no database read per
     # request; a revocation takes effect in other processes after at most this delay.
     key_cache_seconds: float = Field(10.0, ge=0)
+    # Failed key checks (wrong, unknown, revoked or malformed keys) per client address: past
+    # these, 429 before any database lookup, so guessing keys costs the guesser, not the service.
+    auth_failures_per_minute: float = Field(20.0, gt=0, description="failed key checks per client address (429 above)")
     metrics_public: bool = Field(False, description="serve /metrics without a key (scrape network)")
+    # /metrics counts every lab's jobs: with this set, only this token reads it (lab keys: 403).
+    metrics_key: SecretStr | None = Field(None, description="operator's bearer token for /metrics")
 
     # -- jobs -----------------------------------------------------------------------------------
     sync_sample_max: int = Field(16, ge=1, description="largest n answered with scans, not a job")

@@ -4,7 +4,10 @@ Order of defences:
 1. ``Content-Length`` above the limit: refused before a byte is read (413).
 2. While streaming: bytes are counted, and the upload stops at the limit (413), whatever the
    headers said (chunked uploads declare nothing).
-3. The archive type comes from its first bytes, not its name: zip, gzip'd tar or plain tar (415).
+3. The archive type comes from its first bytes, not its name: zip, gzip'd tar or plain tar (415),
+   judged while the body streams in: nothing is written before the first bytes passed, so a
+   1 GiB non-archive is refused after a few KiB, not after it filled the staging space. A single
+   scan (NIfTI, gzip'd or not; one DICOM file) gets a message saying how to send a cohort.
 4. Before any member is written: its name (no absolute paths, drive letters, '..' or NULs), its
    type (regular files and folders only: no symlinks, hard links, devices), the member count,
    the declared unpacked total and the compression ratio (a zip member's declared size over its
@@ -85,14 +88,17 @@ async def receive(request: Request, dest: Path, max_bytes: int) -> Received:
     if content_type == "multipart/form-data":
         return await _receive_multipart(request, dest, max_bytes, options.get(b"boundary"))
     if content_type in RAW_TYPES or not content_type:
-        size = 0
+        size, head = 0, Head()
         with _writing():
             async with await anyio.open_file(dest, "wb") as out:  # writes in a thread, off the loop
                 async for chunk in _stream(request):
                     size += len(chunk)
                     if size > max_bytes:
                         raise _too_large(max_bytes)
-                    await out.write(chunk)
+                    if data := head.feed(chunk):
+                        await out.write(data)
+                if data := head.finish():
+                    await out.write(data)
         if size == 0:
             raise ApiError(400, "empty upload: send the archive as the request body or as the "
                                 "'file' field of a multipart/form-data form")
@@ -117,6 +123,7 @@ async def _receive_multipart(request: Request, dest: Path, max_bytes: int,
              "field": bytearray(), "size": 0}
     fields: dict[str, str] = {}
     pending: list[bytes] = []  # file data parsed from the last chunk, written after it
+    head = Head()
 
     def on_part_begin():
         state.update(headers={}, is_file=False, field=bytearray())
@@ -174,9 +181,16 @@ async def _receive_multipart(request: Request, dest: Path, max_bytes: int,
                 parser.write(chunk)
                 with _writing():
                     for block in pending:
-                        await out.write(block)
+                        if data := head.feed(block):
+                            await out.write(data)
                 pending.clear()
             parser.finalize()
+            with _writing():
+                for block in pending:
+                    if data := head.feed(block):
+                        await out.write(data)
+                if data := head.finish():
+                    await out.write(data)
         except (ApiError, StorageError):
             raise
         except Exception as err:  # noqa: BLE001 - python-multipart's parse errors have no common base
@@ -187,16 +201,90 @@ async def _receive_multipart(request: Request, dest: Path, max_bytes: int,
 
 
 # -- 3: what kind of archive ------------------------------------------------------------------------
-def sniff(path: Path) -> str:
-    with open(path, "rb") as fh:
-        head = fh.read(512)
+HEAD_BYTES = 4096  # tar's magic is at 257; a gzip's first KiB holds the tar header (or a NIfTI's)
+COHORT_HOWTO = ("send a cohort: one folder per class with its scans (AD/sub-1.nii.gz, CN/...), "
+                "zipped with its top folder (zip -r cohort.zip cohort/ or tar czf cohort.tar.gz cohort/), "
+                "or the scans zipped with a manifest.csv of path,label rows")
+NOT_AN_ARCHIVE = "the upload is not a .zip or .tar.gz archive (judged by its first bytes, not its name)"
+
+
+def _nifti(data: bytes) -> bool:
+    """A NIfTI-1 or -2 header (either byte order): sizeof_hdr, then the magic."""
+    if len(data) >= 348 and data[344:348] in (b"n+1\0", b"ni1\0"):
+        return int.from_bytes(data[:4], "little") == 348 or int.from_bytes(data[:4], "big") == 348
+    if len(data) >= 8 and data[4:8] in (b"n+2\0", b"ni2\0"):
+        return int.from_bytes(data[:4], "little") == 540 or int.from_bytes(data[:4], "big") == 540
+    return False
+
+
+def _tar_header(block: bytes) -> bool:
+    """A tar header block: the ustar magic (POSIX, GNU) or a valid header checksum (old tars)."""
+    if len(block) < 512:
+        return len(block) >= 262 and block[257:262] == b"ustar"
+    if block[257:262] == b"ustar":
+        return True
+    try:
+        stored = int(block[148:156].replace(b"\0", b" ").strip() or b"-1", 8)
+    except ValueError:
+        return False
+    return stored == sum(block[:148]) + 8 * 32 + sum(block[156:512])
+
+
+def _single_scan(kind: str) -> ApiError:
+    return ApiError(415, f"the upload is a single {kind}, not a cohort: {COHORT_HOWTO}")
+
+
+def judge(head: bytes) -> str:
+    """The archive type of an upload from its first bytes ("zip", "tar.gz", "tar"); 415 for
+    anything else, with the way to send a cohort when it is a lone scan."""
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "zip"
     if head.startswith(b"\x1f\x8b"):
+        try:  # what the gzip holds: a tar, or a lone .nii.gz
+            inner = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 1024)
+        except zlib.error:
+            return "tar.gz"  # a damaged gzip: unpacking says what is wrong (422)
+        if _nifti(inner):
+            raise _single_scan("scan (.nii.gz)")
+        if len(inner) >= 512 and not _tar_header(inner[:512]):
+            raise ApiError(415, f"the upload is gzip-compressed but holds no tar archive; {COHORT_HOWTO}")
         return "tar.gz"
-    if len(head) >= 262 and head[257:262] == b"ustar":
+    if _tar_header(head[:512]):
         return "tar"
-    raise ApiError(415, "the upload is not a .zip or .tar.gz archive (judged by its content, not its name)")
+    if _nifti(head):
+        raise _single_scan("scan (.nii)")
+    if head[128:132] == b"DICM":
+        raise _single_scan("DICOM file")
+    raise ApiError(415, f"{NOT_AN_ARCHIVE}; {COHORT_HOWTO}")
+
+
+class Head:
+    """The first HEAD_BYTES of an upload, held back until ``judge`` passed them: nothing of a
+    non-archive reaches the disk, and the refusal comes as soon as those bytes are in."""
+
+    def __init__(self) -> None:
+        self.held, self.kind = bytearray(), None
+
+    def feed(self, data: bytes) -> bytes:
+        """What may be written now: nothing until the head is judged, then all of it."""
+        if self.kind is not None:
+            return data
+        self.held += data
+        return self._judge() if len(self.held) >= HEAD_BYTES else b""
+
+    def finish(self) -> bytes:
+        """The end of the body: judge what is held (a small archive), if anything."""
+        return self._judge() if self.kind is None and self.held else b""
+
+    def _judge(self) -> bytes:
+        self.kind = judge(bytes(self.held[:HEAD_BYTES]))
+        out, self.held = bytes(self.held), bytearray()
+        return out
+
+
+def sniff(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return judge(fh.read(HEAD_BYTES))
 
 
 # -- 4-5: unpacking ---------------------------------------------------------------------------------
@@ -205,6 +293,12 @@ def member_path(name: str) -> str | None:
     for anything that could land outside the destination."""
     if not name or "\x00" in name or len(name) > 1024:
         raise ApiError(422, f"unsafe archive: member name {name[:100]!r} is empty, too long or has a NUL")
+    for part in name.replace("\\", "/").split("/"):
+        # A file system's limit on one name (NAME_MAX): past it the write fails, and that is the
+        # archive's fault (422), not the server's storage (503).
+        if len(part.encode("utf-8", "surrogatepass")) > 255:
+            raise ApiError(422, f"malformed archive: member {name[:100]!r}... has a name part of "
+                                f"{len(part)} characters; at most 255 bytes each")
     normal = name.replace("\\", "/")
     if normal.startswith("/") or re.match(r"^[A-Za-z]:", normal):
         raise ApiError(422, f"unsafe archive: member {name!r} has an absolute path")
@@ -267,6 +361,16 @@ def _target(dest: Path, relative: str, name: str, directory: bool = False) -> Pa
     target = dest / relative
     if not target.resolve().is_relative_to(dest.resolve()):  # belt and braces after member_path
         raise ApiError(422, f"unsafe archive: member {name!r} points outside the archive")
+    # A member under a name another member holds as a file (a file 'AD' beside 'AD/x.nii.gz'), or
+    # a file where a folder is: the archive's fault (422), found before the file system refuses
+    # the write (which would read as the server's storage failing, a 503).
+    for parent in reversed(Path(relative).parents[:-1]):
+        if (dest / parent).is_file():
+            raise ApiError(422, f"malformed archive: {name!r} lies in folder {parent.as_posix()!r}, "
+                                "which the archive also holds as a file")
+    if target.is_file() if directory else target.is_dir():
+        kind = "a file" if directory else "a folder"
+        raise ApiError(422, f"malformed archive: {name!r} is also {kind} of the same name in the archive")
     with _writing():
         (target if directory else target.parent).mkdir(parents=True, exist_ok=True)
     if not directory and target.exists():

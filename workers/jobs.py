@@ -125,7 +125,8 @@ def submit(kind: str, params: dict[str, Any] | None = None, owner: str = "local"
                         artifacts=[], queue=queue, attempts=0, cancel_requested=False,
                         created_at=now, updated_at=now))
         s.flush()
-        add_event(s, job_id, f"queued on {queue}", "queued", 0.0)
+        # The logical queue (gpu, cpu, interactive): the deployment's prefix is not the lab's business.
+        add_event(s, job_id, f"queued on {queue.removeprefix(settings.queue_prefix)}", "queued", 0.0)
     try:
         _publish(job_id, kind, queue)
     except Exception as exc:
@@ -147,7 +148,8 @@ def get(job_id: str, owner: str | None = None) -> Job:
 
 def cancel(job_id: str, owner: str | None = None) -> Job:
     """Cancel a job. Queued: cancelled at once and never starts. Running: asked to stop at its
-    next step (it keeps its last checkpoint and ends ``cancelled``). Finished: unchanged."""
+    next step (it keeps its last checkpoint and ends ``cancelled``). Finished, or already asked:
+    unchanged (no event), and the job is returned as it is."""
     settings = get_settings()
     now = utcnow()
     revoke = False
@@ -167,8 +169,13 @@ def cancel(job_id: str, owner: str | None = None) -> Job:
                 add_event(s, job_id, "cancelled before it started", "cancelled", progress)
                 revoke = True
         if not revoke:
-            s.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.state.in_(("queued", "running")))
-                      .values(cancel_requested=True, updated_at=now))
+            # Only a job still queued or running, and only once: a job that ended meanwhile (its
+            # worker recorded "cancelled" between our read and this update) or one already asked
+            # gets no second "cancellation requested" event; the caller gets the job as it is.
+            asked = s.execute(update(JobRecord).where(
+                JobRecord.id == job_id, JobRecord.state.in_(("queued", "running")),
+                JobRecord.cancel_requested.is_(False),
+            ).values(cancel_requested=True, updated_at=now)).rowcount == 1
             lease = dt.timedelta(seconds=settings.lease_seconds)
             if state == "running" and (heartbeat is None or heartbeat < now - lease):
                 # Its worker is gone: nothing will notice the request soon, so end it here.
@@ -179,7 +186,7 @@ def cancel(job_id: str, owner: str | None = None) -> Job:
                          heartbeat_at=None))
                 if done.rowcount == 1:
                     add_event(s, job_id, "cancelled (its worker had stopped)", "cancelled", progress)
-            else:
+            elif asked:
                 add_event(s, job_id, "cancellation requested; stopping at the next step", stage, progress)
     if revoke and not settings.embedded:
         # Lets workers drop the message without opening the record; the record check at task

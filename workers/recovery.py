@@ -68,8 +68,11 @@ def requeue_orphans(settings: Settings | None = None, hostname: str | None = Non
         guard = [JobRecord.id == job_id, JobRecord.state == "running",
                  JobRecord.run_token.is_(None) if token is None else JobRecord.run_token == token,
                  JobRecord.heartbeat_at.is_(None) if heartbeat is None else JobRecord.heartbeat_at == heartbeat]
+        # The event reaches the lab: the worker's node name stays in the log.
         why = ("its worker restarted" if previous_life else
-               f"its worker {worker} stopped (no heartbeat for over {settings.lease_seconds:g} s)")
+               f"its worker stopped (no heartbeat for over {settings.lease_seconds:g} s)")
+        log.warning("job %s: worker %s %s; re-queued", job_id, worker,
+                    "restarted" if previous_life else "stopped")
         with db.session() as s:
             won = s.execute(update(JobRecord).where(*guard).values(
                 state="queued", stage="waiting for a worker", run_token=None, heartbeat_at=None,

@@ -126,14 +126,17 @@ def claim(job_id: str, hostname: str, settings: Settings) -> Claim:
         token = new_token()
         # Read before the update: the ORM refreshes ``rec`` from it.
         attempt, progress = rec.attempts + 1, rec.progress
-        verb = "resumed on" if rec.attempts else "started on"
+        verb = "resumed" if rec.attempts else "started"
         won = s.execute(update(JobRecord).where(*guard).values(
             state="running", run_token=token, worker=hostname, heartbeat_at=now, updated_at=now,
             attempts=JobRecord.attempts + 1, started_at=rec.started_at or now, stage="starting",
             error=None))
         if won.rowcount != 1:
             return Claim("busy", "claimed by another delivery", queue=rec.queue)
-        add_event(s, job_id, f"{verb} {hostname} (attempt {attempt})", "starting", progress)
+        # Events reach the lab (SSE, the job's events): no node name or pid of ours in them.
+        # Which worker runs it is the record's ``worker`` and this log line, for operators.
+        add_event(s, job_id, f"{verb} (attempt {attempt})", "starting", progress)
+        log.info("job %s %s on %s (attempt %d)", job_id, verb, hostname, attempt)
         return Claim("run", token=token, params=dict(rec.params), queue=rec.queue, attempt=attempt,
                      progress=progress, metrics=dict(rec.metrics or {}))
 

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,7 @@ GATEWAY_ENV = {
     "MCVAE_RATE_LIMIT_PER_MINUTE": "1000000",
     "MCVAE_RATE_LIMIT_BURST": "100000",
     "MCVAE_KEY_CACHE_SECONDS": "0",
+    "MCVAE_AUTH_FAILURES_PER_MINUTE": "1000000",  # tests send wrong keys on purpose, all from loopback
     "MCVAE_SYNC_SAMPLE_MAX": "4",
     "MCVAE_SYNC_TIMEOUT_SECONDS": "90",
     "MCVAE_SSE_POLL_SECONDS": "0.2",
@@ -64,6 +66,25 @@ class Deployment:
     def client(self, lab: str | None = "lab-a", headers: dict | None = None, **kwargs) -> httpx.Client:
         auth = {"Authorization": f"Bearer {self.keys[lab]}"} if lab else {}
         return httpx.Client(base_url=self.url, headers={**auth, **(headers or {})}, timeout=120, **kwargs)
+
+
+@contextmanager
+def serving(app):
+    """``app`` served by uvicorn on a loopback port in a thread (with the deployment's database,
+    broker and artifact store when the ``deployment`` fixture is active): its base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: server.started, 30, "the gateway to start")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
 
 
 def _reachable() -> tuple[bool, str]:

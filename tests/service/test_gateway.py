@@ -111,6 +111,27 @@ def test_augmentation_streams_progress_and_its_result_holds_readable_scans(deplo
     assert not any(n.startswith("models/") for n in names)
 
 
+def test_events_name_no_worker_and_a_cancel_after_the_end_changes_nothing(deployment, augmentation):
+    """Issue 23, items 4 and 8: the stream says "started (attempt 1)", not the worker's node
+    name and pid; cancelling the ended job answers it as it is and adds no event."""
+    import socket
+
+    messages = [d["message"] for _, d in augmentation["events"]]
+    assert "started (attempt 1)" in messages, messages
+    hostname = socket.gethostname()
+    assert not [m for m in messages if "gw-test-" in m or "@test" in m or hostname in m], messages
+    job_id = augmentation["started"]["id"]
+    with deployment.client() as c:
+        before = c.get(f"/v1/jobs/{job_id}").json()
+        for _ in range(2):
+            again = c.post(f"/v1/jobs/{job_id}/cancel")
+            assert again.status_code == 200 and again.json() == before
+        with c.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+            replay = [d["message"] for n, d in read_sse(stream) if n == "progress"]
+    assert replay == [d["message"] for n, d in augmentation["events"] if n == "progress"]
+    assert not any(m.startswith("cancellation requested") for m in replay)
+
+
 def test_augmentation_models_are_listed_with_config_and_curves(deployment, augmentation):
     model_id = augmentation["final"]["models"]["AD"]
     with deployment.client() as c:

@@ -8,13 +8,14 @@ def errors(*codes: int) -> dict[int | str, dict]:
         400: "Malformed request (body, form or header)",
         401: "Missing, invalid or revoked API key",
         404: "No such resource for this lab (another lab's resources are not found either)",
+        403: "A lab's key where the operator's is needed (/metrics with MCVAE_METRICS_KEY set)",
         409: "The resource is not in a state that allows this",
         413: "Upload, archive member count or unpacked size over the limit",
         415: "Not a .zip or .tar.gz archive, or an unsupported Content-Type",
         422: "Invalid input: the message names the field, file or limit",
-        429: "Rate limit of this key exceeded; see Retry-After",
+        429: "Rate limit of this key, or of failed key checks from this address, exceeded; see Retry-After",
         500: "The job failed on the worker for a reason of its own (a bug); quote the request id",
-        503: "The job queue is unreachable",
+        503: "The job queue, the database or the storage is unavailable; see Retry-After",
     }
     # JSON whatever the route's own media type (event streams and downloads fail in JSON too);
     # the app's OpenAPI hook adds ErrorBody to the components.
@@ -22,5 +23,6 @@ def errors(*codes: int) -> dict[int | str, dict]:
         "schema": {"$ref": "#/components/schemas/ErrorBody"}}}} for code in codes}
 
 
-# Every authenticated route can answer these (400: a body that is not even parseable).
-COMMON = errors(400, 401, 422, 429)
+# Every authenticated route can answer these (400: a body that is not even parseable; 503: the
+# database is down, service/errors.py).
+COMMON = errors(400, 401, 422, 429, 503)

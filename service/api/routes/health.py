@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -9,7 +10,8 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 
-from ...auth import api_key_header, bearer, current_lab
+from ... import auth, keys
+from ...errors import ApiError
 from ...readiness import readiness
 from ...schemas import Health, Readiness
 from . import errors
@@ -30,18 +32,31 @@ async def readyz() -> JSONResponse:
 
 
 def metrics_access(request: Request,
-                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-                   api_key: Annotated[str | None, Depends(api_key_header)]) -> None:
-    # Job counts of all labs together: any lab's key, or none on a scrape network that
-    # sets MCVAE_METRICS_PUBLIC=true.
-    if not request.app.state.settings.metrics_public:
-        current_lab(request, credentials, api_key)
+                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(auth.bearer)],
+                   api_key: Annotated[str | None, Depends(auth.api_key_header)]) -> None:
+    # Job counts of all labs together. MCVAE_METRICS_PUBLIC=true: no key (a scrape network).
+    # MCVAE_METRICS_KEY set: that token only; a lab's key is refused (403), it would show a lab
+    # the other labs' activity. Neither: any lab's key, as before.
+    settings = request.app.state.settings
+    if settings.metrics_public:
+        return
+    if settings.metrics_key is None:
+        auth.current_lab(request, credentials, api_key)
+        return
+    token = auth.presented_token(credentials, api_key)
+    auth.refuse_if_failing(request)
+    if hmac.compare_digest(token.encode(), settings.metrics_key.get_secret_value().encode()):
+        return
+    if keys.verify_key(token, settings.key_cache_seconds) is not None:
+        raise ApiError(403, "/metrics is the operator's: it needs the metrics key (MCVAE_METRICS_KEY), "
+                            "not a lab's API key")
+    raise auth.failed_check(request, "invalid metrics key")
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             dependencies=[Depends(metrics_access)],
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
-                             "description": "Prometheus text format 0.0.4"}, **errors(401, 429)})
+                             "description": "Prometheus text format 0.0.4"}, **errors(401, 403, 429)})
 async def metrics(request: Request) -> Response:
     body = await run_in_threadpool(request.app.state.metrics.render)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
