@@ -52,10 +52,11 @@ from bench.downstream import (
 )
 from bench.hierarchy import gradient_magnitude, high_frequency_fraction
 from bench.posterior_quality import FeatureNet, kid
-from models.augment import AugmentConfig, draw_synthetic, fit_class_model, fit_transfer_model
+from models.augment import AugmentConfig, fit_class_model, fit_transfer_model
 from models.config import ModelConfig
 from models.data import PreprocessConfig
 from models.fine_detail import FineDetail
+from models.generators import draw_synthetic
 
 VARIANTS = ["gaussian", "mixture", "mixture+detail", "gaussian+detail", "between", "between+detail", "fine_detail",
             "fine_detail_hp1"]

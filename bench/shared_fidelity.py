@@ -31,11 +31,12 @@ from bench.common import RESULTS, machine, write_result
 from bench.downstream import build_data, duplicate_copies, plot_montage, score, train_classifier
 from bench.hierarchy import gradient_magnitude, high_frequency_fraction
 from bench.posterior_quality import FeatureNet, kid
-from models.augment import AugmentConfig, draw_synthetic, fit_class_model, fit_transfer_model
+from models.augment import AugmentConfig, fit_class_model, fit_transfer_model
 from models.conditional import ClassView
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
 from models.factory import build_model
+from models.generators import draw_synthetic
 from models.shared_model import class_view, fit_shared_model, stack_classes
 
 

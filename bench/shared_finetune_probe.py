@@ -25,9 +25,10 @@ from bench.cohort_utility import CONV, DIFFICULTY
 from bench.common import machine
 from bench.downstream import build_data, train_classifier
 from bench.shared_fidelity import p_ad
-from models.augment import AugmentConfig, draw_synthetic
+from models.augment import AugmentConfig
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
+from models.generators import draw_synthetic
 from models.samplers import build_sampler
 from models.shared_model import class_view, fit_shared_model
 from models.training import Trainer

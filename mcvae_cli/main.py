@@ -47,6 +47,14 @@ def _augment_config(args) -> object:
         data["near_copies"] = "keep"
     if getattr(args, "model_scope", None):
         data["model_scope"] = args.model_scope
+    if getattr(args, "generator", None):
+        data["generator"] = args.generator
+    if getattr(args, "abduction", None):
+        data["abduction"] = args.abduction
+    if getattr(args, "fine_detail", None):
+        data["fine_detail"] = args.fine_detail
+    if getattr(args, "check_utility", None) is not None:
+        data["check_utility"] = args.check_utility
     try:
         return AugmentConfig(**data)
     except (ValidationError, TypeError) as err:
@@ -144,8 +152,16 @@ def _print_result(result) -> None:
     print(f"  report:          {result.report}  (summary.txt, montage_*.png, curves_*.png, metrics.json)")
     print(f"  models:          {result.out_dir / 'models'}")
     from models.augment import class_warnings
+    from models.checks import utility_sentence
 
     for label, info in m.get("classes", {}).items():
+        fidelity, sharpness = info.get("fidelity") or {}, info.get("sharpness") or {}
+        if fidelity.get("two_sample_auroc") is not None:
+            print(f"  class {label}: fidelity gate: real vs synthetic two-sample AUROC "
+                  f"{fidelity['two_sample_auroc']:.2f} (0.5: indistinguishable); sharpness synthetic / real "
+                  f"{sharpness.get('gradient_energy_ratio') or float('nan'):.2f}")
+        if info.get("utility") and info["utility"].get("helped"):
+            print(f"  {utility_sentence(label, info['utility'])}")
         for warning in class_warnings(label, info):
             print(f"  warning: {warning}")
         short = info["n_requested"] - info["n_synthetic"]
@@ -185,6 +201,8 @@ def cmd_demo(args) -> int:
                               shape=(args.size,) * 3, seed=args.seed or 0, difficulty=difficulty)
     counts = ", ".join(f"{c} {n}" for c, n in cohort.counts.items())
     print(f"demo cohort ({counts}, {args.size}^3, from the MNI152 template): {out / 'cohort'}")
+    if args.check_utility is None:  # the demo shows the self-check unless asked not to
+        args.check_utility = True
     return _run_augment(cohort, out / "balanced", args.target, _augment_config(args))
 
 
@@ -310,6 +328,27 @@ def _add_scope_flag(p: argparse.ArgumentParser) -> None:
                         "trained on every class's train scans (about 1.5x the time)")
 
 
+def _add_generator_flags(p: argparse.ArgumentParser, utility_default: bool = False) -> None:
+    from typing import get_args
+
+    from models.options import AugmentConfig, FineDetailPolicy, GeneratorKind
+
+    p.add_argument("--generator", choices=get_args(GeneratorKind),
+                   help="how new minority scans are made: aggregate (new latents of the class, decoded; the "
+                        "default), counterfactual (each majority train subject moved to the class, keeping its "
+                        "own detail), interpolation (between two train subjects of the class)")
+    p.add_argument("--abduction", choices=get_args(AugmentConfig.model_fields["abduction"].annotation),
+                   help="counterfactual/interpolation: latents of each source scan from the tuned MCMC chain "
+                        "(mcmc, the default) or the encoder's mean (mean)")
+    p.add_argument("--fine-detail", choices=get_args(FineDetailPolicy),
+                   help="aggregate: add the nearest training scan's residual to each new scan (nearest, the "
+                        "default) or deliver decoder means (none)")
+    p.add_argument("--check-utility", action=argparse.BooleanOptionalAction, default=None,
+                   help="k-fold self-check on the train split: does a small classifier do better on held-out real "
+                        "scans with the synthetic scans than without? (default: "
+                        + ("on" if utility_default else "off") + ")")
+
+
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--raw-real", action="store_true",
                    help="put byte copies of the real input scans in the output instead of preprocessed "
@@ -335,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="balance", help=TARGET_HELP)
     _add_training_flags(p)
     _add_scope_flag(p)
+    _add_generator_flags(p, utility_default=True)
     _add_output_flags(p)
     p.set_defaults(func=cmd_demo)
 
@@ -363,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="balance", help=TARGET_HELP)
     _add_training_flags(p)
     _add_scope_flag(p)
+    _add_generator_flags(p)
     _add_output_flags(p)
     p.set_defaults(func=cmd_augment)
 

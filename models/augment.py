@@ -36,6 +36,7 @@ from typing import Any, Literal
 import torch
 
 from .checkpoint import save
+from .checks import ClassifierChecks, utility_sentence
 from .config import ModelConfig, SamplerConfig
 from .data import (
     Cohort,
@@ -50,12 +51,11 @@ from .data import (
 from .data.io import share_like_umask
 from .data.quality import preprocessed_problem, raw_problem, refuse
 from .factory import build_model
-from .fine_detail import FineDetail, reconstruct
-from .options import AugmentConfig, FineDetailPolicy, ModelChoice
+from .fine_detail import reconstruct
+from .generators import DrawRequest, Draws, draw
+from .options import AugmentConfig, ModelChoice
 from .report import (
     memorisation_audit,
-    near_copy_threshold,
-    nearest_real,
     slice_montage,
     subject_spread,
     training_curves,
@@ -365,66 +365,6 @@ def fit_learning_subjects(fit: Callable[[int, int], Any], spreads: Callable[[Any
         on_retrain(attempt, warned)
 
 
-def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies: str = "replace",
-                   copy_fraction: float = 0.5, max_redraws: int = 10, batch: int = 32,
-                   on_batch: Callable[[int], None] | None = None,
-                   fine_detail: FineDetailPolicy = "none",
-                   detail_sigma: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Draw ``n`` scans (clipped to the preprocessed range). With ``fine_detail="nearest"`` each
-    decoder mean gets the fine detail of the nearest training scan first (models/fine_detail.py;
-    ``detail_sigma`` > 0 keeps only the detail finer than a Gaussian of that many voxels).
-    With ``near_copies="replace"`` a scan nearer a training scan than the near-copy threshold
-    (``report.near_copy_threshold``) is redrawn, up to ``max_redraws`` rounds per batch. One still
-    too near after that is delivered as its decoder mean alone if fine detail made it a near-copy
-    and the mean is none (listed in ``without_detail``), else left out: never delivered. With a
-    single training scan there is no threshold, and no fine detail either (nothing could tell a
-    copy of it). Returns the scans and what happened (threshold, replaced, left_out, the
-    fine_detail applied, without_detail)."""
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    threshold = near_copy_threshold(train_x, copy_fraction)
-    if threshold <= 0:  # one training scan: no audit can tell a copy of it, so no real detail either
-        fine_detail = "none"
-    detail = FineDetail(model, train_x, sigma=detail_sigma) if fine_detail == "nearest" else None
-
-    def draw(k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """k scans as delivered (with fine detail if asked), and their decoder means alone."""
-        means = model.sample(k, generator=gen).cpu()
-        clipped = means.clamp(*VALUE_RANGE)
-        return (detail(means).clamp(*VALUE_RANGE) if detail is not None else clipped), clipped
-
-    def too_near(scans: torch.Tensor) -> torch.Tensor:
-        return nearest_real(train_x, scans)[0] < threshold
-
-    kept, replaced, left_out, without_detail, done = [], 0, 0, [], 0
-    for start in range(0, n, batch):
-        chunk, means = draw(min(batch, n - start))
-        if near_copies == "replace" and threshold > 0:
-            for _ in range(max_redraws):
-                near = too_near(chunk)
-                if not near.any():
-                    break
-                chunk[near], means[near] = draw(int(near.sum()))
-                replaced += int(near.sum())
-            near = too_near(chunk)
-            if detail is not None and near.any():
-                # the detail made these copies (an undertrained model reconstructs every scan alike,
-                # so its residuals hold whole subjects): their decoder means, where those are new
-                plain = near & ~too_near(means)
-                chunk[plain] = means[plain]
-                near = near & ~plain
-                without_detail += [done + i for i in torch.nonzero(plain[~near]).flatten().tolist()]
-            left_out += int(near.sum())
-            chunk = chunk[~near]
-        kept.append(chunk)
-        done += len(chunk)
-        if on_batch is not None:
-            on_batch(done)
-    scans = torch.cat(kept) if kept else torch.empty(0, *model.cfg.data_shape)
-    return scans, {"policy": near_copies, "threshold": threshold, "copy_fraction": copy_fraction,
-                   "replaced": replaced, "left_out": left_out, "max_redraws": max_redraws,
-                   "fine_detail": fine_detail, "without_detail": without_detail}
-
-
 def write_scans(scans: torch.Tensor, out_dir: Path, label: str, affine, sidecar: dict[str, Any],
                 per_scan: list[dict[str, Any]] | None = None) -> list[str]:
     """Write scans as ``syn_<label>_<i>.nii.gz`` plus a JSON sidecar each (``sidecar``, and
@@ -576,6 +516,8 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
                                "split_counts": split_counts, "requested": wanted, "real_scans": config.real_scans,
                                "notes": notes, "classes": {}}
     delivered = {c: 0 for c in real.classes}
+    delivered_draws: dict[str, Draws] = {}
+    labels = [item.label for item in real]
     models: dict[str, Path] = {}
     shared = base_state = None
     if config.model_scope == "shared" and classes:
@@ -621,15 +563,14 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
             model_id = f"{job_id}/{label}"
 
         report(f"sampling {label}", base + 0.8 * span)
-        synthetic, near = draw_synthetic(model, wanted[label], train_x, seed + 1, config.near_copies,
-                                         config.near_copy_fraction, config.max_redraws,
-                                         fine_detail=config.fine_detail)
-        plain = set(near["without_detail"])
+        drawn = draw(DrawRequest(model, shared, label, wanted[label], x, labels, train_idx,
+                                 [r["path"] for r in rows], seed + 1, config))
+        synthetic, near = drawn.scans, drawn.near
         names = write_scans(synthetic, staging / "synthetic" / label, label, affine,
                             _sidecar(model, model_id, job_id, seed + 1, sampler_label(config.sampler)),
-                            [{"fine_detail": "none" if i in plain else near["fine_detail"]}
-                             for i in range(len(synthetic))])
+                            drawn.per_scan)
         delivered[label] = len(names)
+        delivered_draws[label] = drawn
         manifest_rows += [{"path": f"synthetic/{label}/{name}", "label": label, "split": TRAIN,
                            "synthetic": "true", "source_path": ""} for name in names]
 
@@ -641,6 +582,14 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
                       [rows[i]["path"] for i in learned_from], near, train_x, synthetic, staging, config,
                       n_base=len(train_idx) if base_state is not None else None, spread=spreads.get(label))
         metrics["classes"][label]["retrains"] = retrained
+        metrics["classes"][label]["generator"] = drawn.info
+
+    checks = ClassifierChecks(x, labels, train_idx, config, report, should_stop)
+    try:
+        for label, drawn in delivered_draws.items():
+            metrics["classes"][label].update(checks.class_metrics(label, drawn))
+    except TrainingCancelled as stop:
+        raise Cancelled(str(stop)) from None
 
     manifest = staging / "manifest.csv"
     with manifest.open("w", newline="") as fh:
@@ -686,6 +635,20 @@ def class_warnings(label: str, info: dict[str, Any]) -> list[str]:
     spread = info.get("subject_spread")
     if spread is not None and spread["warning"]:
         warnings.append(spread_warning(label, spread))
+    sharpness = info.get("sharpness") or {}
+    if sharpness.get("warning"):
+        low, high = sharpness["band"]
+        warnings.append(
+            f"class '{label}': the synthetic scans' gradient energy is {sharpness['gradient_energy_ratio']:.2f} x the "
+            f"real scans' (outside {low}-{high}): a classifier can learn their sharpness instead of the class")
+    fidelity = info.get("fidelity") or {}
+    if fidelity.get("warning"):
+        warnings.append(
+            f"class '{label}': a classifier tells the synthetic scans from the real ones at AUROC "
+            f"{fidelity['two_sample_auroc']:.2f} (warning at {fidelity['warning_at']}): they carry a tell")
+    utility = info.get("utility")
+    if utility and ("skipped" in utility or not utility.get("helped")):
+        warnings.append(utility_sentence(label, utility))
     near = info.get("near_copies") or {}
     plain = len(near.get("without_detail") or [])
     if plain:
@@ -732,6 +695,32 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
             lines.append(f"  subjects learned: the model's reconstructions of the {info['n_train']} training scans lie "
                          f"{spread['ratio']:.2f} x as far apart as the scans (nearest-neighbour RMS median "
                          f"{spread['reconstruction_nn_median']:.4g} against {spread['real_nn_median']:.4g})")
+        generator = info.get("generator") or {}
+        if generator.get("kind") == "counterfactual":
+            dist = generator.get("distance_to_source") or {}
+            lines.append(f"  generator counterfactual ({generator['abduction']} abduction): each scan is a majority "
+                         f"train subject moved to class {label}, with that subject's own detail (sidecar 'source'); "
+                         f"RMS change from its source median {dist.get('median', 0):.4g}"
+                         + (f"; {generator['short_of_sources']} fewer than requested: one scan per source subject"
+                            if generator.get("short_of_sources") else ""))
+        elif generator.get("kind") == "interpolation":
+            lines.append(f"  generator interpolation ({generator['abduction']} abduction): each scan lies between two "
+                         f"train subjects of class {label} (sidecar 'sources')")
+        sharpness = info.get("sharpness") or {}
+        if sharpness.get("gradient_energy_ratio") is not None:
+            lines.append(f"  sharpness: gradient energy synthetic / real {sharpness['gradient_energy_ratio']:.3f} "
+                         f"(matched: {sharpness['band'][0]}-{sharpness['band'][1]})")
+        fidelity = info.get("fidelity") or {}
+        if fidelity:
+            auc, share = fidelity.get("two_sample_auroc"), fidelity.get("reference_share")
+            lines.append("  fidelity gate: real vs synthetic two-sample AUROC "
+                         + (f"{auc:.3f}" if auc is not None else "n/a (fewer than 2 scans)")
+                         + f" (0.5: indistinguishable; warning at {fidelity['warning_at']}); a classifier trained "
+                         + "on the real train split calls "
+                         + (f"{100 * share:.0f}%" if share is not None else "n/a")
+                         + f" of them {label}")
+        if info.get("utility"):
+            lines.append(f"  utility self-check: {utility_sentence(label, info['utility'])}")
         lines += [f"  WARNING: {w}" for w in class_warnings(label, info)]
         lines.append(f"  final audit: {len(audit['flagged'])} delivered scan(s) below the threshold; nearest "
                      f"training scan at median {((audit['synthetic_to_real_nn'] or {}).get('median') or 0):.4g} "

@@ -23,6 +23,10 @@ NEAR_COPY_FRACTION = 0.5
 # What new scans get on top of the decoder's mean (AugmentConfig.fine_detail, models/fine_detail.py).
 FineDetailPolicy = Literal["nearest", "none"]
 
+# How new minority scans are made (AugmentConfig.generator, models/generators.py).
+GeneratorKind = Literal["aggregate", "counterfactual", "interpolation"]
+NEEDS_SHARED = ("counterfactual", "interpolation")  # both need one model of every class
+
 
 # What an arch's unset ModelChoice fields default to. The default model is the hierarchy that
 # won the harder-cohort comparison (docs/RESULTS.md, session 7): a 16-unit vector latent over one
@@ -110,6 +114,26 @@ class AugmentConfig(BaseModel):
         "per_class: one model per minority class, trained on that class's train scans only (the default "
         "before session 8, kept for comparison); transfer: per_class, each model starting from a base "
         "model trained (plain ELBO, pretrain_steps) on the train scans of every class"))
+    generator: GeneratorKind = Field("aggregate", description=(
+        "how the minority's new scans are made (models/generators.py). aggregate: new latents from the "
+        "class's aggregate posterior, decoded (with fine_detail). counterfactual (model_scope shared): each "
+        "majority train subject moved to the class, abducting its latents with the tuned MCMC chain "
+        "(abduction) and adding the subject's own residual, so the scan keeps that subject's detail and is "
+        "derived from it. interpolation (model_scope shared): between two train subjects of the class in "
+        "the refined latent space, plus their mixed residuals. On the hard demo cohort none of the three "
+        "helped a classifier over the real scans alone; aggregate harmed it least (docs/RESULTS.md, "
+        "issue 22); turn on check_utility to measure it on your own cohort"))
+    abduction: Literal["mcmc", "mean"] = Field("mcmc", description=(
+        "counterfactual and interpolation: mcmc: the latents of each source scan are abduction_draws "
+        "encoder draws moved abduction_steps transitions by the model's tuned kernel, its shift averaged "
+        "over them; mean: the encoder's posterior mean"))
+    abduction_draws: int = Field(4, ge=1, le=64)
+    abduction_steps: int = Field(10, ge=0, le=1000)
+    check_utility: bool = Field(False, description=(
+        "k-fold self-check on the train split (utility_folds folds): a small classifier with and without "
+        "the synthetic scans, scored on the held-out real fold; the report and the job's events say whether "
+        "the synthetic scans helped (AUROC and balanced-accuracy differences with a 95 % interval)"))
+    utility_folds: int = Field(5, ge=2, le=20)
     real_scans: Literal["preprocessed", "raw"] = Field("preprocessed", description=(
         "preprocessed: the output holds the real scans on the synthetic scans' grid, intensity "
         "scale and clean header; raw: byte copies of the inputs (for labs that preprocess "
@@ -129,6 +153,13 @@ class AugmentConfig(BaseModel):
                 defaults = cls.model_fields[key].default.model_dump(exclude_unset=True)
                 data = {**data, key: {**defaults, **data[key]}}
         return data
+
+    @model_validator(mode="after")
+    def _generator_needs_shared(self) -> AugmentConfig:
+        if self.generator in NEEDS_SHARED and self.model_scope != "shared":
+            raise ValueError(f"generator: {self.generator} needs model_scope shared (one class-conditional model "
+                             f"of every class), not {self.model_scope}")
+        return self
 
     def train_config(self, n_scans: int, seed: int) -> TrainConfig:
         """The TrainConfig of one model fitted on ``n_scans`` scans: the step budget

@@ -121,6 +121,23 @@ def curves_figure(records: list[dict[str, Any]], title: str, target_accept: floa
     return fig
 
 
+def gradient_energy(x: torch.Tensor) -> float:
+    """Mean squared spatial gradient per voxel (central differences over the interior) of scans
+    (N, C, *spatial), 2-D or 3-D: what blur takes away. The ratio synthetic / real of one class is
+    the report's sharpness check (a classifier can learn "blurred = minority")."""
+    v = x.double()
+    dims = v.dim() - 2
+    if not len(v) or min(v.shape[2:]) < 3:
+        return float("nan")
+    interior = [slice(1, -1)] * dims
+    total = 0.0
+    for axis in range(dims):
+        ahead, behind = list(interior), list(interior)
+        ahead[axis], behind[axis] = slice(2, None), slice(None, -2)
+        total = total + ((v[(..., *ahead)] - v[(..., *behind)]) / 2) ** 2
+    return float(total.mean())
+
+
 def nearest_real(real: torch.Tensor, synthetic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each synthetic scan's RMS-per-voxel distance to its nearest real scan, and that scan's index."""
     if len(synthetic) == 0 or len(real) == 0:

@@ -378,6 +378,7 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
         class_warnings,
     )
     from models.augment import augment as run_augment
+    from models.checks import utility_sentence
 
     config = library_config(AugmentConfig, p.augment_config(), "config")  # with p.profile's settings
     config = config.model_copy(update={"train": config.train.model_copy(update={"device": ctx.device})})
@@ -437,6 +438,9 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
     if result.metrics.get("near_copies_replaced"):
         ctx.log(f"replaced {result.metrics['near_copies_replaced']} near-copies of training scans by new draws")
     for label, info in result.metrics.get("classes", {}).items():  # the CLI prints the same warnings
+        utility = info.get("utility")
+        if utility and utility.get("helped"):
+            ctx.log(utility_sentence(label, utility))
         for warning in class_warnings(label, info):
             ctx.log(warning, "warning")
     obsolete = ctx.store.list("checkpoint", f"checkpoint-{ctx.job_id}-")  # superseded by the models

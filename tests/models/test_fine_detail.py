@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.augment import draw_synthetic
 from models.conditional import ClassView
 from models.config import ModelConfig
 from models.factory import build_model
 from models.fine_detail import FineDetail
+from models.generators import draw_synthetic
 from models.options import AugmentConfig
 from models.report import near_copy_threshold, nearest_real
 

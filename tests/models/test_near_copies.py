@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.augment import draw_synthetic
+from models.generators import draw_synthetic
 from models.report import memorisation_audit, near_copy_threshold
 
 

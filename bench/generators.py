@@ -1,0 +1,197 @@
+"""Issue 22's downstream table: which way of drawing minority scans helps a classifier on real held-out
+scans of the hard demo cohort, and do MCMC-refined posteriors give better counterfactuals?
+
+Per seed: the hard demo cohort (difficulty 0.6) of 60 CN + 6 AD for training, a held-out balanced
+20 + 20 test cohort (demo seed 1000 + s) that no generator sees, and the ground truth of every
+counterfactual: each training CN subject rendered again with the AD effect
+(``models.data.make_demo_counterfactuals``). One shared class-conditional MCMC-HVAE (augment's
+default model and budget, with its retrain rule) is trained per seed; from it:
+
+  shared aggregate      new latents from the AD aggregate posterior, decoded, with the nearest
+                        training scan's fine detail (augment's generator before issue 22)
+  counterfactual MCMC   CN training subjects moved to AD; abduction by the model's tuned MALA
+                        chain (4 draws x 10 transitions from the encoder), plus the subject's residual
+  counterfactual mean   the same with the encoder's posterior mean as the abduction
+  interpolation         between two AD training subjects in the refined latent space (t in
+                        [0.25, 0.75]) plus their residuals mixed with variance-preserving weights
+
+beside real only, duplicates of the 6 AD scans, and more real AD subjects (the ceiling). The
+classifier (models.classifier: small CNN, 100 steps, class-balanced mini-batches) learns AD vs CN
+from the training set plus 1x / 2x / 5x the minority count of extra AD scans. Also per generator:
+effect recovery R = 1 - RMS(cf - truth) / RMS(source - truth) (counterfactuals), gradient-energy
+ratio to the real training AD scans, and the two-sample AUROC (real training AD vs the 5x scans).
+
+    nice python bench/generators.py --seeds 0 1 2 --tag _a     # one process per seed group
+    python bench/generators.py --merge _a _b                    # the tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS, machine, write_result
+from bench.downstream import build_data, duplicate_copies, mean_sd
+from models.augment import AugmentConfig, fit_learning_subjects, learned_spread
+from models.classifier import auroc, balanced_accuracy, predict, train_classifier, two_sample_auroc
+from models.config import ModelConfig
+from models.counterfactual import counterfactuals, interpolations
+from models.data import PreprocessConfig, load_tensors, make_demo_counterfactuals
+from models.generators import draw_synthetic
+from models.report import gradient_energy
+from models.shared_model import class_view, fit_shared_model
+
+GENERATORS = ["shared aggregate", "counterfactual MCMC", "counterfactual mean", "interpolation"]
+SOURCES = ["duplicates", *GENERATORS, "more real AD"]
+METRICS = ["balanced_accuracy", "auroc"]
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a - b) ** 2).flatten(1).mean(1).sqrt()
+
+
+def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
+    pre = PreprocessConfig()
+    n_max = max(args.counts) * args.n_ad
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="generators-") as tmp:
+        data = build_data(seed, Path(tmp), args.n_control, args.n_ad + n_max, args.n_test, pre,
+                          difficulty=args.difficulty)
+        truth = load_tensors(make_demo_counterfactuals(Path(tmp) / "truth", range(args.n_control), seed=seed,
+                                                       difficulty=args.difficulty), pre, Path(tmp) / "cache-t", "AD")
+    more_real = data["train_AD"][args.n_ad:]
+    x_cn, x_ad = data["train_CN"], data["train_AD"][:args.n_ad]
+    x_test = torch.cat([data["test_CN"], data["test_AD"]])
+    y_test = torch.cat([torch.zeros(len(data["test_CN"])), torch.ones(len(data["test_AD"]))]).long()
+    print(f"seed {seed}: data {time.perf_counter() - t0:.1f} s", flush=True)
+
+    config = AugmentConfig()
+    model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
+    t0 = time.perf_counter()
+    scans = {"CN": x_cn, "AD": x_ad}
+    shared, retrained, _ = fit_learning_subjects(
+        lambda s, _: fit_shared_model(scans, model_cfg, config, s),
+        lambda fitted: {"AD": learned_spread(class_view(fitted, "AD"), x_ad)}, config.retrains, seed * 1009,
+        lambda *_: None)
+    train_s = time.perf_counter() - t0
+    cn, ad = shared.index("CN"), shared.index("AD")
+    print(f"seed {seed}: shared model {train_s:.0f} s, {retrained} retrains", flush=True)
+
+    order = torch.randperm(len(x_cn), generator=torch.Generator().manual_seed(seed))[:n_max]
+    extras = {"duplicates": duplicate_copies(x_ad, n_max, seed), "more real AD": more_real}
+    quality = []
+    t0 = time.perf_counter()
+    extras["shared aggregate"], _ = draw_synthetic(class_view(shared, "AD"), n_max, x_ad, seed + 1,
+                                                   fine_detail="nearest")
+    for name, how in (("counterfactual MCMC", "mcmc"), ("counterfactual mean", "mean")):
+        t1 = time.perf_counter()
+        cf, _, info = counterfactuals(shared.model, shared.sampler, x_cn, cn, ad, how, seed=seed + 2)
+        recovery = 1 - rms(cf, truth) / rms(x_cn, truth)
+        extras[name] = cf[order]
+        quality.append({"seed": seed, "source": name, "R_mean": float(recovery.mean()),
+                        "R_median": float(recovery.median()), "abduction_accept": info.accept,
+                        "seconds": round(time.perf_counter() - t1, 1)})
+    g = torch.Generator().manual_seed(seed + 3)
+    pairs = [tuple(torch.randperm(len(x_ad), generator=g)[:2].tolist()) for _ in range(n_max)]
+    weights = (0.25 + 0.5 * torch.rand(n_max, generator=g)).tolist()
+    extras["interpolation"], _ = interpolations(shared.model, shared.sampler, x_ad, ad, pairs, weights, "mcmc",
+                                                seed=seed + 4)
+    print(f"seed {seed}: drawn in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    real_energy = gradient_energy(x_ad)
+    for name in SOURCES:
+        row = next((q for q in quality if q["source"] == name), None)
+        if row is None:
+            row = {"seed": seed, "source": name}
+            quality.append(row)
+        row["energy_ratio"] = gradient_energy(extras[name]) / real_energy
+        if name in GENERATORS:
+            row["two_sample_auroc"] = two_sample_auroc(x_ad, extras[name], seed)
+        row["train_seconds"] = round(train_s, 1)
+
+    runs = []
+    conditions = [("real only", 0)] + [(name, c) for name in SOURCES for c in args.counts]
+    for name, c in conditions:
+        extra = extras[name][: c * args.n_ad] if c else x_ad[:0]
+        x = torch.cat([x_cn, x_ad, extra])
+        y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(extra))]).long()
+        p = predict(train_classifier(x, y, seed, args.clf_steps), x_test)
+        s = {"auroc": auroc(y_test, p[:, 1]), "balanced_accuracy": balanced_accuracy(y_test, p.argmax(1))}
+        key = name if not c else f"{name} {c}x"
+        runs.append({"seed": seed, "condition": key, "source": name, "count": c, **s})
+        print(f"seed {seed}: {key:26s} bal.acc {s['balanced_accuracy']:.3f}  AUROC {s['auroc']:.3f}", flush=True)
+    return runs, quality
+
+
+def report(payload: dict) -> None:
+    runs, quality = payload["runs"], payload["quality"]
+    seeds = sorted({r["seed"] for r in runs})
+    print(f"\nhard demo cohort (difficulty {payload['args']['difficulty']}), seeds {seeds}; mean ± sd over seeds")
+    print("| condition | balanced accuracy | AUROC | AUROC above duplicates (seeds) |\n|---|---|---|---|")
+    by = {(r["seed"], r["condition"]): r for r in runs}
+    for key in dict.fromkeys(r["condition"] for r in runs):
+        mine = [r for r in runs if r["condition"] == key]
+        cells = " | ".join(f"{mean_sd([r[m] for r in mine])['mean']:.3f} ± {mean_sd([r[m] for r in mine])['sd']:.3f}"
+                           for m in METRICS)
+        count = mine[0]["count"]
+        wins = ""
+        if count and mine[0]["source"] not in ("duplicates", "more real AD"):
+            pairs = [(r["auroc"], by[(r["seed"], f"duplicates {count}x")]["auroc"]) for r in mine
+                     if (r["seed"], f"duplicates {count}x") in by]
+            wins = f"{sum(a > b for a, b in pairs)} of {len(pairs)}"
+        print(f"| {key} | {cells} | {wins} |")
+    print("\n| source | effect recovery R (mean over subjects) | gradient energy / real AD | two-sample AUROC |")
+    print("|---|---|---|---|")
+    for source in dict.fromkeys(q["source"] for q in quality):
+        mine = [q for q in quality if q["source"] == source]
+
+        def cell(key: str, mine: list[dict] = mine) -> str:
+            vals = [q[key] for q in mine if q.get(key) is not None]
+            return f"{mean_sd(vals)['mean']:.3f} ± {mean_sd(vals)['sd']:.3f}" if vals else ""
+
+        print(f"| {source} | {cell('R_mean')} | {cell('energy_ratio')} | {cell('two_sample_auroc')} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
+    ap.add_argument("--difficulty", type=float, default=0.6)
+    ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 5])
+    ap.add_argument("--n-control", type=int, default=60)
+    ap.add_argument("--n-ad", type=int, default=6)
+    ap.add_argument("--n-test", type=int, default=20)
+    ap.add_argument("--clf-steps", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--merge", nargs="+", metavar="TAG")
+    args = ap.parse_args()
+    if args.merge:
+        parts = [json.loads((RESULTS / f"generators{t}.json").read_text()) for t in args.merge]
+        payload = {"args": parts[0]["args"], "machine": parts[0]["machine"], "merged": args.merge,
+                   "runs": [r for p in parts for r in p["runs"]], "quality": [q for p in parts for q in p["quality"]]}
+        report(payload)
+        write_result(f"generators{args.tag}", payload)
+        return
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    runs, quality = [], []
+    for seed in args.seeds:
+        r, q = run_seed(seed, args)
+        runs += r
+        quality += q
+        payload = {"args": vars(args), "machine": machine(), "command": "python " + " ".join(sys.argv),
+                   "runs": runs, "quality": quality, "seconds": round(time.perf_counter() - started, 1)}
+        write_result(f"generators{args.tag}", payload)  # after every seed: a stopped run keeps its seeds
+    report(payload)
+
+
+if __name__ == "__main__":
+    main()

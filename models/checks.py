@@ -1,0 +1,108 @@
+"""What every augmentation report says about its synthetic scans, measured rather than assumed.
+
+Per class that got synthetic scans:
+
+- *sharpness*: gradient energy of the synthetic scans over that of the class's real train scans
+  (``models.report.gradient_energy``); outside [0.9, 1.1] a classifier can learn the blur (or the
+  grain) instead of the class;
+- *fidelity gate*: a classifier two-sample test, real train scans of the class against the
+  delivered synthetic ones, cross-validated (``models.classifier.two_sample_auroc``); at 0.8 or
+  above they are easy to tell apart; and the share of synthetic scans that a reference classifier,
+  trained on the real train split, assigns to the class;
+- *utility* (``check_utility``): k-fold on the real train split with and without the synthetic
+  scans (``models.classifier.utility_check``), so a lab learns from the report, not later, when
+  the scans did not help its classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .classifier import reference_share, two_sample_auroc, utility_check
+from .options import AugmentConfig
+from .report import gradient_energy
+from .training import TrainingCancelled
+
+SHARPNESS_BAND = (0.9, 1.1)
+TWO_SAMPLE_WARNING = 0.8
+
+
+class ClassifierChecks:
+    """``class_metrics(label, draws)`` for each class, sharing one reference classifier."""
+
+    def __init__(self, x: Tensor, labels: list[str], train_idx: list[int], config: AugmentConfig,
+                 progress: Callable[[str, float], None], should_stop: Callable[[], bool] | None = None):
+        self.x, self.labels, self.train_idx, self.config = x, labels, train_idx, config
+        self.progress, self.should_stop = progress, should_stop
+        self.classes = sorted({labels[i] for i in train_idx})
+        self.y = torch.tensor([self.classes.index(labels[i]) for i in train_idx], dtype=torch.long)
+        self._reference = None
+
+    def _stop(self) -> None:
+        if self.should_stop is not None and self.should_stop():
+            raise TrainingCancelled("cancelled while checking the synthetic scans")
+
+    def class_metrics(self, label: str, draws) -> dict[str, Any]:
+        synthetic = draws.scans
+        real = self.x[[i for i in self.train_idx if self.labels[i] == label]]
+        out: dict[str, Any] = {}
+        ratio = gradient_energy(synthetic) / gradient_energy(real) if len(synthetic) and len(real) else None
+        out["sharpness"] = {"gradient_energy_ratio": ratio, "band": list(SHARPNESS_BAND),
+                            "warning": ratio is not None and not SHARPNESS_BAND[0] <= ratio <= SHARPNESS_BAND[1]}
+        self.progress(f"fidelity check {label}", 0.95)
+        self._stop()
+        auc = two_sample_auroc(real, synthetic, self.config.seed)
+        self._stop()
+        share = None
+        if len(self.classes) > 1 and len(synthetic):
+            share = reference_share(self.x[self.train_idx], self.y, synthetic, self.classes.index(label),
+                                    self.config.seed)
+        out["fidelity"] = {"two_sample_auroc": auc, "warning_at": TWO_SAMPLE_WARNING,
+                           "warning": auc is not None and auc >= TWO_SAMPLE_WARNING,
+                           "reference_share": share}
+        if self.config.check_utility:
+            out["utility"] = self._utility(label, draws)
+        return out
+
+    def _utility(self, label: str, draws) -> dict[str, Any] | None:
+        if len(self.classes) < 2 or not len(draws.scans):
+            return None
+        position = {row: k for k, row in enumerate(self.train_idx)}
+        sources = [[position[r] for r in rows if r in position] for rows in draws.sources]
+        folds = min(self.config.utility_folds, min(int((self.y == k).sum()) for k in range(len(self.classes))))
+        if folds < 2:
+            return {"skipped": f"class '{label}' or another class has fewer than 2 train scans: no folds"}
+
+        def on_fold(done: int, total: int) -> None:
+            self._stop()
+            self.progress(f"utility check {label} (fold {done} of {total})", 0.96)
+
+        result = utility_check(self.x[self.train_idx], self.y, draws.scans, self.classes.index(label), sources,
+                               k=folds, seed=self.config.seed, on_fold=on_fold)
+        return result.as_dict()
+
+
+def utility_sentence(label: str, utility: dict[str, Any] | None) -> str | None:
+    """The plain words of a utility self-check (summary, CLI, job events)."""
+    if not utility:
+        return None
+    if "skipped" in utility:
+        return f"class '{label}': utility check skipped: {utility['skipped']}"
+    lo, hi = utility["auroc_interval"]
+    blo, bhi = utility["balanced_accuracy_interval"]
+    figures = (f"AUROC {utility['auroc_diff']:+.3f} (95% interval {lo:+.3f} to {hi:+.3f}), balanced accuracy "
+               f"{utility['balanced_accuracy_diff']:+.3f} ({blo:+.3f} to {bhi:+.3f}) over {utility['folds']} folds "
+               "of the train split")
+    if utility["helped"]:
+        return f"class '{label}': the synthetic scans helped a classifier on held-out real scans: {figures}"
+    if utility["auroc_diff"] < 0:
+        return (f"class '{label}': the synthetic scans did NOT help a classifier on this cohort; they made it "
+                f"worse on held-out real scans: {figures}. Train on the real scans (with class-balanced "
+                "batches) rather than on these")
+    return (f"class '{label}': the synthetic scans did not measurably help a classifier on held-out real scans: "
+            f"{figures}")
+
