@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .config import SamplerConfig, TrainConfig
-from .data.options import PreprocessConfig
+from .data.options import PreprocessConfig, QCConfig
 from .targets import MAX_SYNTHETIC_PER_CLASS
 
 # A synthetic scan whose RMS voxel distance to its nearest training scan is below this fraction
@@ -110,6 +110,9 @@ class AugmentConfig(BaseModel):
         "per_class: one model per minority class, trained on that class's train scans only (the default "
         "before session 8, kept for comparison); transfer: per_class, each model starting from a base "
         "model trained (plain ELBO, pretrain_steps) on the train scans of every class"))
+    qc: QCConfig = Field(QCConfig(), description=(
+        "quality control of every scan before training (models/data/quality.py): thresholds, and "
+        "skip_bad_scans to leave a failing scan out of training instead of stopping"))
     real_scans: Literal["preprocessed", "raw"] = Field("preprocessed", description=(
         "preprocessed: the output holds the real scans on the synthetic scans' grid, intensity "
         "scale and clean header; raw: byte copies of the inputs (for labs that preprocess "
