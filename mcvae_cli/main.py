@@ -153,7 +153,8 @@ def _print_result(result) -> None:
     from models.augment import class_warnings
 
     for skipped in m.get("skipped_scans") or []:
-        print(f"  warning: left out of training by quality control (--skip-bad-scans): {skipped['path']}: "
+        print(f"  warning: left out of training by quality control (--skip-bad-scans): "
+              f"{skipped['path'] or skipped['source_path']}: "
               f"{skipped['reason']}")
     for label, info in m.get("classes", {}).items():
         for warning in class_warnings(label, info):

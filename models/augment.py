@@ -194,6 +194,15 @@ def augment(
             data, affine, _ = load_scan(item.path, spatial_dims=pre.spatial_dims, nan_to_zero=pre.nan_to_zero)
             bad[k] = _qc_problem(item.path, raw_problem(data, affine, pre, qc), qc)
             report("checking scans", 0.02 * (k + 1) / len(real))
+        # A skipped scan that cannot even be preprocessed (a constant one) is left out of real/ too.
+        keep = [k for k in range(len(real)) if not bad[k] or _preprocessable(real, k, pre, cache)]
+        unwritten = [{"path": None, "source_path": _source_name(real.items[k], real, source_paths),
+                      "reason": f"{bad[k]}; not written to real/ (it cannot be preprocessed)"}
+                     for k in range(len(real)) if k not in keep]
+        if unwritten:
+            bad = {i: bad[k] for i, k in enumerate(keep)}
+            real = Cohort([real.items[k] for k in keep], real.source, real.notes)
+            train_idx = training_rows(real)
         x = load_tensors(real, pre, cache)
         for k, (item, scan) in enumerate(zip(real, x)):
             bad[k] = bad[k] or _qc_problem(item.path, preprocessed_problem(scan[0].numpy(), qc), qc)
@@ -206,15 +215,16 @@ def augment(
         rows = _write_real(real, x, pre, staging, config.real_scans, source_paths)
         report("validating", 0.05)
         notes = list(given.notes) + (
-            [f"left out {len(given) - len(real)} synthetic row(s) of the input"] if len(given) > len(real) else [])
+            [f"left out {sum(i.synthetic for i in given)} synthetic row(s) of the input"]
+            if any(i.synthetic for i in given) else [])
         result = _generate(real, x, train_idx, rows, wanted, pre, config, staging, report, should_stop,
                            job_id, checkpoints, notes)
         if cache_dir is None:
             shutil.rmtree(cache, ignore_errors=True)
         report("packaging", 0.97)
-        if bad:
+        if bad or unwritten:
             result.metrics["skipped_scans"] = [{"path": rows[k]["path"], "source_path": rows[k]["source_path"],
-                                                "reason": problem} for k, problem in bad.items()]
+                                                "reason": problem} for k, problem in bad.items()] + unwritten
             (staging / "report" / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
         _write_summary(result, staging / "report" / "summary.txt")
         share_like_umask(staging)
@@ -240,6 +250,14 @@ def _qc_problem(path: Path, problem: str | None, qc) -> str | None:
     if problem is not None and not qc.skip_bad_scans:
         refuse(path, problem + SKIP_HINT)
     return problem
+
+
+def _preprocessable(cohort: Cohort, k: int, pre: PreprocessConfig, cache: Path) -> bool:
+    try:
+        load_tensors(Cohort([cohort.items[k]], cohort.source), pre, cache)
+    except (RuntimeError, ValueError):
+        return False
+    return True
 
 
 def _check_labels(cohort: Cohort) -> None:
@@ -731,9 +749,9 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
         f"{c} {result.real_counts[c]} -> {m['final_counts'][c]}" for c in sorted(result.real_counts)))
     skipped = m.get("skipped_scans") or []
     if skipped:
-        lines.append(f"left out of training by quality control (qc.skip_bad_scans), still in real/: "
+        lines.append(f"left out of training by quality control (qc.skip_bad_scans), still in real/ if readable: "
                      f"{len(skipped)} scan(s)")
-        lines += [f"    {s['path']} ({s['source_path']}): {s['reason']}" for s in skipped]
+        lines += [f"    {s['path'] or '(not in real/)'} ({s['source_path']}): {s['reason']}" for s in skipped]
     for label, info in m["classes"].items():
         near = info["near_copies"]
         audit = info["memorisation"]

@@ -111,6 +111,7 @@ def test_skip_bad_scans_trains_without_them_and_lists_them(cohort, config, tmp_p
     root = tmp_path / "cohort"
     shutil.copytree(cohort, root)
     _speck(root / "AD" / "speck.nii.gz")
+    write_scan(root / "CN" / "zero.nii.gz", np.zeros((16, 16, 16), np.float32), np.diag([12.0, 12.0, 12.0, 1.0]))
     _fails_with(capsys, ["augment", str(root), "--out", str(tmp_path / "refused"), "--config", str(config)],
                 "speck.nii.gz", "nearly empty", "--skip-bad-scans")
 
@@ -120,14 +121,18 @@ def test_skip_bad_scans_trains_without_them_and_lists_them(cohort, config, tmp_p
     assert "left out of training by quality control" in printed and "real/AD/speck.nii.gz" in printed
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert [(s["path"], s["source_path"]) for s in metrics["skipped_scans"]] == [
-        ("real/AD/speck.nii.gz", str((root / "AD" / "speck.nii.gz").resolve()))]
+        ("real/AD/speck.nii.gz", str((root / "AD" / "speck.nii.gz").resolve())),
+        (None, str((root / "CN" / "zero.nii.gz").resolve()))]  # constant: cannot be preprocessed
     assert "nearly empty" in metrics["skipped_scans"][0]["reason"]
+    assert "constant intensity" in metrics["skipped_scans"][1]["reason"]
+    assert "not written to real/" in metrics["skipped_scans"][1]["reason"]
+    assert not (out / "real" / "CN" / "zero.nii.gz").exists()
     assert metrics["train_counts"] == {"AD": 3, "CN": 5}  # balanced as if the scan were not there
     assert metrics["synthetic_counts"] == {"AD": 2, "CN": 0}
     assert not any("speck" in p for p in metrics["classes"]["AD"]["trained_on"])
     summary = (out / "report" / "summary.txt").read_text()
     assert "left out of training by quality control" in summary
-    assert "real/AD/speck.nii.gz" in summary and "nearly empty" in summary
+    assert "real/AD/speck.nii.gz" in summary and "nearly empty" in summary and "zero.nii.gz" in summary
     assert (out / "real" / "AD" / "speck.nii.gz").is_file()  # readable: still delivered
 
     # Issue 25 item 6: no split column, so every real row counts as train, and says so like the
