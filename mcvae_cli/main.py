@@ -55,6 +55,11 @@ def _augment_config(args) -> object:
         data["fine_detail"] = args.fine_detail
     if getattr(args, "check_utility", None) is not None:
         data["check_utility"] = args.check_utility
+    for flag in ("min_foreground", "min_fov_coverage"):
+        if getattr(args, flag, None) is not None:
+            _section(data, "qc")[flag] = getattr(args, flag)
+    if getattr(args, "skip_bad_scans", False):
+        _section(data, "qc")["skip_bad_scans"] = True
     try:
         return AugmentConfig(**data)
     except (ValidationError, TypeError) as err:
@@ -76,7 +81,9 @@ def _writable_out(out: str | Path) -> Path:
     import tempfile
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file, not a folder; --out names the output folder to write (choose another)")
+    if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: output folder exists and is not empty; choose another")
     try:  # a probe beside it, where the staging folder will go (root ignores mode bits)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +161,10 @@ def _print_result(result) -> None:
     from models.augment import class_warnings
     from models.checks import utility_sentence
 
+    for skipped in m.get("skipped_scans") or []:
+        print(f"  warning: left out of training by quality control (--skip-bad-scans): "
+              f"{skipped['path'] or skipped['source_path']}: "
+              f"{skipped['reason']}")
     for label, info in m.get("classes", {}).items():
         fidelity, sharpness = info.get("fidelity") or {}, info.get("sharpness") or {}
         if fidelity.get("two_sample_auroc") is not None:
@@ -358,6 +369,19 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
                         "the report) instead of replacing them by new draws")
 
 
+def _add_qc_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-bad-scans", action="store_true",
+                   help="leave scans that fail quality control out of training (listed with the reason in "
+                        "report/summary.txt and metrics.json, still written to real/) instead of stopping "
+                        "(config qc.skip_bad_scans)")
+    p.add_argument("--min-foreground", type=float, metavar="F",
+                   help="quality control: fewest foreground voxels, a fraction (default 0.05; 0: no check; "
+                        "config qc.min_foreground)")
+    p.add_argument("--min-fov-coverage", type=float, metavar="F",
+                   help="quality control: smallest fraction of the target grid a scan's field of view must "
+                        "cover along each axis (default 0.25; 0: no check; config qc.min_fov_coverage)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcvae", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mcvae {_version()}",
@@ -376,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scope_flag(p)
     _add_generator_flags(p, utility_default=True)
     _add_output_flags(p)
+    _add_qc_flags(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("demo-cohort", help="write the imbalanced demo cohort (NIfTI or PNG slices)")
@@ -405,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scope_flag(p)
     _add_generator_flags(p)
     _add_output_flags(p)
+    _add_qc_flags(p)
     p.set_defaults(func=cmd_augment)
 
     p = sub.add_parser("train", help="train one class's model (on its train split) and save it")

@@ -169,8 +169,8 @@ def augment(
     """
     config = config or AugmentConfig()
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise CohortError(f"{out_dir}: output folder exists and is not empty; choose another")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise CohortError(f"{out_dir}: {'output folder exists and is not empty' if out_dir.is_dir() else 'is a file, not a folder'}; choose another")
     report = progress or (lambda stage, fraction: None)
     job_id = job_id or uuid.uuid4().hex[:12]
 
@@ -187,24 +187,45 @@ def augment(
     staging = _staging_dir(out_dir)
     cache = Path(cache_dir) if cache_dir else staging / ".cache"
     try:
-        # Every scan is read and checked before any training starts.
+        # Every scan is read and checked before any training starts. qc.skip_bad_scans: one that
+        # fails is left out of training (still written to real/) and listed in the report.
+        qc, bad = config.qc, {}
         for k, item in enumerate(real):
             data, affine, _ = load_scan(item.path, spatial_dims=pre.spatial_dims, nan_to_zero=pre.nan_to_zero)
-            refuse(item.path, raw_problem(data, affine, pre))
+            bad[k] = _qc_problem(item.path, raw_problem(data, affine, pre, qc), qc)
             report("checking scans", 0.02 * (k + 1) / len(real))
+        # A skipped scan that cannot even be preprocessed (a constant one) is left out of real/ too.
+        keep = [k for k in range(len(real)) if not bad[k] or _preprocessable(real, k, pre, cache)]
+        unwritten = [{"path": None, "source_path": _source_name(real.items[k], real, source_paths),
+                      "reason": f"{bad[k]}; not written to real/ (it cannot be preprocessed)"}
+                     for k in range(len(real)) if k not in keep]
+        if unwritten:
+            bad = {i: bad[k] for i, k in enumerate(keep)}
+            real = Cohort([real.items[k] for k in keep], real.source, real.notes)
+            train_idx = training_rows(real)
         x = load_tensors(real, pre, cache)
-        for item, scan in zip(real, x):
-            refuse(item.path, preprocessed_problem(scan[0].numpy()))
+        for k, (item, scan) in enumerate(zip(real, x)):
+            bad[k] = bad[k] or _qc_problem(item.path, preprocessed_problem(scan[0].numpy(), qc), qc)
+        bad = {k: problem for k, problem in bad.items() if problem}
+        if bad:
+            train_idx = [i for i in train_idx if i not in bad]
+            train_counts = {c: sum(1 for i in train_idx if real.items[i].label == c) for c in real.classes}
+            wanted = synthetic_counts(train_counts, target, config.max_per_class)
         report("writing real scans", 0.03)
         rows = _write_real(real, x, pre, staging, config.real_scans, source_paths)
         report("validating", 0.05)
         notes = list(given.notes) + (
-            [f"left out {len(given) - len(real)} synthetic row(s) of the input"] if len(given) > len(real) else [])
+            [f"left out {sum(i.synthetic for i in given)} synthetic row(s) of the input"]
+            if any(i.synthetic for i in given) else [])
         result = _generate(real, x, train_idx, rows, wanted, pre, config, staging, report, should_stop,
                            job_id, checkpoints, notes)
         if cache_dir is None:
             shutil.rmtree(cache, ignore_errors=True)
         report("packaging", 0.97)
+        if bad or unwritten:
+            result.metrics["skipped_scans"] = [{"path": rows[k]["path"], "source_path": rows[k]["source_path"],
+                                                "reason": problem} for k, problem in bad.items()] + unwritten
+            (staging / "report" / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
         _write_summary(result, staging / "report" / "summary.txt")
         share_like_umask(staging)
         if out_dir.exists():
@@ -218,6 +239,25 @@ def augment(
     result = _relocate(result, staging, out_dir)
     report("done", 1.0)
     return result
+
+
+SKIP_HINT = ("; to leave such scans out of training instead, pass --skip-bad-scans (config "
+             "qc: {skip_bad_scans: true}), or change the qc thresholds")
+
+
+def _qc_problem(path: Path, problem: str | None, qc) -> str | None:
+    """A scan's quality-control problem: refused (with the way around it) unless qc.skip_bad_scans."""
+    if problem is not None and not qc.skip_bad_scans:
+        refuse(path, problem + SKIP_HINT)
+    return problem
+
+
+def _preprocessable(cohort: Cohort, k: int, pre: PreprocessConfig, cache: Path) -> bool:
+    try:
+        load_tensors(Cohort([cohort.items[k]], cohort.source), pre, cache)
+    except (RuntimeError, ValueError):
+        return False
+    return True
 
 
 def _check_labels(cohort: Cohort) -> None:
@@ -263,7 +303,7 @@ def _write_real(cohort: Cohort, x: torch.Tensor, pre: PreprocessConfig, staging:
             (shutil.copytree if item.path.is_dir() else shutil.copyfile)(item.path, target)
         else:
             write_scan(target, scan[0].numpy(), affine)
-        rows.append({"path": f"real/{item.label}/{name}", "label": item.label, "split": item.split or "",
+        rows.append({"path": f"real/{item.label}/{name}", "label": item.label, "split": item.split or TRAIN,
                      "synthetic": "false", "source_path": _source_name(item, cohort, source_paths)})
     return rows
 
@@ -670,6 +710,11 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
         for name, per in sorted(m["split_counts"].items())))
     lines.append(("balanced on the train split: " if split else "balanced on all real scans: ") + ", ".join(
         f"{c} {result.real_counts[c]} -> {m['final_counts'][c]}" for c in sorted(result.real_counts)))
+    skipped = m.get("skipped_scans") or []
+    if skipped:
+        lines.append(f"left out of training by quality control (qc.skip_bad_scans), still in real/ if readable: "
+                     f"{len(skipped)} scan(s)")
+        lines += [f"    {s['path'] or '(not in real/)'} ({s['source_path']}): {s['reason']}" for s in skipped]
     for label, info in m["classes"].items():
         near = info["near_copies"]
         audit = info["memorisation"]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .config import SamplerConfig, TrainConfig
-from .data.options import PreprocessConfig
+from .data.options import PreprocessConfig, QCConfig
 from .targets import MAX_SYNTHETIC_PER_CLASS
 
 # A synthetic scan whose RMS voxel distance to its nearest training scan is below this fraction
@@ -134,6 +134,9 @@ class AugmentConfig(BaseModel):
         "the synthetic scans, scored on the held-out real fold; the report and the job's events say whether "
         "the synthetic scans helped (AUROC and balanced-accuracy differences with a 95 % interval)"))
     utility_folds: int = Field(5, ge=2, le=20)
+    qc: QCConfig = Field(QCConfig(), description=(
+        "quality control of every scan before training (models/data/quality.py): thresholds, and "
+        "skip_bad_scans to leave a failing scan out of training instead of stopping"))
     real_scans: Literal["preprocessed", "raw"] = Field("preprocessed", description=(
         "preprocessed: the output holds the real scans on the synthetic scans' grid, intensity "
         "scale and clean header; raw: byte copies of the inputs (for labs that preprocess "

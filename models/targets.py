@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 
 from .data.errors import CohortError
@@ -76,5 +77,19 @@ def synthetic_counts(
         if n > 0 and counts[label] < 2:
             raise CohortError(
                 f"class '{label}' has {counts[label]} scan(s); at least 2 are needed to fit a model"
+                + unknown_label_hint(label, counts)
             )
     return wanted
+
+
+def unknown_label_hint(label: str, counts: dict[str, int]) -> str:
+    """Words for a class too small to learn whose label looks like a typo of another class's: an
+    unknown label here is a rare label within a small edit (or letter case) of a class with more
+    scans (``ADD`` or ``ad`` beside ``AD``). Empty when none is."""
+    others = [c for c in counts if c != label and counts[c] > counts[label]]
+    near = [c for c in others if c.lower() == label.lower()] or difflib.get_close_matches(label, others, n=1,
+                                                                                          cutoff=0.6)
+    if not near:
+        return ""
+    return (f"; unknown label '{label}': is it a typo of class '{near[0]}'? "
+            f"(classes: {', '.join(f'{c} {counts[c]}' for c in sorted(counts))})")

@@ -14,7 +14,7 @@ _EXPORTS = {
     "make_demo_cohort": ".demo", "make_demo_counterfactuals": ".demo", "make_demo_slices": ".demo",
     "CohortError": ".errors", "QualityError": ".errors", "ScanError": ".errors",
     "load_scan": ".io", "scan_format": ".io", "write_scan": ".io",
-    "PreprocessConfig": ".options",
+    "PreprocessConfig": ".options", "QCConfig": ".options",
     "LoadScan": ".preprocess", "build_transforms": ".preprocess", "load_tensors": ".preprocess",
     "make_dataset": ".preprocess", "target_affine": ".preprocess",
     "format_summary": ".summary", "summarize": ".summary",

@@ -20,6 +20,9 @@ MANIFEST_NAME = "manifest.csv"
 
 
 COLUMNS = ("path", "label", "split")
+# The values a split may take (any case; read as lower case). Anything else is refused: a typo
+# (``tset``) would otherwise hold the row out of training without a word.
+SPLITS = ("train", "val", "test")
 # Columns of mcvae's output manifests that mean something when read back.
 KNOWN_EXTRA_COLUMNS = ("synthetic", "source_path")
 
@@ -170,7 +173,11 @@ def _read_manifest(manifest: Path) -> Cohort:
         synthetic = cells.get("synthetic", "").lower()
         if synthetic not in ("", "true", "false"):
             raise CohortError(f"{where}: synthetic must be true or false, got {cells['synthetic']!r}")
-        items.append(CohortItem(resolved, cells["label"], cells.get("split") or None,
+        split = cells.get("split", "").lower() or None
+        if split is not None and split not in SPLITS:
+            raise CohortError(f"{where}: unknown split value {cells['split']!r}; a split must be one of "
+                              f"{', '.join(SPLITS)} (or left empty on every row)")
+        items.append(CohortItem(resolved, cells["label"], split,
                                 synthetic == "true", cells.get("source_path") or None))
     return Cohort(items, manifest, notes)
 

@@ -77,3 +77,23 @@ class PreprocessConfig(BaseModel):
     @property
     def output_spacing(self) -> tuple[float, ...]:
         return self.target_spacing or (1.0,) * self.spatial_dims
+
+
+class QCConfig(BaseModel):
+    """Quality control (``models.data.quality``): the thresholds a scan must pass before any
+    training, and what happens to one that does not. Defaults are the checks' own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_foreground: float = Field(0.05, ge=0, le=1, description=(
+        "fewest foreground voxels (fraction of the scan, as read above its Otsu threshold and after "
+        "preprocessing); below it a scan is 'nearly empty'. 0 turns the check off"))
+    foreground_level: float = Field(0.1, ge=0, lt=1, description=(
+        "after preprocessing, foreground = voxels brighter than this fraction of the 99.9th percentile"))
+    min_fov_coverage: float = Field(0.25, ge=0, le=1, description=(
+        "smallest fraction of the target grid's extent a scan must cover along every axis (a "
+        "thinner field of view is a sliver). 0 turns the check off"))
+    skip_bad_scans: bool = Field(False, description=(
+        "false: a scan that fails quality control stops the job before training (one line naming "
+        "it); true: it is left out of training, listed with the reason in report/summary.txt and "
+        "metrics.json, and still written to real/"))

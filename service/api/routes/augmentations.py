@@ -62,14 +62,17 @@ def train_counts(summary: dict) -> dict[str, int]:
     return summary.get("classes") or {}
 
 
-def check_quality(summary: dict) -> None:
+def check_quality(summary: dict, qc: dict | None = None) -> None:
     """Scans the ingest's quality control found unusable (models.data.quality): augment would
-    refuse them, so refuse the request now, naming the first."""
+    refuse them, so refuse the request now, naming the first. The ingest checked with the default
+    thresholds: a config with its own ``qc`` settings (other thresholds, skip_bad_scans) is left
+    to the worker's check."""
     refused = summary.get("quality") or []
-    if refused:
+    if refused and not qc:
         first = refused[0]
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
-        raise ApiError(422, f"dataset: {first['path']}: {first['problem']}{more}")
+        raise ApiError(422, f"dataset: {first['path']}: {first['problem']}{more}; to leave such scans out of "
+                            "training instead, set config qc: {skip_bad_scans: true}, or change the qc thresholds")
 
 
 def _owned_augment(lab: str, job_id: str) -> workers.Job:
@@ -89,7 +92,7 @@ def start_augmentation(body: AugmentRequest, lab: LabDep, settings: SettingsDep,
     params = validate("augment", {"dataset": body.dataset, "target": body.target, "config": body.config,
                                   **({"profile": body.profile} if body.profile is not None else {})},
                       settings)
-    check_quality(summary)
+    check_quality(summary, params.augment_config().get("qc"))
     check_target(params.target, train_counts(summary), settings.max_synthetic_per_class)
     job = workers.submit("augment", params.model_dump(mode="json"), owner=lab.name)
     resources.add(lab.name, f"augmentation-{job.id}", "augmentation", job.id, name=body.name,
