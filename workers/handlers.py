@@ -31,6 +31,7 @@ from .params import (
     InvalidParams,
     SampleParams,
     TrainParams,
+    check_budget,
     describe,
 )
 from .records import JobRecord
@@ -227,6 +228,7 @@ def train(ctx: JobContext, p: TrainParams) -> Outcome:
     if tuple(data.shape[1:]) != tuple(model_cfg.data_shape):
         raise InvalidParams(f"model.data_shape: {tuple(model_cfg.data_shape)} does not match the "
                             f"preprocessed scans {tuple(data.shape[1:])}")
+    check_budget(p, ctx.settings, n_scans=len(data))  # steps per epoch are known now
     ctx.log(f"training on {len(data)} scans of shape {tuple(data.shape[1:])}"
             + (f" (class {p.label})" if p.label else ""))
 

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models.budget import AUGMENT_FIELDS, TRAIN_FIELDS, augment_estimate, check, train_estimate
 from models.options import AugmentConfig
 from models.profiles import PROFILE_NAMES, config_with_profile
 from models.targets import parse_target
@@ -205,7 +206,26 @@ def validate(kind: str, params: dict[str, Any] | None, settings: Settings) -> _P
     if isinstance(parsed, SampleParams) and parsed.n > settings.max_sample_n:
         raise InvalidParams(
             f"n: at most {settings.max_sample_n} scans per sampling job (MCVAE_MAX_SAMPLE_N), got {parsed.n}")
+    check_budget(parsed, settings)
     return parsed
+
+
+def check_budget(params: _Params, settings: Settings, n_scans: int | None = None) -> None:
+    """The deployment's job-size limits (models/budget.py) on a train or augment job: the
+    gateway's check at submit and the worker's before it runs. ``n_scans``: the scans the job
+    trains on, when known (a train job's steps per epoch). InvalidParams naming the field, the
+    setting and the limit; nothing for the other kinds or for configs refused elsewhere."""
+    if isinstance(params, TrainParams):
+        est, fields = train_estimate(params.preprocess, params.model, params.train, n_scans), TRAIN_FIELDS
+    elif isinstance(params, AugmentParams):
+        est, fields = augment_estimate(params.augment_config()), AUGMENT_FIELDS
+    else:
+        return
+    if est is not None:
+        try:
+            check(est, settings.job_limits, fields)
+        except ValueError as err:
+            raise InvalidParams(str(err)) from None
 
 
 def queue_for(kind: str, params: _Params, settings: Settings) -> str:

@@ -40,7 +40,7 @@ from . import db
 from .artifacts import ArtifactNotFound, ArtifactStore
 from .context import JobCancelled, JobContext, json_safe
 from .handlers import HANDLERS
-from .params import SCHEMAS, describe
+from .params import SCHEMAS, check_budget, describe
 from .queues import PRIORITY_DEFERRED
 from .records import TERMINAL, JobEventRecord, JobRecord, utcnow
 from .settings import Settings, get_settings
@@ -325,6 +325,9 @@ def execute(task, job_id: str, kind: str) -> str:
     ctx.start()
     try:
         params = SCHEMAS[kind].model_validate(got.params)
+        # The deployment's job-size limits, again: a job queued by an older or laxer gateway
+        # fails here with the gateway's message instead of running.
+        check_budget(params, settings)
         outcome = HANDLERS[kind](ctx, params)
         if finish(job_id, got.token, "succeeded", outcome.message,
                   metrics={**ctx.metrics, **outcome.metrics}, artifacts=outcome.artifacts):

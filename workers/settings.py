@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.budget import Limits
+
 from .queues import INTERACTIVE, QUEUES
 
 
@@ -58,6 +60,19 @@ class Settings(BaseSettings):
     max_sample_n: int = Field(10_000, ge=1, description="largest n a sampling job may ask for")
     gpu_sample_min: int = Field(512, ge=1, description="sampling jobs this large go to the gpu queue")
 
+    # -- job size (models/budget.py): checked at submit (422) and again by the worker ------------
+    # 256^3: a whole head at 1 mm (about 180 x 216 x 180) fits, 16x the research profile's grid.
+    max_voxels: int = Field(256**3, ge=1, description="voxels per scan (preprocess.target_shape)")
+    # 200M: weights, gradients and two Adam moments take 16 bytes each (3.2 GB); an MLP over a
+    # 64^3 grid (134M) still fits, hidden widths of 1e8 do not.
+    max_parameters: int = Field(200_000_000, ge=1, description="estimated parameters of one model")
+    # 16 GiB: a 24 GB GPU; the research profile at batch 8 needs about 0.9 GiB, a 1 mm grid
+    # (192 x 224 x 192) at batch 8 about 7.4 GiB.
+    max_activation_gib: float = Field(16.0, gt=0, description="estimated activation memory per batch")
+    # 200k: 80x the research profile's 2,500 steps per model, about 12 h at 0.2 s per step.
+    max_steps: int = Field(200_000, ge=1, description="optimiser steps per trained model")
+    max_batch_size: int = Field(512, ge=1, description="train.batch_size")
+
     # -- recovery and housekeeping (workers/recovery.py, workers/sweeper.py) ------------------
     # Every worker looks at the job records this often: running jobs whose heartbeat is older
     # than lease_seconds are re-queued (taken over), queued jobs whose message the broker lost
@@ -85,6 +100,12 @@ class Settings(BaseSettings):
         if self.lease_seconds <= self.heartbeat_seconds:
             raise ValueError("lease_seconds must exceed heartbeat_seconds")
         return self
+
+    @property
+    def job_limits(self) -> Limits:
+        return Limits(max_voxels=self.max_voxels, max_parameters=self.max_parameters,
+                      max_activation_bytes=int(self.max_activation_gib * (1 << 30)),
+                      max_steps=self.max_steps, max_batch_size=self.max_batch_size)
 
     # -- resolved locations ----------------------------------------------------------------
     @property

@@ -51,6 +51,12 @@ def run_worker(
     # (importing torch does not initialise CUDA, so forking afterwards is safe).
     import models.augment  # noqa: F401  (torch, MONAI, networks; the package itself loads lazily)
 
+    problem = device_problem(settings.device)
+    if problem:
+        # Refuse to start rather than take gpu jobs it would run on no GPU (or fail).
+        print(f"mcvae worker: not starting: {problem}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
     hostname = hostname or f"mcvae-{os.getpid()}@{socket.gethostname()}"
     get_app().worker_main([
         "worker", "--queues", ",".join(names), "--concurrency", str(concurrency),
@@ -58,6 +64,24 @@ def run_worker(
         # Gossip and mingle are cluster chatter this service does not use; they slow startup.
         "--without-gossip", "--without-mingle",
     ])
+
+
+def device_problem(device: str) -> str | None:
+    """Why this machine cannot run jobs on ``device`` (MCVAE_DEVICE), or None. ``cuda`` /
+    ``cuda:N`` need a visible CUDA GPU (N below the count); ``auto`` and ``cpu`` always run.
+    The same check as ``mcvae doctor``'s, made when a worker starts."""
+    if not device.startswith("cuda"):
+        return None
+    import torch  # the worker imports it anyway; only CUDA devices need the look
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return (f"MCVAE_DEVICE={device} but no CUDA GPU is visible (check the driver, CUDA_VISIBLE_DEVICES "
+                "or the container's GPU reservation; use MCVAE_DEVICE=cpu or auto on a machine without one)")
+    index = device.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= count):
+        return f"MCVAE_DEVICE={device} but this machine shows {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})"
+    return None
 
 
 def run_embedded_worker(concurrency: int = 1, device: str | None = None) -> None:

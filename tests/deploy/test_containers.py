@@ -153,6 +153,23 @@ def test_compose_gpu_worker_only_under_its_profile():
     assert set(command[command.index("--queues") + 1].split(",")) == {"cpu", "gpu"}
 
 
+def test_compose_workers_have_stable_distinct_node_names():
+    """Every worker runs under a node name fixed by its service (``--hostname NAME@%h`` with the
+    service's ``hostname:``), so a recreated container is the same node and takes its own job
+    back at once (runner.previous_life), and no two services share one."""
+    nodes = {}
+    for name, service in COMPOSE["services"].items():
+        command = service.get("command") or []
+        if "worker" not in command[:2]:
+            continue
+        assert "--hostname" in command, f"{name}: no --hostname"
+        node = command[command.index("--hostname") + 1]
+        assert node.endswith("@%h") and service.get("hostname"), f"{name}: {node!r}, hostname {service.get('hostname')!r}"
+        nodes[name] = node.replace("%h", service["hostname"])
+    assert set(nodes) == {"worker", "worker-gpu"}
+    assert len(set(nodes.values())) == len(nodes), nodes
+
+
 def test_readme_documents_every_setting_and_only_real_ones():
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("## Configuration"):readme.index("## Benchmarks")]

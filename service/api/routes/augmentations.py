@@ -91,7 +91,7 @@ def start_augmentation(body: AugmentRequest, lab: LabDep, settings: SettingsDep,
     # checks that need the dataset: a 422 now rather than a failed job later.
     params = validate("augment", {"dataset": body.dataset, "target": body.target, "config": body.config,
                                   **({"profile": body.profile} if body.profile is not None else {})},
-                      settings)
+                      workers.get_settings())  # the deployment's job limits are the workers' settings
     check_quality(summary, params.augment_config().get("qc"))
     check_target(params.target, train_counts(summary), settings.max_synthetic_per_class)
     job = workers.submit("augment", params.model_dump(mode="json"), owner=lab.name)

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 import workers
 from models.options import sample_class
+from workers.params import check_budget, validate
 
 from ... import resources, views
 from ...deps import IdPath, LabDep, SettingsDep, StoreDep
@@ -40,8 +41,14 @@ def ready_dataset(lab: str, dataset_id: str, store: workers.ArtifactStore,
 @router.post("", status_code=202, response_model=Model, responses=errors(404, 409, 503),
              summary="Train a model on a dataset (optionally one class of it)")
 def train_model(body: TrainRequest, lab: LabDep, store: StoreDep) -> Model:
-    ready_dataset(lab.name, body.dataset, store, body.label)
+    summary = ready_dataset(lab.name, body.dataset, store, body.label)
     params = body.model_dump(exclude={"name"}, exclude_none=True)
+    # The job-size limits with the scans it trains on (steps per epoch): submit checks them
+    # without (one step per epoch, a lower bound).
+    classes = summary.get("classes") or {}
+    n_scans = classes.get(body.label, 0) if body.label is not None else sum(classes.values())
+    limits = workers.get_settings()
+    check_budget(validate("train", params, limits), limits, n_scans=n_scans or None)  # 422: InvalidParams
     job = workers.submit("train", params, owner=lab.name)
     model_id = f"model-{job.id}"
     resources.add(lab.name, model_id, "model", job.id, pending=False, name=body.name,
