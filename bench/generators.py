@@ -82,53 +82,77 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
         lambda fitted: {"AD": learned_spread(class_view(fitted, "AD"), x_ad)}, config.retrains, seed * 1009,
         lambda *_: None)
     train_s = time.perf_counter() - t0
-    cn, ad = shared.index("CN"), shared.index("AD")
     print(f"seed {seed}: shared model {train_s:.0f} s, {retrained} retrains", flush=True)
 
-    order = torch.randperm(len(x_cn), generator=torch.Generator().manual_seed(seed))[:n_max]
-    extras = {"duplicates": duplicate_copies(x_ad, n_max, seed), "more real AD": more_real}
-    quality = []
+    extras, quality = draw_every_generator(shared, x_cn, x_ad, n_max, seed, "CN", "AD", truth)
+    extras.update({"duplicates": duplicate_copies(x_ad, n_max, seed), "more real AD": more_real})
+    score_quality(extras, quality, x_ad, seed, train_s)
+    for row in quality:
+        row["seed"] = seed
+
+    runs = score_rows(extras, [n for n in SOURCES if n in extras], args.counts, x_cn, x_ad, x_test, y_test, seed,
+                      args.clf_steps, f"seed {seed}")
+    return runs, quality
+
+
+def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n_max: int, seed: int,
+                         major: str, minor: str, truth: torch.Tensor | None = None):
+    """Every generator's n_max minority scans from one shared model; (extras, quality rows). With
+    ``truth`` (each majority scan's true minority version), the counterfactuals' effect recovery R."""
+    cn, ad = shared.index(major), shared.index(minor)
+    order = torch.randperm(len(x_major), generator=torch.Generator().manual_seed(seed))[:n_max]
+    extras, quality = {}, []
     t0 = time.perf_counter()
-    extras["shared aggregate"], _ = draw_synthetic(class_view(shared, "AD"), n_max, x_ad, seed + 1,
+    extras["shared aggregate"], _ = draw_synthetic(class_view(shared, minor), n_max, x_minor, seed + 1,
                                                    fine_detail="nearest")
     for name, how in (("counterfactual MCMC", "mcmc"), ("counterfactual mean", "mean")):
         t1 = time.perf_counter()
-        cf, _, info = counterfactuals(shared.model, shared.sampler, x_cn, cn, ad, how, seed=seed + 2)
-        recovery = 1 - rms(cf, truth) / rms(x_cn, truth)
-        extras[name] = cf[order]
-        quality.append({"seed": seed, "source": name, "R_mean": float(recovery.mean()),
-                        "R_median": float(recovery.median()), "abduction_accept": info.accept,
-                        "seconds": round(time.perf_counter() - t1, 1)})
+        sources = x_major[order] if truth is None else x_major  # R needs every subject's truth
+        cf, _, info = counterfactuals(shared.model, shared.sampler, sources, cn, ad, how, seed=seed + 2)
+        row = {"source": name, "abduction_accept": info.accept, "seconds": round(time.perf_counter() - t1, 1)}
+        if truth is not None:
+            recovery = 1 - rms(cf, truth) / rms(x_major, truth)
+            row.update({"R_mean": float(recovery.mean()), "R_median": float(recovery.median())})
+            cf = cf[order]
+        extras[name] = cf
+        quality.append(row)
     g = torch.Generator().manual_seed(seed + 3)
-    pairs = [tuple(torch.randperm(len(x_ad), generator=g)[:2].tolist()) for _ in range(n_max)]
+    pairs = [tuple(torch.randperm(len(x_minor), generator=g)[:2].tolist()) for _ in range(n_max)]
     weights = (0.25 + 0.5 * torch.rand(n_max, generator=g)).tolist()
-    extras["interpolation"], _ = interpolations(shared.model, shared.sampler, x_ad, ad, pairs, weights, "mcmc",
+    extras["interpolation"], _ = interpolations(shared.model, shared.sampler, x_minor, ad, pairs, weights, "mcmc",
                                                 seed=seed + 4)
-    print(f"seed {seed}: drawn in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"drawn in {time.perf_counter() - t0:.0f} s", flush=True)
+    return extras, quality
 
-    real_energy = gradient_energy(x_ad)
-    for name in SOURCES:
+
+def score_quality(extras: dict, quality: list[dict], x_minor: torch.Tensor, seed: int, train_s: float) -> None:
+    """Gradient-energy ratio to the real minority scans, and each generator's two-sample AUROC."""
+    real_energy = gradient_energy(x_minor)
+    for name, scans in extras.items():
         row = next((q for q in quality if q["source"] == name), None)
         if row is None:
-            row = {"seed": seed, "source": name}
+            row = {"source": name}
             quality.append(row)
-        row["energy_ratio"] = gradient_energy(extras[name]) / real_energy
+        row["energy_ratio"] = gradient_energy(scans) / real_energy
         if name in GENERATORS:
-            row["two_sample_auroc"] = two_sample_auroc(x_ad, extras[name], seed)
+            row["two_sample_auroc"] = two_sample_auroc(x_minor, scans, seed)
         row["train_seconds"] = round(train_s, 1)
 
+
+def score_rows(extras: dict, sources: list[str], counts: list[int], x_major, x_minor, x_test, y_test, seed: int,
+               steps: int, tag: str) -> list[dict]:
+    """The downstream classifier on real + each source's first c x minority-count scans."""
     runs = []
-    conditions = [("real only", 0)] + [(name, c) for name in SOURCES for c in args.counts]
-    for name, c in conditions:
-        extra = extras[name][: c * args.n_ad] if c else x_ad[:0]
-        x = torch.cat([x_cn, x_ad, extra])
-        y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(extra))]).long()
-        p = predict(train_classifier(x, y, seed, args.clf_steps), x_test)
+    for name, c in [("real only", 0)] + [(name, c) for name in sources for c in counts]:
+        extra = extras[name][: c * len(x_minor)] if c else x_minor[:0]
+        x = torch.cat([x_major, x_minor, extra])
+        y = torch.cat([torch.zeros(len(x_major)), torch.ones(len(x_minor) + len(extra))]).long()
+        p = predict(train_classifier(x, y, seed, steps), x_test)
         s = {"auroc": auroc(y_test, p[:, 1]), "balanced_accuracy": balanced_accuracy(y_test, p.argmax(1))}
         key = name if not c else f"{name} {c}x"
-        runs.append({"seed": seed, "condition": key, "source": name, "count": c, **s})
-        print(f"seed {seed}: {key:26s} bal.acc {s['balanced_accuracy']:.3f}  AUROC {s['auroc']:.3f}", flush=True)
-    return runs, quality
+        runs.append({"seed": seed, "condition": key, "source": name, "count": c, "n_extra": len(extra), **s})
+        print(f"{tag}: {key:26s} bal.acc {s['balanced_accuracy']:.3f}  AUROC {s['auroc']:.3f}", flush=True)
+    return runs
 
 
 def report(payload: dict) -> None:

@@ -195,27 +195,44 @@ def draw_counterfactuals(req: DrawRequest) -> Draws:
 
 
 def draw_interpolations(req: DrawRequest) -> Draws:
-    """``n`` scans between random pairs of the class's train subjects, t uniform in [0.25, 0.75]."""
+    """``n`` scans between random pairs of the class's train subjects, t uniform in [0.25, 0.75];
+    a near-copy of a train scan (t near an end, or two near-alike subjects) is replaced by a new
+    pair, up to ``max_redraws`` rounds, then left out."""
     c, shared = req.config, req.shared
     rows = req.class_rows
     if len(rows) < 2:
         raise ValueError(f"generator interpolation: class '{req.label}' needs at least two train scans, "
                          f"has {len(rows)}")
     g = torch.Generator().manual_seed(req.seed)
-    pairs = [tuple(torch.randperm(len(rows), generator=g)[:2].tolist()) for _ in range(req.n)]
-    weights = (0.25 + 0.5 * torch.rand(req.n, generator=g)).tolist()
     class_x = req.x[rows]
-    scans, info = interpolations(shared.model, shared.sampler, class_x, shared.index(req.label), pairs, weights,
-                                 c.abduction, c.abduction_draws, c.abduction_steps, req.seed, VALUE_RANGE)
-    near, threshold = _drop_near_copies(scans, class_x, c)
-    keep = (~near).tolist()
-    per_scan = [{"generator": "interpolation", "derived_from_real_subject": True,
-                 "sources": [req.paths[rows[i]], req.paths[rows[j]]], "weight": round(t, 4), "abduction": c.abduction}
-                for (i, j), t in zip(pairs, weights)]
-    sources = [[rows[i], rows[j]] for i, j in pairs]
-    return Draws(scans[~near], [p for p, k in zip(per_scan, keep) if k], [s for s, k in zip(sources, keep) if k],
-                 _near_record(c, threshold, int(near.sum())),
-                 {"kind": "interpolation", "abduction": c.abduction, "abduction_accept": info.accept})
+    kept, per_scan, sources, replaced, accepts = [], [], [], 0, []
+    threshold = near_copy_threshold(class_x, c.near_copy_fraction)
+    for attempt in range(c.max_redraws + 1 if c.near_copies == "replace" else 1):
+        want = req.n - sum(len(k) for k in kept)
+        if want <= 0:
+            break
+        pairs = [tuple(torch.randperm(len(rows), generator=g)[:2].tolist()) for _ in range(want)]
+        weights = (0.25 + 0.5 * torch.rand(want, generator=g)).tolist()
+        scans, info = interpolations(shared.model, shared.sampler, class_x, shared.index(req.label), pairs, weights,
+                                     c.abduction, c.abduction_draws, c.abduction_steps, req.seed + attempt,
+                                     VALUE_RANGE)
+        near, threshold = _drop_near_copies(scans, class_x, c)
+        replaced += int(near.sum()) if attempt < c.max_redraws else 0
+        if info.accept is not None:
+            accepts.append(info.accept)
+        kept.append(scans[~near])
+        for (i, j), t, is_near in zip(pairs, weights, near.tolist()):
+            if not is_near:
+                per_scan.append({"generator": "interpolation", "derived_from_real_subject": True,
+                                 "sources": [req.paths[rows[i]], req.paths[rows[j]]], "weight": round(t, 4),
+                                 "abduction": c.abduction})
+                sources.append([rows[i], rows[j]])
+    scans = torch.cat(kept) if kept else torch.empty(0, *req.x.shape[1:])
+    record = _near_record(c, threshold, req.n - len(scans))
+    record["replaced"] = replaced
+    return Draws(scans, per_scan, sources, record,
+                 {"kind": "interpolation", "abduction": c.abduction,
+                  "abduction_accept": sum(accepts) / len(accepts) if accepts else None})
 
 
 STRATEGIES: dict[str, Callable[[DrawRequest], Draws]] = {

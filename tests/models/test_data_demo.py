@@ -16,6 +16,7 @@ from models.data import (
     load_scan,
     load_tensors,
     make_demo_cohort,
+    make_demo_counterfactuals,
     make_demo_slices,
     read_cohort,
 )
@@ -215,3 +216,26 @@ def test_hard_cohort_varies_more_in_intensity_and_separates_ad_less(tmp_path):
     assert spread(hard) > 1.4 * spread(easy), (spread(easy), spread(hard))
     assert ventricle_gap(easy) > 0.1, ventricle_gap(easy)
     assert ventricle_gap(hard) < 0.7 * ventricle_gap(easy), (ventricle_gap(easy), ventricle_gap(hard))
+
+
+@pytest.mark.parametrize("difficulty", [0.0, 0.6])
+def test_counterfactual_truth_is_the_same_subject_with_the_ad_effect(tmp_path, difficulty):
+    # The ground truth of a counterfactual: CN subject k again, with the AD effect and nothing else
+    # changed. It differs from its source (more CSF by the ventricles) far less than two subjects do.
+    cohort = make_demo_cohort(tmp_path / "c", n_control=3, n_ad=0, seed=4, difficulty=difficulty)
+    truth = make_demo_counterfactuals(tmp_path / "t", range(3), seed=4, difficulty=difficulty)
+    assert [i.label for i in truth] == ["AD"] * 3 and truth.items[1].path.name == "CNtoAD_001.nii.gz"
+
+    def dark_near_ventricles(path):
+        x, world = _normalised(path)
+        return int(((x < 0.45) & (np.linalg.norm(world - VENTRICLE_CENTRE_MM, axis=-1) < 20)).sum())
+
+    sources = [load_scan(i.path)[0] for i in cohort]
+    twins = [load_scan(i.path)[0] for i in truth]
+    rms = lambda a, b: float(np.sqrt(((a - b) ** 2).mean()))
+    for k in range(3):
+        assert 0 < rms(sources[k], twins[k]) < 0.5 * rms(sources[k], sources[(k + 1) % 3])
+        assert dark_near_ventricles(truth.items[k].path) > dark_near_ventricles(cohort.items[k].path)
+    # rendering the truth draws nothing from the subjects' own streams: the cohort is unchanged
+    again = make_demo_cohort(tmp_path / "again", n_control=3, n_ad=0, seed=4, difficulty=difficulty)
+    assert all(a.path.read_bytes() == b.path.read_bytes() for a, b in zip(again, cohort))
