@@ -198,7 +198,12 @@ class AugmentRequest(_In):
         "'raw': byte copies), model_scope "
         "('shared', the default: one class-conditional model on every class's train scans; "
         "'per_class': one model per minority class; 'transfer': the same, each started from a base "
-        "model of every class's train scans)"))
+        "model of every class's train scans), generator ('aggregate', the default: new latents of the "
+        "class; 'counterfactual': each majority train subject moved to the class, derived from that "
+        "subject; 'interpolation': between two train subjects of the class; both need model_scope "
+        "'shared'), abduction ('mcmc' or 'mean'), check_utility (a k-fold self-check on the train "
+        "split: do the synthetic scans help a classifier? reported in the result and the events), "
+        "qc (quality-control thresholds; skip_bad_scans)"))
     profile: Annotated[str, Field(max_length=64, pattern=TEXT_PATTERN)] | None = Field(
         None, examples=list(PROFILE_NAMES), description=(
             "a resolution profile: " + ", ".join(PROFILE_NAMES) + " (models/profiles.py: grid, "

@@ -263,7 +263,28 @@ def test_demo_builds_and_balances_the_embedded_cohort(tmp_path, tiny_config, cap
     assert "balanced cohort: AD 2 -> 4, CN 4 -> 4" in printed and str(out / "balanced") in printed
     assert len(list((out / "cohort" / "CN").glob("*.nii.gz"))) == 4
     assert len(list((out / "balanced" / "synthetic" / "AD").glob("*.nii.gz"))) == 2
+    # the demo runs the utility self-check: k-fold on the train split, said in plain words
+    utility = json.loads((out / "balanced" / "report" / "metrics.json").read_text())["classes"]["AD"]["utility"]
+    assert utility["folds"] == 2 and len(utility["with_synthetic"]) == 2
+    assert "synthetic scans helped" in printed or "did not" in printed
+    assert "utility self-check" in (out / "balanced" / "report" / "summary.txt").read_text()
     _fails_with(capsys, argv, "exists already")
+
+
+def test_augment_generator_flags_make_counterfactuals(cohort, tiny_config, tmp_path, capsys):
+    out = tmp_path / "cf"
+    assert main(["augment", str(cohort), "--out", str(out), "--config", str(tiny_config), "--target", "AD=2",
+                 "--generator", "counterfactual", "--abduction", "mean", "--no-check-utility"]) == 0
+    printed = capsys.readouterr().out
+    assert "fidelity gate" in printed
+    sidecars = [json.loads(p.read_text()) for p in sorted((out / "synthetic" / "AD").glob("*.json"))]
+    assert len(sidecars) == 2 and all(s["generator"] == "counterfactual" for s in sidecars)
+    assert all(s["source"].startswith("real/CN/") and (out / s["source"]).is_file() for s in sidecars)
+    metrics = json.loads((out / "report" / "metrics.json").read_text())["classes"]["AD"]
+    assert "utility" not in metrics and metrics["generator"]["abduction"] == "mean"
+    _fails_with(capsys, ["augment", str(cohort), "--out", str(tmp_path / "x"), "--config", str(tiny_config),
+                         "--generator", "interpolation", "--model-scope", "per_class"],
+                "generator: interpolation needs model_scope shared")
 
 
 def _scan_bytes(root: Path) -> dict:
