@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, machine, write_result
-from bench.downstream import build_data, duplicate_copies, mean_sd
+from bench.downstream import build_data, duplicate_copies, mean_sd, plot_montage
 from models.augment import AugmentConfig, fit_learning_subjects, learned_spread
 from models.classifier import auroc, balanced_accuracy, predict, train_classifier, two_sample_auroc
 from models.config import ModelConfig
@@ -86,6 +86,14 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
 
     extras, quality = draw_every_generator(shared, x_cn, x_ad, n_max, seed, "CN", "AD", truth)
     extras.update({"duplicates": duplicate_copies(x_ad, n_max, seed), "more real AD": more_real})
+    if seed == args.seeds[0]:  # what the scans look like: counterfactuals beside their source and truth
+        order = torch.randperm(len(x_cn), generator=torch.Generator().manual_seed(seed))[:n_max]
+        plot_montage([("real AD (training)", x_ad), ("shared aggregate", extras["shared aggregate"]),
+                      ("CN source of each counterfactual", x_cn[order]),
+                      ("counterfactual MCMC", extras["counterfactual MCMC"]),
+                      ("true AD version of the source", truth[order]),
+                      ("interpolation", extras["interpolation"])],
+                     RESULTS / f"generators_montage{args.tag}.png")
     score_quality(extras, quality, x_ad, seed, train_s)
     for row in quality:
         row["seed"] = seed

@@ -183,9 +183,16 @@ def draw_counterfactuals(req: DrawRequest) -> Draws:
         if remaining <= 0:
             break
     scans_t = torch.cat(scans) if scans else torch.empty(0, *req.x.shape[1:])
-    near, threshold = _drop_near_copies(scans_t, req.x[req.class_rows], c)
+    class_x = req.x[req.class_rows]
+    near, threshold = _drop_near_copies(scans_t, class_x, c)
     keep = ~near
     dist = torch.cat(distances) if distances else torch.empty(0)
+    # the memorisation audit per scan: how far from the subject it came from, and from the class's
+    # nearest train scan (a counterfactual should be near neither a copy of its source nor of them)
+    to_class = nearest_real(class_x, scans_t)[0] if len(scans_t) and len(class_x) else torch.full((len(scans_t),),
+                                                                                               float("nan"))
+    for entry, d_source, d_class in zip(per_scan, dist.tolist(), to_class.tolist()):
+        entry.update({"rms_to_source": round(d_source, 6), f"rms_to_nearest_{req.label}_train_scan": round(d_class, 6)})
     info = {"kind": "counterfactual", "abduction": c.abduction, "n_sources": len(scans_t),
             "abduction_accept": sum(accepts) / len(accepts) if accepts else None,
             "distance_to_source": _quantiles(dist[keep] if len(dist) else dist),

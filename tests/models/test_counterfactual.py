@@ -134,6 +134,7 @@ def test_augment_counterfactuals_name_their_source_subject(slices_cohort, tmp_pa
         sidecar = json.loads((out / row["path"].replace(".nii.gz", ".json")).read_text())
         assert sidecar["generator"] == "counterfactual" and sidecar["derived_from_real_subject"] is True
         assert sidecar["source"] in real_cn and sidecar["source_class"] == "CN"
+        assert sidecar["rms_to_source"] > 0 and sidecar["rms_to_nearest_AD_train_scan"] > 0
         sources.append(sidecar["source"])
     assert len(set(sources)) == 4  # one scan per source subject
     info = result.metrics["classes"]["AD"]
