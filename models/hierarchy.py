@@ -26,7 +26,8 @@ shared class-conditional hconv lost the minority's shift. Phase 2 of the noncent
 until the decoder's objective became the centered density of the chains' latents
 (``models.training.Trainer._decoder_log_joint``). Drawing the maps at a lower temperature or from
 the joint aggregate posterior did not make it a better generator than the per-class conv model
-(session 5: blobs at t >= 0.5, brains without the class shift from "joint").
+(docs/RESULTS.md, "Tried and not adopted": blobs at t >= 0.5, brains without the class shift
+from "joint").
 """
 
 from __future__ import annotations
