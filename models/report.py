@@ -163,8 +163,9 @@ def near_copy_threshold(real: torch.Tensor, copy_fraction: float = 0.5) -> float
 # Below this ratio a model reconstructs a class's training scans far more alike than they are:
 # it learned the class mean rather than its subjects, so its new scans look alike too. Measured
 # on the AD scans of `mcvae demo` (docs/RESULTS.md, "The class-mean plateau and retrains"):
-# 0.02 for a shared model stuck on the class-mean plateau (--difficulty 0.6, seed 0), 0.89-0.98 for shared models that learned
-# their subjects (seeds 1-2 and the default cohort), 1.01 for the per-class conv model.
+# 0.02 for a shared model stuck on the class-mean plateau (--difficulty 0.6, seed 0), 0.89-0.98
+# for shared models that learned their subjects (seeds 1-2 and the default cohort), 1.01 for the
+# per-class conv model.
 SUBJECT_SPREAD_WARNING = 0.25
 
 
