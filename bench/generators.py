@@ -98,6 +98,8 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
     for row in quality:
         row["seed"] = seed
 
+    if args.recovery_only:  # effect recovery, sharpness and the two-sample test only
+        return [], quality
     runs = score_rows(extras, [n for n in SOURCES if n in extras], args.counts, x_cn, x_ad, x_test, y_test, seed,
                       args.clf_steps, f"seed {seed}")
     return runs, quality
@@ -165,7 +167,7 @@ def score_rows(extras: dict, sources: list[str], counts: list[int], x_major, x_m
 
 def report(payload: dict) -> None:
     runs, quality = payload["runs"], payload["quality"]
-    seeds = sorted({r["seed"] for r in runs})
+    seeds = sorted({r["seed"] for r in runs or quality})
     print(f"\nhard demo cohort (difficulty {payload['args']['difficulty']}), seeds {seeds}; mean ± sd over seeds")
     print("| condition | balanced accuracy | AUROC | AUROC above duplicates (seeds) |\n|---|---|---|---|")
     by = {(r["seed"], r["condition"]): r for r in runs}
@@ -202,6 +204,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=20)
     ap.add_argument("--clf-steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--recovery-only", action="store_true",
+                    help="no classifier rows: effect recovery R, sharpness and two-sample AUROC (e.g. per difficulty)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG")
     args = ap.parse_args()

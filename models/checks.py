@@ -55,12 +55,12 @@ class ClassifierChecks:
                             "warning": ratio is not None and not SHARPNESS_BAND[0] <= ratio <= SHARPNESS_BAND[1]}
         self.progress(f"fidelity check {label}", 0.95)
         self._stop()
-        auc = two_sample_auroc(real, synthetic, self.config.seed)
+        auc = two_sample_auroc(real, synthetic, self.config.seed, steps=self.config.check_steps)
         self._stop()
         share = None
         if len(self.classes) > 1 and len(synthetic):
             share = reference_share(self.x[self.train_idx], self.y, synthetic, self.classes.index(label),
-                                    self.config.seed)
+                                    self.config.seed, steps=self.config.check_steps)
         out["fidelity"] = {"two_sample_auroc": auc, "warning_at": TWO_SAMPLE_WARNING,
                            "warning": auc is not None and auc >= TWO_SAMPLE_WARNING,
                            "reference_share": share}
@@ -82,7 +82,7 @@ class ClassifierChecks:
             self.progress(f"utility check {label} (fold {done} of {total})", 0.96)
 
         result = utility_check(self.x[self.train_idx], self.y, draws.scans, self.classes.index(label), sources,
-                               k=folds, seed=self.config.seed, on_fold=on_fold)
+                               k=folds, seed=self.config.seed, steps=self.config.check_steps, on_fold=on_fold)
         return result.as_dict()
 
 

@@ -134,6 +134,9 @@ class AugmentConfig(BaseModel):
         "the synthetic scans, scored on the held-out real fold; the report and the job's events say whether "
         "the synthetic scans helped (AUROC and balanced-accuracy differences with a 95 % interval)"))
     utility_folds: int = Field(5, ge=2, le=20)
+    check_steps: int = Field(100, ge=1, le=10000, description=(
+        "optimiser steps of each small classifier the report trains (fidelity gate, reference share, "
+        "utility self-check)"))
     qc: QCConfig = Field(QCConfig(), description=(
         "quality control of every scan before training (models/data/quality.py): thresholds, and "
         "skip_bad_scans to leave a failing scan out of training instead of stopping"))

@@ -24,6 +24,7 @@ model: {channels: [4, 8], latent_dims: [4]}
 sampler: {kind: mala, n_steps: 2}
 train: {batch_size: 4}
 pretrain_steps: 12
+check_steps: 10
 mcmc_steps: 4
 """
 TINY_2D = TINY.replace("{spatial_dims: 3, target_shape: [16, 16, 16], target_spacing: 12.0}",

@@ -44,7 +44,7 @@ POSTGRES_ADMIN = os.environ.get("MCVAE_TEST_POSTGRES_URL", "postgresql://postgre
 # Small enough for about a minute on two CPU cores (the gateway tests' tiny augmentation).
 TINY_AUGMENT = {"preprocess": {"spatial_dims": 3, "target_shape": [16, 16, 16], "target_spacing": 12.0},
                 "model": {"channels": [4, 8], "latent_dims": [4]},
-                "sampler": {"kind": "mala", "n_steps": 2}, "pretrain_steps": 12, "mcmc_steps": 4}
+                "sampler": {"kind": "mala", "n_steps": 2}, "pretrain_steps": 12, "mcmc_steps": 4, "check_steps": 10}
 GATEWAY_HEALTH = ("import urllib.request; "
                   "urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=4)")
 

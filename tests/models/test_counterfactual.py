@@ -113,7 +113,7 @@ TINY = {"preprocess": {"spatial_dims": 2, "target_shape": [16, 16], "target_spac
         "model": {"arch": "mlp", "latent_dims": [4], "hidden": [32]},
         "sampler": {"kind": "mala", "n_steps": 2},
         "train": {"batch_size": 4, "threads": 1},
-        "pretrain_steps": 20, "mcmc_steps": 6, "retrains": 0}
+        "pretrain_steps": 20, "mcmc_steps": 6, "retrains": 0, "check_steps": 10}
 
 
 def _synthetic_rows(out):

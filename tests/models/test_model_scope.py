@@ -16,7 +16,7 @@ TINY = {"preprocess": {"spatial_dims": 2, "target_shape": [16, 16], "target_spac
         "model": {"arch": "mlp", "latent_dims": [4], "hidden": [32]},
         "sampler": {"kind": "mala", "n_steps": 2},
         "train": {"batch_size": 4, "threads": 1},
-        "pretrain_steps": 20, "mcmc_steps": 6, "near_copies": "keep"}
+        "pretrain_steps": 20, "mcmc_steps": 6, "near_copies": "keep", "check_steps": 10}
 
 
 def test_a_shared_model_learns_every_class_and_draws_the_minority(slices_cohort, tmp_path):

@@ -52,7 +52,7 @@ WORKER_ENV = {
 # The tiny augmentation: 16^3 scans, a few steps.
 TINY_AUGMENT = {"preprocess": {"spatial_dims": 3, "target_shape": [16, 16, 16], "target_spacing": 12.0},
                 "model": {"channels": [4, 8], "latent_dims": [4]},
-                "sampler": {"kind": "mala", "n_steps": 2}, "pretrain_steps": 12, "mcmc_steps": 4}
+                "sampler": {"kind": "mala", "n_steps": 2}, "pretrain_steps": 12, "mcmc_steps": 4, "check_steps": 10}
 
 
 @dataclass

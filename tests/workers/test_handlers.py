@@ -140,7 +140,7 @@ def test_a_stopped_augmentation_resumes_its_class_model_from_the_last_checkpoint
     params = {"dataset": dataset, "target": "balance", "config": {
         "preprocess": TINY_PREPROCESS, "model": {"arch": "mlp", "latent_dims": [4], "hidden": [32]},
         "sampler": {"kind": "mala", "n_steps": 2}, "train": {"batch_size": 4},
-        "pretrain_steps": 20, "mcmc_steps": 10, "model_scope": "per_class"}}
+        "pretrain_steps": 20, "mcmc_steps": 10, "model_scope": "per_class", "check_steps": 10}}
     whole = run("augment", params, JobContext("aug-a", store, settings=settings))
 
     # Stopped in phase 2 (after the sampler's warm start), resumed from step 24.
@@ -173,7 +173,7 @@ def test_a_stopped_augmentation_resumes_its_class_model_from_the_last_checkpoint
 
 SHARED_AUGMENT = {"preprocess": TINY_PREPROCESS, "model": {"arch": "mlp", "latent_dims": [4], "hidden": [32]},
                   "sampler": {"kind": "mala", "n_steps": 2}, "train": {"batch_size": 4},
-                  "pretrain_steps": 20, "mcmc_steps": 10, "model_scope": "shared"}
+                  "pretrain_steps": 20, "mcmc_steps": 10, "model_scope": "shared", "check_steps": 10}
 
 
 def test_a_stopped_shared_augmentation_resumes_its_model_from_the_last_checkpoint(store, settings, dataset):
