@@ -764,7 +764,7 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
                          + "on the real train split calls "
                          + (f"{100 * share:.0f}%" if share is not None else "n/a")
                          + f" of them {label}")
-        if info.get("utility"):
+        if (info.get("utility") or {}).get("helped"):  # otherwise it is one of the warnings below
             lines.append(f"  utility self-check: {utility_sentence(label, info['utility'])}")
         lines += [f"  WARNING: {w}" for w in class_warnings(label, info)]
         lines.append(f"  final audit: {len(audit['flagged'])} delivered scan(s) below the threshold; nearest "
