@@ -302,3 +302,19 @@ def test_a_transfer_augmentation_stopped_in_its_base_model_resumes_it(store, set
     assert len(scans_a) == len(scans_b) == 3
     for a, b in zip(scans_a, scans_b):
         np.testing.assert_allclose(nib.load(a).get_fdata(), nib.load(b).get_fdata(), atol=1e-4)
+
+
+def test_an_augmentation_job_reports_its_utility_check_in_its_events(store, settings, dataset):
+    # counterfactuals of the CN subjects, then the k-fold self-check: its verdict reaches the job's events
+    config = {**SHARED_AUGMENT, "generator": "counterfactual", "abduction": "mean", "check_utility": True,
+              "utility_folds": 2}
+    ctx = JobContext("util-a", store, settings=settings)
+    out = run("augment", {"dataset": dataset, "target": {"AD": 3}, "config": config}, ctx)
+    info = out.metrics["classes"]["AD"]
+    assert info["generator"]["kind"] == "counterfactual" and info["utility"]["folds"] == 2
+    assert 0 <= info["fidelity"]["two_sample_auroc"] <= 1 and info["sharpness"]["gradient_energy_ratio"] > 0
+    said = [e["message"] for e in ctx.events]
+    verdict = [m for m in said if "the synthetic scans helped" in m or ("did not" in m and "help a classifier" in m)]
+    assert len(verdict) == 1 and "over 2 folds of the train split" in verdict[0]
+    sidecar = json.loads(next((store.path(out.artifacts[0]) / "synthetic" / "AD").glob("*.json")).read_text())
+    assert sidecar["source"].startswith("real/CN/") and sidecar["derived_from_real_subject"] is True
