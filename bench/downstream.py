@@ -36,11 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, machine, write_result
+from models import classifier
 from models.augment import AugmentConfig, fit_class_model, write_synthetic
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort, target_affine
@@ -110,66 +110,24 @@ def vae_scans(x_ad: torch.Tensor, cfg: AugmentConfig, pre: PreprocessConfig, n: 
 
 # ----------------------------------------------------------------------------- classifier
 
-class SmallCNN(nn.Module):
-    """Three conv blocks (8, 16, 32 channels) + global average pool + linear: ~20k parameters."""
-
-    def __init__(self):
-        super().__init__()
-        layers, c_in = [], 1
-        for c in (8, 16, 32):
-            layers += [nn.Conv3d(c_in, c, 3, padding=1), nn.InstanceNorm3d(c, affine=True),
-                       nn.LeakyReLU(0.1), nn.MaxPool3d(2)]
-            c_in = c
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(c_in, 2))
-
-    def forward(self, x):
-        return self.head(self.features(x).mean(dim=(2, 3, 4)))
-
-
 CLASSIFIER_RECIPES = ("weighted", "balanced")
-
-
-def minibatch(y: torch.Tensor, batch: int, recipe: str, g: torch.Generator) -> torch.Tensor:
-    """Indices of one mini-batch: uniform over the scans (``weighted``), or half of each class
-    drawn with replacement within it (``balanced``)."""
-    if recipe == "balanced":
-        members = [torch.nonzero(y == k).flatten() for k in (0, 1)]
-        return torch.cat([m[torch.randint(len(m), (batch // 2,), generator=g)] for m in members])
-    return torch.randint(len(y), (min(batch, len(y)),), generator=g)
 
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int, batch: int, lr: float,
                      recipe: str = "weighted"):
-    """The one recipe every condition gets: a fixed step budget and random left-right flips (the
-    only augmentation), with the class imbalance handled one of two ways:
+    """The one recipe every condition gets (``models.classifier.train_classifier``: a fixed step
+    budget and random left-right flips, the only augmentation), with the class imbalance handled
+    one of two ways:
 
     - ``weighted`` (experiments 4-12): uniform mini-batches, class-weighted cross-entropy;
-    - ``balanced`` (session 9): each mini-batch half CN, half AD (drawn with replacement within
+    - ``balanced`` (2026-12-01 on): each mini-batch half CN, half AD (drawn with replacement within
       the class), plain cross-entropy. With 6 AD in 66 a uniform batch of 16 holds 1.5 AD scans;
       the weighted recipe often ended 100 steps predicting one class at 0.5 (balanced accuracy
       exactly 0.5 in 40 % of the ceiling's runs while its AUROC was 0.89).
     """
     if recipe not in CLASSIFIER_RECIPES:
         raise ValueError(f"recipe must be one of {CLASSIFIER_RECIPES}, not {recipe!r}")
-    torch.manual_seed(seed)
-    net = SmallCNN()
-    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
-    counts = torch.bincount(y, minlength=2).float()
-    weight = counts.sum() / (2 * counts.clamp(min=1)) if recipe == "weighted" else None
-    g = torch.Generator().manual_seed(seed)
-    net.train()
-    for _ in range(steps):
-        idx = minibatch(y, batch, recipe, g)
-        xb, yb = x[idx], y[idx]
-        flip = torch.rand(len(xb), generator=g) < 0.5
-        xb = torch.where(flip[:, None, None, None, None], xb.flip(2), xb)
-        loss = F.cross_entropy(net(xb), yb, weight=weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    net.eval()
-    return net
+    return classifier.train_classifier(x, y, seed, steps, batch, lr, balanced=recipe == "balanced")
 
 
 @torch.no_grad()

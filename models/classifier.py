@@ -57,6 +57,11 @@ def balanced_batch(y: Tensor, batch: int, g: torch.Generator) -> Tensor:
                       for m in (torch.nonzero(y == k).flatten() for k in classes)])
 
 
+def uniform_batch(y: Tensor, batch: int, g: torch.Generator) -> Tensor:
+    """Indices of one mini-batch drawn uniformly over the scans (with replacement)."""
+    return torch.randint(len(y), (min(batch, len(y)),), generator=g)
+
+
 def train_classifier(x: Tensor, y: Tensor, seed: int, steps: int = STEPS, batch: int = BATCH,
                      lr: float = LR, balanced: bool = True) -> SmallCNN:
     """Fit a SmallCNN on scans ``x`` (N, 1, *spatial) with labels ``y`` (N,) 0..K-1; returns it
@@ -70,7 +75,7 @@ def train_classifier(x: Tensor, y: Tensor, seed: int, steps: int = STEPS, batch:
     g = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(steps):
-        idx = balanced_batch(y, batch, g) if balanced else torch.randint(len(y), (min(batch, len(y)),), generator=g)
+        idx = balanced_batch(y, batch, g) if balanced else uniform_batch(y, batch, g)
         xb, yb = x[idx].float(), y[idx]
         flip = torch.rand(len(xb), generator=g) < 0.5
         xb = torch.where(flip.view(-1, *([1] * (xb.dim() - 1))), xb.flip(2), xb)

@@ -4,13 +4,12 @@ import pytest
 import torch
 
 from bench.downstream import (
-    SmallCNN,
     classical_copies,
     duplicate_copies,
-    minibatch,
     score,
     train_classifier,
 )
+from models.classifier import SmallCNN, balanced_batch, uniform_batch
 
 
 def test_extra_scan_sources_and_classifier_recipe():
@@ -42,8 +41,8 @@ def test_balanced_minibatches_hold_half_of_each_class():
     y = torch.tensor([0] * 60 + [1] * 6)  # the hard cohort's 60 CN + 6 AD
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
-        idx = minibatch(y, 16, "balanced", g)
+        idx = balanced_batch(y, 16, g)
         assert len(idx) == 16 and int(y[idx].sum()) == 8  # 8 AD in every batch
-    uniform = torch.cat([minibatch(y, 16, "weighted", g) for _ in range(200)])
+    uniform = torch.cat([uniform_batch(y, 16, g) for _ in range(200)])
     # uniform batches: AD at its share of the scans, 6/66 = 0.091 (3200 draws: sd 0.005)
     assert abs(float(y[uniform].float().mean()) - 6 / 66) < 0.03

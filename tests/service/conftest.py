@@ -114,7 +114,6 @@ def deployment(tmp_path_factory):
     if not ok:
         pytest.skip(why)
     import psycopg
-    import redis
     import uvicorn
 
     root = tmp_path_factory.mktemp("gateway")
@@ -169,10 +168,30 @@ def deployment(tmp_path_factory):
         reset_settings()
         admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
         admin.close()
-        client = redis.Redis.from_url(REDIS_URL)
-        stale = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if stale:
-            client.delete(*stale)
+        drop_redis_keys(prefix)
+
+
+def drop_redis_keys(prefix: str) -> None:
+    """Delete a test deployment's keys from the shared Redis."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    stale = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if stale:
+        client.delete(*stale)
+
+
+def wait_for_gateway(url: str, server: subprocess.Popen, why=lambda: "the gateway did not start",
+                     seconds: float = 60) -> None:
+    """Until ``url``'s /healthz answers; fails with ``why()`` if ``server`` exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            httpx.get(f"{url}/healthz")
+            return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline and server.poll() is None, why()
+            time.sleep(0.3)
 
 
 # -- data -------------------------------------------------------------------------------------------

@@ -9,13 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import zip_folder
+from .conftest import wait_for_gateway, zip_folder
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -45,14 +44,7 @@ def _gateway(tmp_path):
                               stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/healthz")
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and server.poll() is None, "the gateway did not start"
-                time.sleep(0.3)
+        wait_for_gateway(url, server)
         yield httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60), broker_port, tmp_path / "data"
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import POSTGRES_ADMIN, REDIS_URL, _reachable
+from .conftest import POSTGRES_ADMIN, REDIS_URL, _reachable, drop_redis_keys, wait_for_gateway
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +74,6 @@ def outage(tmp_path):
     if not ok:
         pytest.skip(why)
     import psycopg
-    import redis
 
     admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True)
     name, prefix = f"mcvae_outage_{uuid.uuid4().hex[:10]}", f"mcvae-outage-{uuid.uuid4().hex[:8]}:"
@@ -102,14 +101,7 @@ def outage(tmp_path):
 
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/healthz")
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-2000:]
-                time.sleep(0.3)
+        wait_for_gateway(url, server, lambda: log.read_text()[-2000:])
         yield httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60), down, up, name, log
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -117,10 +109,7 @@ def outage(tmp_path):
         up()
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
-        client = redis.Redis.from_url(REDIS_URL)
-        stale = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if stale:
-            client.delete(*stale)
+        drop_redis_keys(prefix)
 
 
 def _leaks(text: str, database: str) -> list[str]:
