@@ -52,7 +52,7 @@ from .data.io import share_like_umask
 from .data.quality import preprocessed_problem, raw_problem, refuse
 from .factory import build_model
 from .fine_detail import reconstruct
-from .generators import DrawRequest, Draws, draw
+from .generators import VALUE_RANGE, DrawRequest, Draws, draw
 from .options import AugmentConfig, ModelChoice
 from .report import (
     memorisation_audit,
@@ -71,8 +71,6 @@ __all__ = ["AugmentConfig", "AugmentResult", "Cancelled", "ClassCheckpoints", "M
 Progress = Callable[[str, float], None]  # (stage, fraction of the whole job done)
 MANIFEST_COLUMNS = ["path", "label", "split", "synthetic", "source_path"]
 TRAIN = "train"
-# Preprocessed scans live in [0, 1]; decoded means are clipped to it so both sit on one scale.
-VALUE_RANGE = (0.0, 1.0)
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", ".png", ".jpg", ".jpeg", ".dcm", ".ima")
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .classifier import reference_share, two_sample_auroc, utility_check
+from .classifier import share_called, train_classifier, two_sample_auroc, utility_check
 from .options import AugmentConfig
 from .report import gradient_energy
 from .training import TrainingCancelled
@@ -59,14 +59,20 @@ class ClassifierChecks:
         self._stop()
         share = None
         if len(self.classes) > 1 and len(synthetic):
-            share = reference_share(self.x[self.train_idx], self.y, synthetic, self.classes.index(label),
-                                    self.config.seed, steps=self.config.check_steps)
+            share = share_called(self._reference_net(), synthetic, self.classes.index(label))
         out["fidelity"] = {"two_sample_auroc": auc, "warning_at": TWO_SAMPLE_WARNING,
                            "warning": auc is not None and auc >= TWO_SAMPLE_WARNING,
                            "reference_share": share}
         if self.config.check_utility:
             out["utility"] = self._utility(label, draws)
         return out
+
+    def _reference_net(self):
+        """The classifier trained on the real train split, once for every class's scans."""
+        if self._reference is None:
+            self._reference = train_classifier(self.x[self.train_idx], self.y, self.config.seed,
+                                               self.config.check_steps)
+        return self._reference
 
     def _utility(self, label: str, draws) -> dict[str, Any] | None:
         if len(self.classes) < 2 or not len(draws.scans):

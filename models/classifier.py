@@ -149,8 +149,12 @@ def reference_share(x: Tensor, y: Tensor, synthetic: Tensor, label: int, seed: i
     ``y``) assigns to class ``label`` (None without synthetic scans)."""
     if not len(synthetic) or len(torch.unique(y)) < 2:
         return None
-    net = train_classifier(x, y, seed, steps)
-    return float((predict(net, synthetic).argmax(1) == label).double().mean())
+    return share_called(train_classifier(x, y, seed, steps), synthetic, label)
+
+
+def share_called(net: nn.Module, scans: Tensor, label: int) -> float:
+    """Share of ``scans`` that ``net`` assigns to class ``label``."""
+    return float((predict(net, scans).argmax(1) == label).double().mean())
 
 
 @dataclass

@@ -27,6 +27,7 @@ from .fine_detail import FineDetail
 from .options import AugmentConfig, FineDetailPolicy
 from .report import near_copy_threshold, nearest_real
 
+# Preprocessed scans live in [0, 1]; decoded means are clipped to it so both sit on one scale.
 VALUE_RANGE = (0.0, 1.0)
 
 
