@@ -166,6 +166,7 @@ def plot_montage(rows: list[tuple[str, torch.Tensor]], path: Path, per_row: int 
         axes[r, 0].set_title(name, fontsize=9, loc="left")
     fig.suptitle("AD scans, seed 0: real vs synthetic (axial / coronal / sagittal)", fontsize=10)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -74,13 +74,13 @@ def run_pair(minor: int, major: int, seed: int, data, args) -> tuple[list[dict],
     tag = f"{NAMES[minor]} vs {NAMES[major]}, seed {seed}"
     print(f"{tag}: shared model {train_s:.0f} s, {retrained} retrains", flush=True)
     n_max = max(args.counts) * args.n_minor
-    extras, quality = draw_every_generator(shared, x_maj, x_min, n_max, seed, "major", "minor")
+    extras, quality = draw_every_generator(shared, x_maj, x_min, n_max, seed, "major", "minor", names=args.generators)
     extras["duplicates"] = duplicate_copies(x_min, n_max, seed)
     score_quality(extras, quality, x_min, seed, train_s)
     pair = f"{NAMES[minor]} vs {NAMES[major]}"
     for row in quality:
         row.update({"seed": seed, "pair": pair})
-    runs = score_rows(extras, ["duplicates", *GENERATORS], args.counts, x_maj, x_min, x_test, y_test, seed,
+    runs = score_rows(extras, ["duplicates", *[n for n in GENERATORS if n in extras]], args.counts, x_maj, x_min, x_test, y_test, seed,
                       args.clf_steps, tag)
     for row in runs:
         row["pair"] = pair
@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=200)
     ap.add_argument("--clf-steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--generators", nargs="+", choices=GENERATORS, default=GENERATORS,
+                    help="draw and score only these generators")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -9,6 +9,8 @@ default model and budget, with its retrain rule) is trained per seed; from it:
 
   shared aggregate      new latents from the AD aggregate posterior, decoded, with the nearest
                         training scan's fine detail (augment's generator before issue 22)
+  aggregate texture     the same draws with fresh detail coloured by the AD residuals' pooled
+                        spectrum and RMS map (fine_detail texture: no subject's residual)
   counterfactual MCMC   CN training subjects moved to AD; abduction by the model's tuned MALA
                         chain (4 draws x 10 transitions from the encoder), plus the subject's residual
   counterfactual mean   the same with the encoder's posterior mean as the abduction
@@ -49,7 +51,7 @@ from models.generators import draw_synthetic
 from models.report import gradient_energy
 from models.shared_model import class_view, fit_shared_model
 
-GENERATORS = ["shared aggregate", "counterfactual MCMC", "counterfactual mean", "interpolation"]
+GENERATORS = ["shared aggregate", "aggregate texture", "counterfactual MCMC", "counterfactual mean", "interpolation"]
 SOURCES = ["duplicates", *GENERATORS, "more real AD"]
 METRICS = ["balanced_accuracy", "auroc"]
 
@@ -91,15 +93,17 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
     train_s = time.perf_counter() - t0
     print(f"seed {seed}: shared model {train_s:.0f} s, {retrained} retrains", flush=True)
 
-    extras, quality = draw_every_generator(shared, x_cn, x_ad, n_max, seed, "CN", "AD", truth)
+    extras, quality = draw_every_generator(shared, x_cn, x_ad, n_max, seed, "CN", "AD", truth, args.generators)
     extras.update({"duplicates": duplicate_copies(x_ad, n_max, seed), "more real AD": more_real})
     if seed == args.seeds[0]:  # what the scans look like: counterfactuals beside their source and truth
-        plot_montage([("real AD (training)", x_ad), ("shared aggregate", extras["shared aggregate"]),
-                      ("CN source of each counterfactual", x_cn[order]),
-                      ("counterfactual MCMC", extras["counterfactual MCMC"]),
-                      ("true AD version of the source", truth[order]),
-                      ("interpolation", extras["interpolation"])],
-                     RESULTS / f"generators_montage{args.tag}.png")
+        panels = [("real AD (training)", x_ad), *[(n, extras[n]) for n in ("shared aggregate", "aggregate texture")
+                                                   if n in extras]]
+        if "counterfactual MCMC" in extras:
+            panels += [("CN source of each counterfactual", x_cn[order]), ("counterfactual MCMC", extras["counterfactual MCMC"]),
+                       ("true AD version of the source", truth[order])]
+        if "interpolation" in extras:
+            panels.append(("interpolation", extras["interpolation"]))
+        plot_montage(panels, RESULTS / f"generators_montage{args.tag}.png")
     score_quality(extras, quality, x_ad, seed, train_s)
     for row in quality:
         row["seed"] = seed
@@ -112,16 +116,22 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
 
 
 def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n_max: int, seed: int,
-                         major: str, minor: str, truth: torch.Tensor | None = None):
-    """Every generator's n_max minority scans from one shared model; (extras, quality rows). With
-    ``truth`` (each majority scan's true minority version), the counterfactuals' effect recovery R."""
+                         major: str, minor: str, truth: torch.Tensor | None = None,
+                         names: list[str] | None = None):
+    """Every generator's (or those in ``names``) n_max minority scans from one shared model;
+    (extras, quality rows). With ``truth`` (each majority scan's true minority version), the
+    counterfactuals' effect recovery R."""
+    names = GENERATORS if names is None else names
     cn, ad = shared.index(major), shared.index(minor)
     order = torch.randperm(len(x_major), generator=torch.Generator().manual_seed(seed))[:n_max]
     extras, quality = {}, []
     t0 = time.perf_counter()
-    extras["shared aggregate"], _ = draw_synthetic(class_view(shared, minor), n_max, x_minor, seed + 1,
-                                                   fine_detail="nearest")
+    for name, detail in (("shared aggregate", "nearest"), ("aggregate texture", "texture")):
+        if name in names:
+            extras[name], _ = draw_synthetic(class_view(shared, minor), n_max, x_minor, seed + 1, fine_detail=detail)
     for name, how in (("counterfactual MCMC", "mcmc"), ("counterfactual mean", "mean")):
+        if name not in names:
+            continue
         t1 = time.perf_counter()
         sources = x_major[order] if truth is None else x_major  # R needs every subject's truth
         cf, _, info = counterfactuals(shared.model, shared.sampler, sources, cn, ad, how, seed=seed + 2)
@@ -132,6 +142,9 @@ def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n
             cf = cf[order]
         extras[name] = cf
         quality.append(row)
+    if "interpolation" not in names:
+        print(f"drawn in {time.perf_counter() - t0:.0f} s", flush=True)
+        return extras, quality
     g = torch.Generator().manual_seed(seed + 3)
     pairs = [tuple(torch.randperm(len(x_minor), generator=g)[:2].tolist()) for _ in range(n_max)]
     weights = (0.25 + 0.5 * torch.rand(n_max, generator=g)).tolist()
@@ -213,6 +226,8 @@ def main() -> None:
                     help="no classifier rows: effect recovery R, sharpness and two-sample AUROC (e.g. per difficulty)")
     ap.add_argument("--oracle-only", action="store_true",
                     help="no model: real only, duplicates, the true counterfactuals of the CN subjects, more real AD")
+    ap.add_argument("--generators", nargs="+", choices=GENERATORS, default=GENERATORS,
+                    help="draw and score only these generators")
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG")
     args = ap.parse_args()

@@ -150,3 +150,50 @@ def test_with_one_training_scan_no_detail_is_added():
     scans, near = draw_synthetic(_Coarse([draws]), 2, x, seed=0, fine_detail="nearest")
     assert near["threshold"] == 0 and near["fine_detail"] == "none"
     assert torch.equal(scans, draws)
+
+
+def _textured(n: int, seed: int) -> torch.Tensor:
+    """Smooth anatomy (a ramp) plus fine texture inside a central box only: residual detail with a
+    place (the box) and a scale (single voxels)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.linspace(0, 1, 8).view(1, 1, 8, 1, 1).expand(n, 1, 8, 8, 8).clone()
+    x[..., 2:6, 2:6, 2:6] += 0.2 * torch.randn(n, 1, 4, 4, 4, generator=g)
+    return x
+
+
+def test_texture_detail_matches_the_residuals_energy_where_they_live_and_repeats_nothing():
+    from models.fine_detail import TextureDetail
+    from models.report import gradient_energy
+
+    model, x = _Coarse(), _textured(6, 0)
+    texture = TextureDetail(model, x)
+    residuals = x - model.decode(model.encode(x)[0])
+    fields = texture.draw(400, torch.Generator().manual_seed(1))
+    assert fields.shape == (400, 1, 8, 8, 8)
+    # energy: the mean square of 400 fields is within 10 % of the residuals' (their sd of the mean is ~3 %)
+    assert fields.pow(2).mean() == pytest.approx(float(residuals.pow(2).mean()), rel=0.1)
+    # place: the detail lives in the box, where the residuals do, not in the smooth corners
+    inside = fields[..., 2:6, 2:6, 2:6].pow(2).mean()
+    corner = fields[..., :1, :1, :1].pow(2).mean()
+    assert inside > 5 * corner
+    # scale: as rough as the residuals (gradient energy within 35 %), not a smooth blob
+    assert gradient_energy(fields) == pytest.approx(gradient_energy(residuals), rel=0.35)
+    # fresh: no two fields alike, and none is a training scan's residual
+    flat = fields.flatten(1)
+    corr = torch.corrcoef(torch.cat([flat[:20], residuals.flatten(1)]))
+    off_diagonal = corr - torch.eye(len(corr))
+    assert off_diagonal.abs().max() < 0.9
+
+
+def test_aggregate_draws_with_texture_are_as_sharp_as_real_scans():
+    from models.report import gradient_energy
+
+    x = _textured(6, 2)
+    smooth = _Coarse([_Coarse().decode(_Coarse().encode(_textured(32, 3))[0])])
+    plain, _ = draw_synthetic(smooth, 32, x, seed=0, near_copies="keep", fine_detail="none")
+    textured, near = draw_synthetic(smooth, 32, x, seed=0, near_copies="keep", fine_detail="texture")
+    assert near["fine_detail"] == "texture"
+    assert gradient_energy(plain) / gradient_energy(x) < 0.7  # the blur tell the texture removes
+    assert 0.8 < gradient_energy(textured) / gradient_energy(x) < 1.25
+    again, _ = draw_synthetic(smooth, 32, x, seed=0, near_copies="keep", fine_detail="texture")
+    assert torch.equal(textured, again)  # the seed fixes the texture too
