@@ -319,7 +319,7 @@ def adopt(s, job_id: str, guard, kept: dict[str, Any]) -> bool:
     if s.execute(update(JobRecord).where(*guard).values(**values)).rowcount != 1:
         return False
     add_event(s, job_id, "its run had finished before its worker stopped; its outcome recorded, "
-              "nothing re-run", state, level="warning")
+              "nothing re-run", "finishing", level="warning")
     add_event(s, job_id, kept.get("message") or state, state,
               1.0 if state == "succeeded" else kept.get("progress"), "error" if state == "failed" else "info")
     log.warning("job %s: recorded the %s outcome its dead run had kept", job_id, state)
