@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+import pydantic
+import pytest
 from sqlalchemy import update
 
 import workers
@@ -121,3 +123,14 @@ def test_the_sweeper_removes_kept_outcomes_of_ended_jobs_only(service_env):
     removed = sweeper.sweep()["outcomes"]
     assert removed == [f".outcomes/{ended.id}.json"]
     assert outcomes.read(settings.artifacts, running.id) is not None
+
+
+def test_default_lease_takes_a_dead_workers_job_over_within_30_s_and_spans_three_heartbeats(monkeypatch):
+    for name in ("MCVAE_LEASE_SECONDS", "MCVAE_HEARTBEAT_SECONDS", "MCVAE_RECOVERY_INTERVAL"):
+        monkeypatch.delenv(name, raising=False)
+    defaults = workers.Settings()
+    # Worst case: the lease from the last heartbeat, then a recovery round (10 % jitter).
+    assert defaults.lease_seconds + 1.1 * defaults.recovery_interval <= 25
+    assert defaults.lease_seconds >= 4 * defaults.heartbeat_seconds  # four missed beats are survived
+    with pytest.raises(pydantic.ValidationError, match="at least 3 x heartbeat_seconds"):
+        workers.Settings(lease_seconds=10, heartbeat_seconds=4)
