@@ -25,7 +25,8 @@ PostgreSQL database. Jobs are submitted through the REST API. Scenarios:
 9. ``1,000 wrong keys``: from one address; then how soon is the right key served again.
 
 Each scenario's row: jobs lost, jobs run twice, seconds to recover, and the bytes it left on
-disk (staging, kept outcomes, trash) before any sweep. Then one storage sweep (retentions 0: as once they have passed) must leave no staging, scratch,
+disk (staging, kept outcomes, trash) before any sweep (they add up: the sweep runs once, at the
+end). Then one storage sweep (retentions 0: as once they have passed) must leave no staging, scratch,
 orphaned checkpoint or upload copy behind; the script exits non-zero otherwise.
 
     python bench/chaos.py [--fast] [--only db-outage,worker-renamed,...]
