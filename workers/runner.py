@@ -8,12 +8,15 @@ timeout), so every delivery first looks at the job record:
   that will take the job over;
 - queued, or running with a stale heartbeat (its worker died): claim it with a new run token
   (compare-and-set: only one delivery wins) and run. Training resumes from its last checkpoint.
+  But if an earlier run finished and kept its outcome (outcomes.py), that outcome is recorded
+  and nothing runs.
 While running, a heartbeat thread refreshes the claim; the handler polls for cancellation and
 for a lost claim at every step.
 
 Failures: bad input (ValueError, missing artifacts) fails the job at once with a readable
 message and no retry; broker or database connection errors are retried with exponential
-backoff; anything else fails the job and is re-raised for the worker log.
+backoff; anything else fails the job and is re-raised for the worker log. The end itself (how
+the run ended) is kept on the volume and recorded however long the database stays away (``end``).
 """
 
 from __future__ import annotations
@@ -57,10 +60,10 @@ TRANSIENT = (
     redis.exceptions.TimeoutError,
     ConnectionError,
 )
-CANCEL_POLL_SECONDS = 0.5
+CANCEL_POLL_SECONDS = 0.5  # how often should_stop() looks at the record during a step loop
 # Recording a run's end while the database is unreachable: first retry after this long, then
 # doubling up to the cap (short: the end should be recorded soon after the database is back).
-RECORD_RETRY_FIRST, RECORD_RETRY_MAX = 0.5, 2.0  # how often should_stop() looks at the record during a step loop
+RECORD_RETRY_FIRST, RECORD_RETRY_MAX = 0.5, 2.0
 # This worker process tree's life: the first characters of every run token it hands out (pool
 # children inherit it from the main process). A worker that restarts under the same node name
 # finds its previous life's runs by a token that does not start with it (recovery.py).
