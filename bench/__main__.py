@@ -35,7 +35,7 @@ BENCHMARKS: dict[str, str] = {
     "queue_overhead": "what the job queue adds to a small sampling job, and jobs per second",
     "gateway_load": "the REST gateway under 32 concurrent clients: throughput, latency, errors",
     "interactive_latency": "does a synchronous sampling request queue behind ingest jobs?",
-    "chaos": "under faults, does every job still end once, and how fast is a dead worker's job taken over?",
+    "chaos": "under faults (workers, Redis, the database, bad input), does every job end once; takeover time?",
 }
 
 

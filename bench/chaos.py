@@ -8,16 +8,29 @@ PostgreSQL database. Jobs are submitted through the REST API. Scenarios:
 1. ``worker back``: kill -9 a worker's main process and pool child while it trains; start it
    again (same node name) 2 s later.
 2. ``worker gone``: kill -9 the worker running a training job; it never comes back, the other
-   worker (idle) takes the job over: the settings' takeover figure (defaults: lease 60 s,
-   visibility timeout 3600 s, recovery every 10 s).
+   worker (idle) takes the job over: the settings' takeover figure (defaults: lease 20 s,
+   heartbeat 4 s, recovery every 4 s, visibility timeout 3600 s).
 3. ``redis emptied``: kill redis-server while jobs run and wait, start it again empty.
 4. ``gateway killed mid-upload``: kill -9 the gateway while a client streams an upload; start it
    again.
+5. ``database outage``: the workers' and the gateway's database connections go through a TCP
+   proxy (bench/tcp_proxy.py) that cuts them for 20 s as a training job reaches 80 %, across its
+   end; the shared PostgreSQL server keeps running.
+6. ``worker renamed``: kill -9 the worker running a training job and start it again under a new
+   node name: it cannot recognise its old run, so the job is taken over by the lease.
+7. ``oversized config``: training configs past the job-size limits (epochs 1e9, a 2048^3 grid,
+   hidden [1e8], batch 1e7) must be refused (422) with no job queued.
+8. ``1 GiB non-archive``: stream 1 GiB that is no archive to the upload route (never held in
+   memory); it must be refused at once, leaving nothing in staging.
+9. ``1,000 wrong keys``: from one address; then how soon is the right key served again.
 
-Then one storage sweep (retentions 0: as once they have passed) must leave no staging, scratch,
+Each scenario's row: jobs lost, jobs run twice, seconds to recover, and the bytes it left on
+disk (staging, kept outcomes, trash) before any sweep (they add up: the sweep runs once, at the
+end). Then one storage sweep (retentions 0: as once they have passed) must leave no staging, scratch,
 orphaned checkpoint or upload copy behind; the script exits non-zero otherwise.
 
-    python bench/chaos.py [--fast]     # --fast: lease 6 s, heartbeat 1 s, recovery every 2 s
+    python bench/chaos.py [--fast] [--only db-outage,worker-renamed,...]
+    # --fast: lease 6 s, heartbeat 1 s, recovery every 2 s
 """
 
 from __future__ import annotations
@@ -98,13 +111,13 @@ class Deployment:
                 cwd=ROOT)
         _wait(lambda: _answers(self.url), 60, "the gateway")
 
-    def start_worker(self, name: str) -> None:
+    def start_worker(self, name: str, hostname: str | None = None) -> None:
         import workers
 
         log = self.folder / f"worker-{name}.log"
         mark = log.stat().st_size if log.exists() else 0
         self.workers[name] = workers.start_worker_process(
-            ("gpu", "cpu"), concurrency=1, device="cpu", hostname=f"{name}@chaos", env=self.env,
+            ("gpu", "cpu"), concurrency=1, device="cpu", hostname=hostname or f"{name}@chaos", env=self.env,
             log_path=str(log))
         _wait(lambda: "ready." in log.read_text(errors="replace")[mark:], 120, f"worker {name}")
 
@@ -183,6 +196,9 @@ class Outcome:
     duplicated: int = 0
     takeover_s: float | None = None
     requeued_s: float | None = None
+    recover_s: float | None = None  # the fault's end (or the kill) to service as usual
+    bytes_left: int | None = None  # in staging, kept outcomes and trash, before any sweep
+    failed: bool = False  # a check of the scenario's own did not hold (see note)
     note: str = ""
 
 
@@ -207,13 +223,29 @@ def _settle(outcome: Outcome, job_ids: list[str], interrupted: set[str], timeout
             outcome.duplicated += 1
 
 
+def _train_body(dataset: str, epochs: int) -> dict:
+    return {"dataset": dataset, "preprocess": dict(PREPROCESS), "model": dict(MODEL),
+            "sampler": {"kind": "mala", "n_steps": 2},
+            "train": {"pretrain_epochs": epochs // 2, "epochs": epochs, "batch_size": 4},
+            "checkpoint_every": 30}
+
+
 def _train(api, dataset: str, epochs: int) -> str:
-    r = api.post("/v1/models", json={"dataset": dataset, "preprocess": PREPROCESS, "model": MODEL,
-                                     "sampler": {"kind": "mala", "n_steps": 2},
-                                     "train": {"pretrain_epochs": epochs // 2, "epochs": epochs, "batch_size": 4},
-                                     "checkpoint_every": 30})
+    r = api.post("/v1/models", json=_train_body(dataset, epochs))
     assert r.status_code == 202, r.text
     return r.json()["job_id"]
+
+
+def _debris_bytes(root: Path) -> int:
+    """Bytes in the places faults leave partial work: staging, kept outcomes, trash."""
+    total = 0
+    for folder in (".staging", ".outcomes", ".trash"):
+        for path in (root / folder).rglob("*"):
+            try:
+                total += path.lstat().st_size if path.is_file() else 0
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def _running_with_checkpoint(job_ids: list[str]) -> dict[str, str]:
@@ -305,20 +337,154 @@ def gateway_mid_upload(d: Deployment, api, cohort: bytes) -> Outcome:
     return outcome
 
 
+def database_outage(d: Deployment, api, dataset: str, epochs: int, proxy, outage: float = 20.0) -> Outcome:
+    import workers
+    from workers import outcomes
+
+    outcome = Outcome(f"database unreachable {outage:g} s across a job's end")
+    job = _train(api, dataset, epochs)
+    _wait(lambda: workers.get(job).progress >= 0.8, 600, "the job at 80 %", interval=0.05)
+    proxy.down()
+    cut = time.time()
+    kept = outcomes.path(workers.get_settings().artifacts, job)
+    _wait(kept.exists, 600, "the job to finish during the outage", interval=0.05)
+    finished = time.time()
+    time.sleep(max(0.0, cut + outage - time.time()))
+    proxy.up()
+    back = time.time()
+    _settle(outcome, [job], set(), 600)
+    record = workers.get(job)
+    outcome.recover_s = record.finished_at.timestamp() - back if record.finished_at else None
+    outcome.note = (f"down {back - cut:.1f} s; the job finished {finished - cut:.1f} s into it; "
+                    f"recorded by its own worker: {record.attempts == 1}")
+    return outcome
+
+
+def worker_renamed(d: Deployment, api, dataset: str, epochs: int) -> Outcome:
+    outcome = Outcome("worker back under a new name")
+    job = _train(api, dataset, epochs)
+    _, node = next(iter(_wait(lambda: _running_with_checkpoint([job]), 300, "a checkpoint").items()))
+    name = node.split("@")[0]
+    killed = d.kill(d.workers.pop(name))
+    d.start_worker(name, hostname=f"{name}-{int(killed)}@chaos")  # a new node name
+    _settle(outcome, [job], {job}, 900)
+    requeued = _first(job, "its worker", killed)
+    resumed = _first(job, "resumed (", killed)
+    outcome.requeued_s = requeued - killed if requeued else None
+    outcome.takeover_s = outcome.recover_s = resumed - killed if resumed else None
+    outcome.note = "taken over by the lease (kill to resumed)"
+    return outcome
+
+
+def oversized_config(d: Deployment, api, dataset: str) -> Outcome:
+    import workers
+
+    outcome = Outcome("oversized training configs")
+    oversized = {"epochs 1e9": ("train", {"epochs": 10**9}),
+                 "target_shape 2048^3": ("preprocess", {"target_shape": [2048] * 3, "target_spacing": 0.1}),
+                 "hidden [1e8]": ("model", {"hidden": [10**8]}),
+                 "batch_size 1e7": ("train", {"batch_size": 10**7})}
+    before = len(workers.list_jobs(limit=1000))
+    answers, started = [], time.perf_counter()
+    for section, change in oversized.values():
+        body = _train_body(dataset, 10)
+        body[section].update(change)
+        answers.append(api.post("/v1/models", json=body).status_code)
+    took = time.perf_counter() - started
+    queued = len(workers.list_jobs(limit=1000)) - before
+    outcome.recover_s = took / len(oversized)  # per answer; no job is submitted
+    outcome.failed = queued != 0 or set(answers) != {422}
+    outcome.note = f"{len(answers)} requests answered {answers} ({', '.join(oversized)}); {queued} job(s) queued"
+    return outcome
+
+
+def non_archive(d: Deployment, key: str, size: int = 1 << 30) -> Outcome:
+    """Over a raw connection: the answer is read as soon as it comes, while still sending (an
+    HTTP client library sends the whole body first, and a server that answered and closed then
+    looks like a broken pipe)."""
+    import http.client
+    import select
+
+    outcome = Outcome("1 GiB non-archive upload")
+    block = (b"this is a text file, not an archive\n" * 30_000)[: 1 << 20]  # never more in memory
+    conn = http.client.HTTPConnection("127.0.0.1", d.gateway_port, timeout=60)
+    conn.putrequest("POST", "/v1/datasets")
+    for name, value in (("Authorization", f"Bearer {key}"), ("Content-Type", "application/zip"),
+                        ("Transfer-Encoding", "chunked")):
+        conn.putheader(name, value)
+    started, sent = time.perf_counter(), 0
+    conn.endheaders()
+    try:
+        while sent < size and not select.select([conn.sock], [], [], 0)[0]:
+            chunk = block[: size - sent]
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+        if sent >= size:
+            conn.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # it answered and closed: the answer is waiting to be read
+    try:
+        status = conn.getresponse().status
+    except (http.client.HTTPException, OSError) as err:
+        status = type(err).__name__
+    took = time.perf_counter() - started
+    conn.close()
+    outcome.recover_s = took
+    outcome.failed = status != 415
+    outcome.note = f"answer {status} after {took:.2f} s, with {sent / (1 << 20):.0f} MiB of {size >> 20} MiB sent"
+    return outcome
+
+
+def wrong_keys(d: Deployment, key: str, n: int = 1000) -> Outcome:
+    import collections
+
+    import httpx
+
+    outcome = Outcome(f"{n:,} wrong keys from one address")
+    prefix = key.rsplit("_", 1)[0]  # a real key id with wrong secrets: the costlier check
+    codes: collections.Counter = collections.Counter()
+    with httpx.Client(base_url=d.url, timeout=30) as client:
+        started = time.perf_counter()
+        for i in range(n):
+            codes[client.get("/v1/jobs", headers={"Authorization": f"Bearer {prefix}_wrong{i:04d}"}).status_code] += 1
+        took = time.perf_counter() - started
+        flood_over = time.time()
+        good = {"Authorization": f"Bearer {key}"}
+        _wait(lambda: client.get("/v1/jobs", headers=good).status_code == 200, 300, "the right key served", 0.1)
+        outcome.recover_s = time.time() - flood_over
+    outcome.failed = codes[401] > 100
+    outcome.note = (f"{codes[401]} x 401, {codes[429]} x 429, other {sum(codes.values()) - codes[401] - codes[429]}"
+                    f" in {took:.1f} s ({n / took:.0f} req/s); then the right key waited")
+    return outcome
+
+
+SCENARIOS = ("worker-back", "worker-gone", "redis-emptied", "gateway-upload", "db-outage",
+             "worker-renamed", "oversized-config", "non-archive", "wrong-keys")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="short lease and recovery interval")
     parser.add_argument("--epochs", type=int, default=150, help="length of each training job")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--only", default=",".join(SCENARIOS),
+                        help=f"comma-separated scenarios, in this order: {','.join(SCENARIOS)}")
     parser.add_argument("--keep", action="store_true", help="keep the data folder and logs")
     args = parser.parse_args()
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    if unknown := sorted(set(chosen) - set(SCENARIOS)):
+        raise SystemExit(f"--only: unknown scenario(s) {', '.join(unknown)}; expected some of {', '.join(SCENARIOS)}")
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed")
+
+    from bench.tcp_proxy import TcpProxy
 
     folder = Path(tempfile.mkdtemp(prefix="mcvae-chaos-"))
     database, drop_database = _temp_postgres(args.postgres)
     if database is None:
         raise SystemExit("PostgreSQL is needed")
+    host, port = database.split("@", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))  # the gateway and workers reach the database through it
     redis_port = _free_port(6390)
     env = {"MCVAE_DATA_DIR": str(folder / "data"), "MCVAE_BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
            "MCVAE_DATABASE_URL": database, "MCVAE_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1",
@@ -326,7 +492,7 @@ def main() -> None:
            "MCVAE_RATE_LIMIT_BURST": "10000"}
     if args.fast:
         env.update({"MCVAE_LEASE_SECONDS": "6", "MCVAE_HEARTBEAT_SECONDS": "1", "MCVAE_RECOVERY_INTERVAL": "2"})
-    os.environ.update(env)
+    os.environ.update(env)  # this process watches the records directly, never through the proxy
 
     import httpx
 
@@ -335,7 +501,7 @@ def main() -> None:
     from workers import sweeper
 
     settings = workers.get_settings()
-    d = Deployment(folder, env, redis_port, _free_port(8800))
+    d = Deployment(folder, {**env, "MCVAE_DATABASE_URL": proxy.url_for(database)}, redis_port, _free_port(8800))
     outcomes: list[Outcome] = []
     try:
         d.start_redis()
@@ -354,10 +520,21 @@ def main() -> None:
         job = workers.wait(one, timeout=600)
         print(f"one training job alone: {job.finished_at.timestamp() - started:.1f} s ({job.state})")
 
-        outcomes.append(worker_back(d, api, dataset, args.epochs))
-        outcomes.append(worker_gone(d, api, dataset, args.epochs))
-        outcomes.append(redis_emptied(d, api, dataset, args.epochs))
-        outcomes.append(gateway_mid_upload(d, api, cohort))
+        run = {"worker-back": lambda: worker_back(d, api, dataset, args.epochs),
+               "worker-gone": lambda: worker_gone(d, api, dataset, args.epochs),
+               "redis-emptied": lambda: redis_emptied(d, api, dataset, args.epochs),
+               "gateway-upload": lambda: gateway_mid_upload(d, api, cohort),
+               "db-outage": lambda: database_outage(d, api, dataset, args.epochs, proxy),
+               "worker-renamed": lambda: worker_renamed(d, api, dataset, args.epochs),
+               "oversized-config": lambda: oversized_config(d, api, dataset),
+               "non-archive": lambda: non_archive(d, key),
+               "wrong-keys": lambda: wrong_keys(d, key)}
+        for name in [s for s in SCENARIOS if s in chosen]:
+            print(f"-- {name}", flush=True)
+            outcome = run[name]()
+            outcome.bytes_left = _debris_bytes(settings.artifacts)
+            outcomes.append(outcome)
+            print(f"   {outcome}", flush=True)
 
         zero = settings.model_copy(update={k: 0.0 for k in (
             "staging_retention", "scratch_retention", "checkpoint_retention", "upload_retention",
@@ -365,10 +542,12 @@ def main() -> None:
         removed = sweeper.sweep(zero)
         store = workers.ArtifactStore(settings.artifacts)
         leftovers = ([f".staging/{p.name}" for p in (store.root / ".staging").iterdir()]
+                     + [f".outcomes/{p.name}" for p in (store.root / ".outcomes").glob("*")]
                      + store.list("checkpoint") + store.list("dataset", "dataset-upload-")
                      + [f".trash/{p.name}" for p in (store.root / ".trash").glob("*")])
     finally:
         d.stop()
+        proxy.close()
         workers.db.dispose_engines()
         drop_database()
         if not args.keep:
@@ -378,25 +557,27 @@ def main() -> None:
     mode = ("fast: lease 6 s, heartbeat 1 s, recovery every 2 s" if args.fast else
             f"defaults: lease {settings.lease_seconds:g} s, heartbeat {settings.heartbeat_seconds:g} s, "
             f"recovery every {settings.recovery_interval:g} s, visibility timeout {settings.visibility_timeout} s")
-    print(f"\nchaos: gateway + 2 workers x 1 process, private redis-server :{redis_port}, PostgreSQL; {mode}\n{where}\n")
-    head = f"{'scenario':<28} {'submitted':>9} {'succeeded':>9} {'lost':>4} {'dup':>4} {'requeued s':>10} {'takeover s':>10}  note"
-    print(head)
+    print(f"\nchaos: gateway + 2 workers x 1 process, private redis-server :{redis_port}, PostgreSQL "
+          f"behind a TCP proxy; {mode}\n{where}\n")
+
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
 
+    print(f"{'scenario':<44} {'jobs':>4} {'ok':>3} {'lost':>4} {'twice':>5} {'recover s':>9} "
+          f"{'bytes left':>10}  note")
     for o in outcomes:
-        print(f"{o.scenario:<28} {o.submitted:>9} {o.succeeded:>9} {o.lost:>4} {o.duplicated:>4} "
-              f"{fmt(o.requeued_s):>10} {fmt(o.takeover_s):>10}  {o.note}")
+        print(f"{o.scenario:<44} {o.submitted:>4} {o.succeeded:>3} {o.lost:>4} {o.duplicated:>5} "
+              f"{fmt(o.recover_s if o.recover_s is not None else o.takeover_s or o.requeued_s):>9} "
+              f"{o.bytes_left if o.bytes_left is not None else '-':>10}  {'FAILED: ' if o.failed else ''}{o.note}")
     print("\nsweep removed: " + ", ".join(f"{len(v)} {k}" for k, v in removed.items()))
-    print(f"left after the sweep (staging, scratch, checkpoints, upload copies, trash): {leftovers or 'nothing'}")
-    out = write_result("chaos" + ("_fast" if args.fast else ""), {
+    print(f"left after the sweep (staging, kept outcomes, checkpoints, upload copies, trash): {leftovers or 'nothing'}")
+    out = write_result("chaos" + ("_fast" if args.fast else "") + ("" if set(chosen) == set(SCENARIOS) else "_some"), {
         "machine": where, "mode": mode, "outcomes": [o.__dict__ for o in outcomes],
         "swept": {k: len(v) for k, v in removed.items()}, "leftovers": leftovers})
     print(f"wrote {out}")
-    bad = [o for o in outcomes if o.lost or o.duplicated]
+    bad = [o for o in outcomes if o.lost or o.duplicated or o.failed]
     if bad or leftovers:
-        raise SystemExit("FAILED: jobs lost or duplicated, or debris left after the sweep")
-
+        raise SystemExit("FAILED: jobs lost or duplicated, a scenario's check failed, or debris left after the sweep")
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,11 @@ Two ways a job can be stranded, and what every worker does about them (at start,
   and heartbeat, so exactly one worker does it, and re-published at the front of its queue. A
   worker that starts under the node name recorded on a running job knows that job's run is dead
   (it was its own previous life) and takes it back at once, without waiting for the lease.
+  A run that finished but could not record its end (the database was unreachable) kept its
+  outcome on the volume (outcomes.py): that outcome is recorded instead, and nothing re-runs.
+  A lease cannot run out while nobody could write a heartbeat: after this worker itself lost
+  the database, it takes nothing over by lease until a whole lease has passed since it got the
+  database back (the runs' heartbeats resume meanwhile).
 - **lost**: ``queued`` for longer than ``MCVAE_PUBLISH_GRACE`` with no message for it in the
   broker (Redis restarted empty, a publish that failed). It is re-published, again behind a
   compare-and-set (on ``updated_at``) so that only one worker does.
@@ -31,14 +36,22 @@ from collections.abc import Callable
 import redis
 from sqlalchemy import select, update
 
-from . import db
+from . import db, outcomes
 from .app import get_app
 from .queues import INTERACTIVE, PRIORITY_NORMAL, PRIORITY_STEPS, PRIORITY_URGENT, QUEUES, task_name
 from .records import JobRecord, utcnow
-from .runner import BOOT, add_event
+from .runner import BOOT, TRANSIENT, add_event, adopt, tidy_adopted
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+# time.monotonic() when this process last failed to reach the job database (recover() sets it).
+_database_lost_at: float | None = None
+
+
+def _database_lately_lost(settings: Settings) -> bool:
+    """This process lost the database less than a lease ago: heartbeats written since it came
+    back may not be in yet, so an expired lease says nothing about the run."""
+    return _database_lost_at is not None and time.monotonic() - _database_lost_at < settings.lease_seconds
 
 
 def publish(job_id: str, kind: str, queue: str, priority: int | None = None) -> None:
@@ -61,13 +74,24 @@ def requeue_orphans(settings: Settings | None = None, hostname: str | None = Non
                                      JobRecord.run_token, JobRecord.heartbeat_at, JobRecord.progress)
                               .where(JobRecord.state == "running")))
     taken = []
+    waiting_out_outage = _database_lately_lost(settings)
     for job_id, kind, queue, worker, token, heartbeat, progress in rows:
         previous_life = hostname is not None and worker == hostname and not (token or "").startswith(BOOT)
         if heartbeat is not None and heartbeat > stale and not previous_life:
             continue
+        if waiting_out_outage and not previous_life:
+            continue
         guard = [JobRecord.id == job_id, JobRecord.state == "running",
                  JobRecord.run_token.is_(None) if token is None else JobRecord.run_token == token,
                  JobRecord.heartbeat_at.is_(None) if heartbeat is None else JobRecord.heartbeat_at == heartbeat]
+        kept = outcomes.read(settings.artifacts, job_id)
+        if kept is not None:  # its run finished; only recording the end failed
+            with db.session() as s:
+                adopted = adopt(s, job_id, guard, kept)
+            if adopted:
+                tidy_adopted(settings, job_id, kept)
+                log.warning("job %s: worker %s stopped after finishing; its kept outcome recorded", job_id, worker)
+            continue
         # The event reaches the lab: the worker's node name stays in the log.
         why = ("its worker restarted" if previous_life else
                f"its worker stopped (no heartbeat for over {settings.lease_seconds:g} s)")
@@ -153,8 +177,13 @@ def broker_job_ids(settings: Settings) -> set[str]:
 
 def recover(hostname: str | None = None, at_start: bool = False) -> dict[str, list[str]]:
     """One round: orphaned jobs, then lost messages. Logs what it did."""
+    global _database_lost_at
     settings = get_settings()
-    taken = requeue_orphans(settings, hostname if at_start else None)
+    try:
+        taken = requeue_orphans(settings, hostname if at_start else None)
+    except TRANSIENT:
+        _database_lost_at = time.monotonic()
+        raise
     # The embedded broker cannot be listed; its one worker re-sends every queued job at start
     # (duplicates are dropped by the claim).
     if settings.embedded:

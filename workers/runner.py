@@ -8,12 +8,15 @@ timeout), so every delivery first looks at the job record:
   that will take the job over;
 - queued, or running with a stale heartbeat (its worker died): claim it with a new run token
   (compare-and-set: only one delivery wins) and run. Training resumes from its last checkpoint.
+  But if an earlier run finished and kept its outcome (outcomes.py), that outcome is recorded
+  and nothing runs.
 While running, a heartbeat thread refreshes the claim; the handler polls for cancellation and
 for a lost claim at every step.
 
 Failures: bad input (ValueError, missing artifacts) fails the job at once with a readable
 message and no retry; broker or database connection errors are retried with exponential
-backoff; anything else fails the job and is re-raised for the worker log.
+backoff; anything else fails the job and is re-raised for the worker log. The end itself (how
+the run ended) is kept on the volume and recorded however long the database stays away (``end``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import ValidationError
 from sqlalchemy import case, select, update
 
-from . import db
+from . import db, outcomes
 from .artifacts import ArtifactNotFound, ArtifactStore
 from .context import JobCancelled, JobContext, json_safe
 from .handlers import HANDLERS
@@ -58,6 +61,9 @@ TRANSIENT = (
     ConnectionError,
 )
 CANCEL_POLL_SECONDS = 0.5  # how often should_stop() looks at the record during a step loop
+# Recording a run's end while the database is unreachable: first retry after this long, then
+# doubling up to the cap (short: the end should be recorded soon after the database is back).
+RECORD_RETRY_FIRST, RECORD_RETRY_MAX = 0.5, 2.0
 # This worker process tree's life: the first characters of every run token it hands out (pool
 # children inherit it from the main process). A worker that restarts under the same node name
 # finds its previous life's runs by a token that does not start with it (recovery.py).
@@ -92,22 +98,44 @@ class Claim:
     metrics: dict[str, Any] | None = None
 
 
+def _live(rec: JobRecord, hostname: str, settings: Settings) -> bool:
+    stale_before = utcnow() - dt.timedelta(seconds=settings.lease_seconds)
+    return (rec.state == "running" and rec.heartbeat_at is not None and rec.heartbeat_at > stale_before
+            and not previous_life(rec, hostname))
+
+
+def _unchanged(rec: JobRecord) -> tuple:
+    """Compare-and-set conditions: the record is still as ``rec`` saw it."""
+    same_version = JobRecord.run_token.is_(None) if rec.run_token is None else JobRecord.run_token == rec.run_token
+    return JobRecord.id == rec.id, JobRecord.state == rec.state, same_version
+
+
 def claim(job_id: str, hostname: str, settings: Settings) -> Claim:
+    # An earlier run finished and kept its outcome, but its worker stopped before recording it
+    # (a database outage at its end): record that outcome, since running again would redo it.
+    kept = outcomes.read(settings.artifacts, job_id)
+    if kept is not None:
+        with db.session() as s:
+            rec = s.get(JobRecord, job_id)
+            if rec is not None and rec.state not in TERMINAL and not _live(rec, hostname, settings):
+                if not adopt(s, job_id, _unchanged(rec), kept):
+                    return Claim("busy", "ended or claimed by another delivery", queue=rec.queue)
+                adopted = True
+            else:
+                adopted = False
+        if adopted:
+            tidy_adopted(settings, job_id, kept)
+            return Claim("skip", "its earlier run had finished; outcome recorded")
     now = utcnow()
-    stale_before = now - dt.timedelta(seconds=settings.lease_seconds)
     with db.session() as s:
         rec = s.get(JobRecord, job_id)
         if rec is None:
             return Claim("skip", "no such job")
         if rec.state in TERMINAL:
             return Claim("skip", f"already {rec.state}")
-        live = (rec.state == "running" and rec.heartbeat_at is not None and rec.heartbeat_at > stale_before
-                and not previous_life(rec, hostname))
-        if live:
+        if _live(rec, hostname, settings):
             return Claim("busy", f"running on {rec.worker}", queue=rec.queue)
-        previous = rec.run_token
-        same_version = JobRecord.run_token.is_(None) if previous is None else JobRecord.run_token == previous
-        guard = (JobRecord.id == job_id, JobRecord.state == rec.state, same_version)
+        guard = _unchanged(rec)
         if rec.cancel_requested or rec.attempts >= settings.max_attempts:
             if rec.cancel_requested:
                 state, error = "cancelled", None
@@ -254,10 +282,8 @@ class RecordedContext(JobContext):
 
 
 # -- ending a run ----------------------------------------------------------------------------------
-def finish(job_id: str, token: str, state: str, message: str, *, error: str | None = None,
-           metrics: dict[str, Any] | None = None, artifacts: list[str] | None = None,
-           progress: float | None = None) -> bool:
-    """End a run: only the run holding ``token`` can, and only once."""
+def _end_values(state: str, *, error: str | None = None, metrics: dict[str, Any] | None = None,
+                artifacts: list[str] | None = None) -> dict[str, Any]:
     now = utcnow()
     values: dict[str, Any] = {"state": state, "stage": state, "error": error, "finished_at": now,
                               "updated_at": now, "run_token": None, "heartbeat_at": None}
@@ -267,6 +293,14 @@ def finish(job_id: str, token: str, state: str, message: str, *, error: str | No
         values["metrics"] = json_safe(metrics)
     if artifacts is not None:
         values["artifacts"] = list(artifacts)
+    return values
+
+
+def finish(job_id: str, token: str, state: str, message: str, *, error: str | None = None,
+           metrics: dict[str, Any] | None = None, artifacts: list[str] | None = None,
+           progress: float | None = None) -> bool:
+    """End a run: only the run holding ``token`` can, and only once."""
+    values = _end_values(state, error=error, metrics=metrics, artifacts=artifacts)
     with db.session() as s:
         done = s.execute(update(JobRecord).where(
             JobRecord.id == job_id, JobRecord.run_token == token, JobRecord.state == "running"
@@ -276,6 +310,31 @@ def finish(job_id: str, token: str, state: str, message: str, *, error: str | No
         add_event(s, job_id, message, state, 1.0 if state == "succeeded" else progress,
                   "error" if state == "failed" else "info")
     return True
+
+
+def adopt(s, job_id: str, guard, kept: dict[str, Any]) -> bool:
+    """Record an outcome a dead run kept (outcomes.py) instead of running the job again; ``guard``:
+    the compare-and-set conditions under which the caller may end the job. Returns True if it did.
+    The caller then removes the kept file and the outcome's obsolete artifacts."""
+    state = kept["state"]
+    values = _end_values(state, error=kept.get("error"), metrics=kept.get("metrics"),
+                         artifacts=kept.get("artifacts"))
+    if s.execute(update(JobRecord).where(*guard).values(**values)).rowcount != 1:
+        return False
+    add_event(s, job_id, "its run had finished before its worker stopped; its outcome recorded, "
+              "nothing re-run", "finishing", level="warning")
+    add_event(s, job_id, kept.get("message") or state, state,
+              1.0 if state == "succeeded" else kept.get("progress"), "error" if state == "failed" else "info")
+    log.warning("job %s: recorded the %s outcome its dead run had kept", job_id, state)
+    return True
+
+
+def tidy_adopted(settings: Settings, job_id: str, kept: dict[str, Any]) -> None:
+    """After ``adopt``: what the recorded outcome made obsolete, and the kept file itself."""
+    store = ArtifactStore(settings.artifacts)
+    for artifact_id in kept.get("obsolete") or []:
+        store.delete(artifact_id)
+    outcomes.forget(settings.artifacts, job_id)
 
 
 def release(job_id: str, token: str, reason: str) -> None:
@@ -329,61 +388,94 @@ def execute(task, job_id: str, kind: str) -> str:
         # fails here with the gateway's message instead of running.
         check_budget(params, settings)
         outcome = HANDLERS[kind](ctx, params)
-        if finish(job_id, got.token, "succeeded", outcome.message,
-                  metrics={**ctx.metrics, **outcome.metrics}, artifacts=outcome.artifacts):
-            # Only now, with success recorded: until then a re-run may still need them.
-            for artifact_id in outcome.obsolete:
-                store.delete(artifact_id)
-        return "succeeded"
+        return end(ctx, "succeeded", outcome.message, metrics={**ctx.metrics, **outcome.metrics},
+                   artifacts=outcome.artifacts, obsolete=outcome.obsolete)
     except JobCancelled as stop:
         if ctx.lost.is_set():
             log.warning("job %s was taken over by another worker; this run stops", job_id)
             return "lost"
-        finish(job_id, got.token, "cancelled", f"cancelled: {stop}", metrics=ctx.metrics,
-               progress=ctx.fraction)
-        return "cancelled"
+        return end(ctx, "cancelled", f"cancelled: {stop}", metrics=ctx.metrics, progress=ctx.fraction)
     except SoftTimeLimitExceeded:
-        return _time_limit_failure(job_id, got.token, ctx, settings, broken_connection=False)
+        return _time_limit_failure(ctx, settings, broken_connection=False)
     except TRANSIENT as exc:
         if _caused_by(exc, SoftTimeLimitExceeded):
-            return _time_limit_failure(job_id, got.token, ctx, settings, broken_connection=True)
+            return _time_limit_failure(ctx, settings, broken_connection=True)
         release(job_id, got.token, f"connection error, will retry: {readable(exc)}")
         raise retry(task, job_id, exc, settings)
     except (ValueError, ArtifactNotFound) as exc:
         # Bad input: retrying cannot help. The message is for the user, so no traceback.
-        finish(job_id, got.token, "failed", f"failed: {readable(exc)}", error=readable(exc),
-               metrics=ctx.metrics, progress=ctx.fraction)
-        return "failed"
+        return end(ctx, "failed", f"failed: {readable(exc)}", error=readable(exc), metrics=ctx.metrics,
+                   progress=ctx.fraction)
     except OSError as exc:
         # The artifact volume refused a write or read (permissions, a full disk, an NFS blip):
         # usually passing, so the job is retried with backoff and resumes from its last
         # checkpoint; after MCVAE_STORAGE_RETRIES it fails with the error.
         if (task.request.retries or 0) >= settings.storage_retries:
             error = f"storage error after {settings.storage_retries} retries: {readable(exc)}"
-            finish(job_id, got.token, "failed", f"failed: {error}", error=error, metrics=ctx.metrics,
-                   progress=ctx.fraction)
-            return "failed"
+            return end(ctx, "failed", f"failed: {error}", error=error, metrics=ctx.metrics,
+                       progress=ctx.fraction)
         release(job_id, got.token, f"storage error, will retry: {readable(exc)}")
         raise storage_retry(task, exc, settings)
     except Exception as exc:
         if _caused_by(exc, SoftTimeLimitExceeded):
-            return _time_limit_failure(job_id, got.token, ctx, settings, broken_connection=True)
+            return _time_limit_failure(ctx, settings, broken_connection=True)
         error = f"internal error ({type(exc).__name__}): {readable(exc)}"
-        finish(job_id, got.token, "failed", f"failed: {error}", error=error, metrics=ctx.metrics,
-               progress=ctx.fraction)
+        end(ctx, "failed", f"failed: {error}", error=error, metrics=ctx.metrics, progress=ctx.fraction)
         raise
     finally:
         ctx.close()
 
 
-def _time_limit_failure(job_id: str, token, ctx, settings: Settings, broken_connection: bool) -> str:
+def _time_limit_failure(ctx, settings: Settings, broken_connection: bool) -> str:
     if broken_connection:
         # The limit struck inside a database call whose cleanup then failed: the pooled
         # connection is in an unknown state, so drop the pool before recording the failure.
         db.dispose_engines()
-    finish(job_id, token, "failed", "time limit exceeded", metrics=ctx.metrics, progress=ctx.fraction,
-           error=f"time limit of {settings.soft_time_limit} s exceeded (MCVAE_SOFT_TIME_LIMIT)")
-    return "failed"
+    return end(ctx, "failed", "time limit exceeded", metrics=ctx.metrics, progress=ctx.fraction,
+               error=f"time limit of {settings.soft_time_limit} s exceeded (MCVAE_SOFT_TIME_LIMIT)")
+
+
+def end(ctx: RecordedContext, state: str, message: str, *, error: str | None = None,
+        metrics: dict[str, Any] | None = None, artifacts: list[str] | None = None,
+        obsolete: list[str] | None = None, progress: float | None = None) -> str:
+    """Record how the run ended, once, even across a database outage; returns the job's state.
+
+    The outcome is kept on the volume first (outcomes.py). While the database is unreachable the
+    record is retried with back-off, and the run's heartbeat thread (still running) renews its
+    lease as soon as the database is back, so nobody takes the job over meanwhile; if this
+    worker dies first, whoever takes the job over records the kept outcome instead of re-running.
+    """
+    root = ctx.settings.artifacts
+    outcomes.keep(root, ctx.job_id, {"token": ctx.token, "state": state, "message": message, "error": error,
+                                     "metrics": json_safe(metrics) if metrics is not None else None,
+                                     "artifacts": artifacts, "obsolete": obsolete or [], "progress": progress})
+    delay = RECORD_RETRY_FIRST
+    while True:
+        try:
+            recorded = finish(ctx.job_id, ctx.token, state, message, error=error, metrics=metrics,
+                              artifacts=artifacts, progress=progress)
+            break
+        except TRANSIENT as exc:
+            if _caused_by(exc, SoftTimeLimitExceeded):
+                raise
+            log.warning("job %s: could not record that it %s (database unreachable); retrying in %.1f s",
+                        ctx.job_id, state, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, RECORD_RETRY_MAX)
+    if recorded:
+        # Only now, with the end recorded: until then a re-run may still need them.
+        for artifact_id in obsolete or []:
+            ctx.store.delete(artifact_id)
+        outcomes.forget(root, ctx.job_id)
+        return state
+    with db.session() as s:
+        now_state = s.scalar(select(JobRecord.state).where(JobRecord.id == ctx.job_id))
+    if now_state in TERMINAL:  # another worker recorded the kept outcome (or ended it) first
+        outcomes.forget(root, ctx.job_id)
+        return now_state
+    # Taken over while the database was away: the kept outcome stays for the next claim.
+    log.warning("job %s: its claim was taken over before its end could be recorded", ctx.job_id)
+    return "lost"
 
 
 def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:

@@ -44,9 +44,12 @@ class Settings(BaseSettings):
     # which the job record's lease turns into a cheap deferral (see runner.py), not a second run.
     visibility_timeout: int = Field(3600, ge=1)
     # A running job's worker refreshes its heartbeat every heartbeat_seconds; a job whose
-    # heartbeat is older than lease_seconds is considered orphaned and may be taken over.
-    heartbeat_seconds: float = Field(5.0, gt=0)
-    lease_seconds: float = Field(60.0, gt=0)
+    # heartbeat is older than lease_seconds is considered orphaned and may be taken over. A dead
+    # worker's job is taken over after about lease + recovery_interval (below): 20 + 4 s keeps
+    # that under 30 s, while a run may miss four heartbeats in a row (a slow database) and keep
+    # its job. The lease must span at least three heartbeats (checked below).
+    heartbeat_seconds: float = Field(4.0, gt=0)
+    lease_seconds: float = Field(20.0, gt=0)
     max_attempts: int = Field(5, ge=1, description="runs of one job (worker deaths, transient errors)")
     max_retries: int = Field(8, ge=0, description="retries of a task after transient errors")
     retry_backoff_max: int = Field(300, ge=1, description="seconds, cap of exponential backoff")
@@ -77,7 +80,7 @@ class Settings(BaseSettings):
     # Every worker looks at the job records this often: running jobs whose heartbeat is older
     # than lease_seconds are re-queued (taken over), queued jobs whose message the broker lost
     # are re-published. Takeover after a worker death: about lease + interval seconds.
-    recovery_interval: float = Field(5.0, gt=0, description="seconds between recovery checks")
+    recovery_interval: float = Field(4.0, gt=0, description="seconds between recovery checks")
     # A queued job younger than this is never called lost: its message may be on its way.
     publish_grace: float = Field(10.0, ge=0, description="seconds")
     serve_interactive: bool = Field(True, description="every worker also takes synchronous sampling")
@@ -97,8 +100,9 @@ class Settings(BaseSettings):
     def _limits(self) -> Settings:
         if self.time_limit < self.soft_time_limit:
             raise ValueError("time_limit must not be below soft_time_limit")
-        if self.lease_seconds <= self.heartbeat_seconds:
-            raise ValueError("lease_seconds must exceed heartbeat_seconds")
+        if self.lease_seconds < 3 * self.heartbeat_seconds:
+            raise ValueError("lease_seconds must be at least 3 x heartbeat_seconds: a run that misses "
+                             "one or two heartbeats (a slow database) must keep its job")
         return self
 
     @property

@@ -11,6 +11,7 @@ What it removes, and when (retentions in seconds, settings ``MCVAE_*_RETENTION``
 | `.trash/*` (a removal interrupted by a crash) | at once |
 | `checkpoint-<job>-*` | its job succeeded or no longer exists; failed or cancelled for `CHECKPOINT_RETENTION` (24 h) |
 | `dataset-upload-*` (the upload copy an ingest reads) | no queued or running ingest reads it, `UPLOAD_RETENTION` (10 min) after it was stored |
+| `.outcomes/<job>.json` (a run's outcome, kept until recorded; outcomes.py) | its job has ended or no longer exists |
 | `.cache/<dataset>` (preprocessed tensors: patient data) | its dataset no longer exists, untouched for `CACHE_RETENTION` (10 min) |
 
 "Untouched" is the newest modification time anywhere in the folder, so a slow upload that is
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from . import db
+from . import db, outcomes
 from .artifacts import ArtifactNotFound, ArtifactStore, run_of
 from .records import TERMINAL, JobRecord, utcnow
 from .settings import Settings, get_settings
@@ -164,6 +165,19 @@ def sweep_caches(store: ArtifactStore, settings: Settings, now: float) -> list[s
     return removed
 
 
+def sweep_outcomes(store: ArtifactStore) -> list[str]:
+    """Kept outcomes are removed by whoever records them; this catches a crash in between."""
+    kept = outcomes.job_ids(store.root)
+    jobs = _jobs(set(kept))
+    removed = []
+    for job_id in kept:
+        state, _ = jobs.get(job_id, (None, None))
+        if state is None or state in TERMINAL:
+            outcomes.forget(store.root, job_id)
+            removed.append(f"{outcomes.FOLDER}/{job_id}.json")
+    return removed
+
+
 def sweep(settings: Settings | None = None) -> dict[str, list[str]]:
     """One pass over the artifact store; returns what was removed, by category."""
     settings = settings or get_settings()
@@ -174,7 +188,8 @@ def sweep(settings: Settings | None = None) -> dict[str, list[str]]:
     removed = {"staging": sweep_staging(store, settings, now),
                "checkpoints": sweep_checkpoints(store, settings),
                "uploads": sweep_uploads(store, settings),
-               "caches": sweep_caches(store, settings, now)}
+               "caches": sweep_caches(store, settings, now),
+               "outcomes": sweep_outcomes(store)}
     if any(removed.values()):
         log.info("storage sweep removed %s", ", ".join(f"{len(v)} {k}" for k, v in removed.items() if v))
     return removed
