@@ -9,8 +9,6 @@ default model and budget, with its retrain rule) is trained per seed; from it:
 
   shared aggregate      new latents from the AD aggregate posterior, decoded, with the nearest
                         training scan's fine detail (augment's generator before issue 22)
-  aggregate texture     the same draws with fresh detail coloured by the AD residuals' pooled
-                        spectrum and RMS map (fine_detail texture: no subject's residual)
   counterfactual MCMC   CN training subjects moved to AD; abduction by the model's tuned MALA
                         chain (4 draws x 10 transitions from the encoder), plus the subject's residual
   counterfactual mean   the same with the encoder's posterior mean as the abduction
@@ -51,7 +49,7 @@ from models.generators import draw_synthetic
 from models.report import gradient_energy
 from models.shared_model import class_view, fit_shared_model
 
-GENERATORS = ["shared aggregate", "aggregate texture", "counterfactual MCMC", "counterfactual mean", "interpolation"]
+GENERATORS = ["shared aggregate", "counterfactual MCMC", "counterfactual mean", "interpolation"]
 SOURCES = ["duplicates", *GENERATORS, "more real AD"]
 METRICS = ["balanced_accuracy", "auroc"]
 
@@ -96,8 +94,7 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
     extras, quality = draw_every_generator(shared, x_cn, x_ad, n_max, seed, "CN", "AD", truth, args.generators)
     extras.update({"duplicates": duplicate_copies(x_ad, n_max, seed), "more real AD": more_real})
     if seed == args.seeds[0]:  # what the scans look like: counterfactuals beside their source and truth
-        panels = [("real AD (training)", x_ad), *[(n, extras[n]) for n in ("shared aggregate", "aggregate texture")
-                                                   if n in extras]]
+        panels = [("real AD (training)", x_ad), *[(n, extras[n]) for n in ("shared aggregate",) if n in extras]]
         if "counterfactual MCMC" in extras:
             panels += [("CN source of each counterfactual", x_cn[order]), ("counterfactual MCMC", extras["counterfactual MCMC"]),
                        ("true AD version of the source", truth[order])]
@@ -126,9 +123,9 @@ def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n
     order = torch.randperm(len(x_major), generator=torch.Generator().manual_seed(seed))[:n_max]
     extras, quality = {}, []
     t0 = time.perf_counter()
-    for name, detail in (("shared aggregate", "nearest"), ("aggregate texture", "texture")):
-        if name in names:
-            extras[name], _ = draw_synthetic(class_view(shared, minor), n_max, x_minor, seed + 1, fine_detail=detail)
+    if "shared aggregate" in names:
+        extras["shared aggregate"], _ = draw_synthetic(class_view(shared, minor), n_max, x_minor, seed + 1,
+                                                       fine_detail="nearest")
     for name, how in (("counterfactual MCMC", "mcmc"), ("counterfactual mean", "mean")):
         if name not in names:
             continue

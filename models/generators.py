@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .counterfactual import counterfactuals, interpolations
-from .fine_detail import FineDetail, TextureDetail
+from .fine_detail import FineDetail
 from .options import AugmentConfig, FineDetailPolicy
 from .report import near_copy_threshold, nearest_real
 
@@ -103,18 +103,13 @@ def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies:
     threshold = near_copy_threshold(train_x, copy_fraction)
     if threshold <= 0:  # one training scan: no audit can tell a copy of it, so no real detail either
         fine_detail = "none"
-    detail = (FineDetail(model, train_x, sigma=detail_sigma) if fine_detail == "nearest"
-              else TextureDetail(model, train_x) if fine_detail == "texture" else None)
-    texture_gen = torch.Generator().manual_seed(seed)  # the texture's noise, on the CPU like the scans
-
-    def with_detail(means: torch.Tensor) -> torch.Tensor:
-        return detail(means, texture_gen) if fine_detail == "texture" else detail(means)
+    detail = FineDetail(model, train_x, sigma=detail_sigma) if fine_detail == "nearest" else None
 
     def draw(k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """k scans as delivered (with fine detail if asked), and their decoder means alone."""
         means = model.sample(k, generator=gen).cpu()
         clipped = means.clamp(*VALUE_RANGE)
-        return (with_detail(means).clamp(*VALUE_RANGE) if detail is not None else clipped), clipped
+        return (detail(means).clamp(*VALUE_RANGE) if detail is not None else clipped), clipped
 
     def too_near(scans: torch.Tensor) -> torch.Tensor:
         return nearest_real(train_x, scans)[0] < threshold

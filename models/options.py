@@ -21,7 +21,7 @@ from .targets import MAX_SYNTHETIC_PER_CLASS
 NEAR_COPY_FRACTION = 0.5
 
 # What new scans get on top of the decoder's mean (AugmentConfig.fine_detail, models/fine_detail.py).
-FineDetailPolicy = Literal["texture", "nearest", "none"]
+FineDetailPolicy = Literal["nearest", "none"]
 
 # How new minority scans are made (AugmentConfig.generator, models/generators.py).
 GeneratorKind = Literal["aggregate", "counterfactual", "interpolation"]
