@@ -85,8 +85,9 @@ def test_real_images_equal_the_inputs_pixel_for_pixel(balanced, png_cohort):
 
 
 def test_the_settled_preprocessing_is_stored_with_the_model(balanced):
-    meta = json.loads(next((balanced / "models" / "top").rglob("*.json")).read_text())
-    pre = meta["preprocess"]
+    saved = json.loads((balanced / "models" / "shared" / "config.json").read_text())
+    assert saved["model"]["data_shape"] == [1, 28, 28]  # no resize to 32 x 32
+    pre = saved["meta"]["preprocess"]
     assert pre["target_shape"] == [28, 28] and pre["crop_foreground"] is False
     assert pre["intensity_scale"] == "cohort" and pre["intensity_range"] == [0.0, 255.0]
 
