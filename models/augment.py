@@ -49,8 +49,8 @@ from .data import (
     target_affine,
 )
 from .data.io import share_like_umask
-from .data.settle import OutputFormat, output_format, settle_preprocess
 from .data.quality import preprocessed_problem, raw_problem, refuse
+from .data.settle import OutputFormat, output_format, settle_preprocess
 from .factory import build_model
 from .fine_detail import reconstruct
 from .generators import VALUE_RANGE, DrawRequest, Draws, draw
