@@ -267,7 +267,7 @@ def cmd_sample(args) -> int:
     from models import load
     from models.augment import write_synthetic
     from models.conditional import for_class
-    from models.data import PreprocessConfig, target_affine
+    from models.data import PreprocessConfig, output_format, target_affine
     from models.data.io import share_like_umask
     from models.targets import MAX_SYNTHETIC_PER_CLASS
 
@@ -280,7 +280,8 @@ def cmd_sample(args) -> int:
     model, label = for_class(model, meta, args.label, "--class")
     label = label or "synthetic"
     pre = PreprocessConfig(**meta["preprocess"]) if "preprocess" in meta else None
-    affine = target_affine(pre) if pre else np.eye(4)
+    # PNGs for a model of a PNG cohort (its settled preprocessing says so), NIfTI otherwise
+    affine = output_format(pre, target_affine(pre)) if pre else np.eye(4)
     with StageBar(f"sample {label}") as bar:
         _, names = write_synthetic(model, args.n, out, label, affine, seed=args.seed,
                                    model_id=str(Path(args.model).resolve()),

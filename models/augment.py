@@ -289,7 +289,7 @@ def _source_name(item, cohort: Cohort, how: str) -> str:
 def _write_real(cohort: Cohort, x: torch.Tensor, pre: PreprocessConfig, staging: Path,
                 mode: str, source_paths: str) -> list[dict[str, str]]:
     """Write every real scan into ``real/<class>/`` and return its manifest rows."""
-    out = output_format(cohort, pre, target_affine(pre))
+    out = output_format(pre, target_affine(pre))
     rows, taken = [], set()
     for item, scan in zip(cohort, x):
         base = item.path.name if mode == "raw" else _stem(item.path) + out.suffix
@@ -545,7 +545,7 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
               wanted: dict[str, int], pre: PreprocessConfig, config: AugmentConfig, staging: Path,
               report: Progress, should_stop, job_id: str, checkpoints: ClassCheckpoints | None,
               notes: list[str]) -> AugmentResult:
-    affine = output_format(real, pre, target_affine(pre))  # PNG for a PNG cohort (models/data/settle.py)
+    affine = output_format(pre, target_affine(pre))  # PNG for a PNG cohort (models/data/settle.py)
     classes = [c for c, n in wanted.items() if n > 0]
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
     manifest_rows = list(rows)

@@ -296,7 +296,7 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
     from models import load
     from models.augment import sampler_label, write_synthetic
     from models.conditional import ClassView, for_class
-    from models.data import PreprocessConfig, target_affine
+    from models.data import PreprocessConfig, output_format, target_affine
 
     ctx.progress(0.0, "loading model")
     model, sampler, meta = load(_model_path(ctx, p.model), device=ctx.device)
@@ -306,7 +306,9 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
         raise InvalidParams(str(err)) from None
     label = label or "all"
     # Without a recorded preprocessing (a model trained on tensors) there is no scanner space.
-    affine = target_affine(PreprocessConfig(**meta["preprocess"])) if meta.get("preprocess") else np.eye(4)
+    # A model of a PNG cohort delivers PNGs (its settled preprocessing says so; models.data.settle).
+    pre = PreprocessConfig(**meta["preprocess"]) if meta.get("preprocess") else None
+    affine = output_format(pre, target_affine(pre)) if pre else np.eye(4)
 
     def on_batch(done: int) -> None:
         ctx.check()

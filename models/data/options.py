@@ -49,6 +49,9 @@ class PreprocessConfig(BaseModel):
     upper_percentile: float = Field(99.0, ge=0, le=100)
     intensity_range: tuple[float, float] | None = Field(
         None, description="intensity_scale 'cohort': the raw values mapped to 0 and 1")
+    # Filled from the cohort (models.data.settle): the bit depth of a PNG/JPEG cohort, whose
+    # scans are then delivered as PNGs of that depth; None for other files.
+    image_bits: Literal[8, 16] | None = None
     # NaN or infinite voxels (some pipelines write NaN outside the brain) are refused unless the
     # user says they are background: then they read as 0. Never a silent fix.
     nan_to_zero: bool = False

@@ -1,7 +1,8 @@
 """What a preprocessing config leaves to the cohort, and how scans go back out to files.
 
 ``settle_preprocess`` fills in the settings that depend on the cohort: the native size
-(``target_shape: null``) and the cohort-wide intensity range (``intensity_scale: cohort``). The
+(``target_shape: null``), the cohort-wide intensity range (``intensity_scale: cohort``) and the
+bit depth of a PNG/JPEG cohort (``image_bits``). The
 settled config is what models are stored with, so a synthetic scan maps back through the same
 range as the real ones. ``output_format`` picks how scans are delivered: PNG for a cohort of
 PNG/JPEG images (at their bit depth), NIfTI otherwise. Torch-free.
@@ -34,10 +35,12 @@ def settle_preprocess(pre: PreprocessConfig, cohort: Cohort, rows: Sequence[int]
     both are given). ``rows``: the train rows the percentiles come from (default: every row);
     the bit-depth range of PNG/JPEG images needs no rows (the format fixes it)."""
     update: dict[str, Any] = {}
+    if pre.image_bits is None and pre.spatial_dims == 2 and _all_images(cohort):
+        update["image_bits"] = max(image_bit_depth(item.path) for item in cohort)
     if pre.target_shape is None:
         update["target_shape"] = native_shape(cohort, pre)
     if pre.intensity_scale == "cohort" and pre.intensity_range is None:
-        update["intensity_range"] = cohort_range(cohort, pre, rows)
+        update["intensity_range"] = cohort_range(cohort, pre.model_copy(update=update), rows)
     return pre.model_copy(update=update) if update else pre
 
 
@@ -62,8 +65,8 @@ def cohort_range(cohort: Cohort, pre: PreprocessConfig, rows: Sequence[int] | No
     (exactly invertible: 8-bit in, the same 8-bit values out); otherwise the lower and upper
     percentiles of the values of ``rows`` pooled (train rows only, so held-out scans do not
     shape the scale)."""
-    if _all_images(cohort):
-        return 0.0, float(2 ** max(image_bit_depth(item.path) for item in cohort) - 1)
+    if pre.image_bits is not None:
+        return 0.0, float(2**pre.image_bits - 1)
     picked = list(rows) if rows is not None else list(range(len(cohort)))
     samples = []
     for k in picked or range(len(cohort)):
@@ -95,12 +98,12 @@ class OutputFormat:
         return write_scan(path, array, self.affine)
 
 
-def output_format(cohort: Cohort, pre: PreprocessConfig, affine: Any) -> OutputFormat:
-    """PNG for a settled 2-D cohort of PNG/JPEG images whose scale is their bit range; NIfTI
-    for every other cohort (volumes, 2-D NIfTI, images scaled per scan: values that no longer
-    stand for grey levels)."""
+def output_format(pre: PreprocessConfig, affine: Any) -> OutputFormat:
+    """PNG at the input's bit depth for a settled config of a PNG/JPEG cohort scaled by one
+    range; NIfTI for every other (volumes, 2-D NIfTI, images scaled per scan: values that no
+    longer stand for grey levels). Models store the settled config, so ``mcvae sample`` and
+    the workers' sample jobs deliver the same format as the augmentation did."""
     grey = pre.intensity_range
-    if pre.spatial_dims == 2 and pre.intensity_scale == "cohort" and grey is not None and _all_images(cohort):
-        bits = 16 if grey[1] > 255 else 8
-        return OutputFormat(".png", affine, bits, grey)
+    if pre.image_bits is not None and pre.intensity_scale == "cohort" and grey is not None:
+        return OutputFormat(".png", affine, pre.image_bits, grey)
     return OutputFormat(".nii.gz", affine)

@@ -90,6 +90,16 @@ def test_the_settled_preprocessing_is_stored_with_the_model(balanced):
     pre = saved["meta"]["preprocess"]
     assert pre["target_shape"] == [28, 28] and pre["crop_foreground"] is False
     assert pre["intensity_scale"] == "cohort" and pre["intensity_range"] == [0.0, 255.0]
+    assert pre["image_bits"] == 8
+
+
+def test_sampling_the_saved_model_gives_pngs_too(balanced, tmp_path):
+    out = tmp_path / "drawn"
+    assert main(["sample", str(balanced / "models" / "shared"), "--class", "top", "-n", "2", "--out", str(out)]) == 0
+    drawn = sorted(out.glob("*.png"))
+    assert len(drawn) == 2 and not list(out.glob("*.nii.gz"))
+    with Image.open(drawn[0]) as image:
+        assert image.mode == "L" and image.size == (28, 28)
 
 
 def test_the_montage_is_upright(balanced, png_cohort):

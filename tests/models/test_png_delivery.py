@@ -34,9 +34,9 @@ def test_16_bit_pngs_round_trip_through_the_cohort_scale(tmp_path):
     cohort = _pngs(tmp_path / "c", {"a": arrays[:2], "b": arrays[2:]})
     pre = settle_preprocess(PreprocessConfig(spatial_dims=2), cohort)
     # the native size as array axes (x, y) = (width, height), and the 16-bit range
-    assert pre.target_shape == (13, 20) and pre.intensity_range == (0.0, 65535.0)
+    assert pre.target_shape == (13, 20) and pre.intensity_range == (0.0, 65535.0) and pre.image_bits == 16
     x = load_tensors(cohort, pre)
-    out = output_format(cohort, pre, target_affine(pre))
+    out = output_format(pre, target_affine(pre))
     assert out.suffix == ".png" and out.bits == 16
     for k, (item, scan) in enumerate(zip(cohort, x)):
         written = out.write(tmp_path / "out" / f"{k}.png", scan[0].numpy())
@@ -69,8 +69,8 @@ def test_2d_nifti_slices_share_the_train_rows_percentiles_and_stay_nifti(tmp_pat
     only_first = settle_preprocess(PreprocessConfig(spatial_dims=2), cohort, rows=[0])
     every = settle_preprocess(PreprocessConfig(spatial_dims=2), cohort)
     assert only_first.intensity_range[1] < every.intensity_range[1]  # train rows only shape the scale
-    assert only_first.target_shape == (12, 12)
-    assert output_format(cohort, every, target_affine(every)).suffix == ".nii.gz"
+    assert only_first.target_shape == (12, 12) and only_first.image_bits is None
+    assert output_format(every, target_affine(every)).suffix == ".nii.gz"
 
 
 def test_volumes_keep_per_scan_scaling_and_nifti():
