@@ -86,5 +86,5 @@ def test_native_size_with_resampling_is_refused(tmp_path):
 
 def test_a_settled_config_is_kept_as_it_is(tmp_path):
     cohort = _pngs(tmp_path / "c", {"a": [np.zeros((8, 8), np.uint8)], "b": [np.zeros((8, 8), np.uint8)]})
-    given = PreprocessConfig(spatial_dims=2, target_shape=(4, 4), intensity_range=(0.0, 100.0))
+    given = PreprocessConfig(spatial_dims=2, target_shape=(4, 4), intensity_range=(0.0, 100.0), image_bits=8)
     assert settle_preprocess(given, cohort) is given
