@@ -178,7 +178,11 @@ def test_a_stopped_augmentation_resumes_its_class_model_from_the_last_checkpoint
 
 SHARED_AUGMENT = {"preprocess": TINY_PREPROCESS, "model": {"arch": "mlp", "latent_dims": [4], "hidden": [32]},
                   "sampler": {"kind": "mala", "n_steps": 2}, "train": {"batch_size": 4},
-                  "pretrain_steps": 20, "mcmc_steps": 10, "model_scope": "shared", "check_steps": 10}
+                  "pretrain_steps": 20, "mcmc_steps": 10, "model_scope": "shared", "check_steps": 10,
+                  # every draw delivered: whether a draw of this 33-step model lands just inside the
+                  # near-copy threshold differs between the whole and the resumed run (weights equal
+                  # to 1e-4), and the resumed run's count is not what this file tests
+                  "near_copies": "keep"}
 
 
 def test_a_stopped_shared_augmentation_resumes_its_model_from_the_last_checkpoint(store, settings, dataset):
