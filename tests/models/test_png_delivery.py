@@ -88,3 +88,16 @@ def test_a_settled_config_is_kept_as_it_is(tmp_path):
     cohort = _pngs(tmp_path / "c", {"a": [np.zeros((8, 8), np.uint8)], "b": [np.zeros((8, 8), np.uint8)]})
     given = PreprocessConfig(spatial_dims=2, target_shape=(4, 4), intensity_range=(0.0, 100.0), image_bits=8)
     assert settle_preprocess(given, cohort) is given
+
+
+def test_inspecting_images_of_different_sizes_warns_instead_of_failing(tmp_path):
+    from models.data import summarize
+
+    block = np.zeros((16, 16), np.uint8)
+    block[:8, :8] = 200
+    wide = np.zeros((16, 20), np.uint8)
+    wide[:8, :8] = 200
+    cohort = _pngs(tmp_path / "c", {"a": [block, block], "b": [wide, block]})
+    summary = summarize(cohort)
+    assert summary["quality"] == [] or all("differ in size" not in q["problem"] for q in summary["quality"])
+    assert any("differ in size" in w and "target_shape" in w for w in summary["warnings"])
