@@ -222,7 +222,7 @@ def cmd_train(args) -> int:
 
     from models import save
     from models.augment import ModelConfig, fit_class_model, resolve_preprocess, training_rows
-    from models.data import Cohort, CohortError, load_tensors, read_cohort
+    from models.data import Cohort, CohortError, load_tensors, read_cohort, settle_preprocess
     from models.data.io import share_like_umask
     from models.report import training_curves
 
@@ -233,9 +233,10 @@ def cmd_train(args) -> int:
     cohort = read_cohort(args.source)
     if args.label not in cohort.classes:
         raise CohortError(f"class '{args.label}' is not in the cohort (classes: {', '.join(cohort.classes)})")
-    pre = resolve_preprocess(config.preprocess, cohort.spatial_dims)
     # The same rows augment would learn from: the train split when the cohort has one.
     real = Cohort([i for i in cohort if not i.synthetic], cohort.source, cohort.notes)
+    # the native size and the cohort-wide intensity range, as augment settles them
+    pre = settle_preprocess(resolve_preprocess(config.preprocess, cohort.spatial_dims), real, training_rows(real))
     picked = [i for i in training_rows(real) if real.items[i].label == args.label]
     training = Cohort([real.items[i] for i in picked], cohort.source, cohort.notes)
     if not training.items:
@@ -266,7 +267,7 @@ def cmd_sample(args) -> int:
     from models import load
     from models.augment import write_synthetic
     from models.conditional import for_class
-    from models.data import PreprocessConfig, target_affine
+    from models.data import PreprocessConfig, output_format, target_affine
     from models.data.io import share_like_umask
     from models.targets import MAX_SYNTHETIC_PER_CLASS
 
@@ -279,7 +280,8 @@ def cmd_sample(args) -> int:
     model, label = for_class(model, meta, args.label, "--class")
     label = label or "synthetic"
     pre = PreprocessConfig(**meta["preprocess"]) if "preprocess" in meta else None
-    affine = target_affine(pre) if pre else np.eye(4)
+    # PNGs for a model of a PNG cohort (its settled preprocessing says so), NIfTI otherwise
+    affine = output_format(pre, target_affine(pre)) if pre else np.eye(4)
     with StageBar(f"sample {label}") as bar:
         _, names = write_synthetic(model, args.n, out, label, affine, seed=args.seed,
                                    model_id=str(Path(args.model).resolve()),

@@ -5,8 +5,9 @@ The output is one cohort in one space, self-contained (every manifest row resolv
     manifest.csv             path,label,split,synthetic,source_path (paths relative to this folder)
     real/<class>/*.nii.gz    every real scan, preprocessed: the synthetic scans' grid, affine,
                              orientation and [0, 1] intensity scale, header free text cleared
-                             (``real_scans="raw"``: byte copies of the inputs instead)
-    synthetic/<class>/       syn_<class>_00000.nii.gz + .json sidecar (model, seed, sampler, ...)
+                             (``real_scans="raw"``: byte copies of the inputs instead); a
+                             PNG/JPEG cohort gets PNGs at its bit depth and orientation instead
+    synthetic/<class>/       syn_<class>_00000.nii.gz (.png likewise) + .json sidecar (model, seed, ...)
     report/                  summary.txt, metrics.json, montage_<class>.png, curves_<class>.png
     models/<class>/          the trained model of each class that got synthetic scans
 
@@ -46,10 +47,10 @@ from .data import (
     load_tensors,
     read_cohort,
     target_affine,
-    write_scan,
 )
 from .data.io import share_like_umask
 from .data.quality import preprocessed_problem, raw_problem, refuse
+from .data.settle import OutputFormat, output_format, settle_preprocess
 from .factory import build_model
 from .fine_detail import reconstruct
 from .generators import VALUE_RANGE, DrawRequest, Draws, draw
@@ -181,7 +182,8 @@ def augment(
     train_idx = training_rows(real)
     train_counts = {c: sum(1 for i in train_idx if real.items[i].label == c) for c in real.classes}
     wanted = synthetic_counts(train_counts, target, config.max_per_class)
-    pre = resolve_preprocess(config.preprocess, real.spatial_dims)
+    # the native size and the cohort-wide intensity range, from the cohort (models/data/settle.py)
+    pre = settle_preprocess(resolve_preprocess(config.preprocess, real.spatial_dims), real, train_idx)
     staging = _staging_dir(out_dir)
     cache = Path(cache_dir) if cache_dir else staging / ".cache"
     try:
@@ -287,10 +289,10 @@ def _source_name(item, cohort: Cohort, how: str) -> str:
 def _write_real(cohort: Cohort, x: torch.Tensor, pre: PreprocessConfig, staging: Path,
                 mode: str, source_paths: str) -> list[dict[str, str]]:
     """Write every real scan into ``real/<class>/`` and return its manifest rows."""
-    affine = target_affine(pre)
+    out = output_format(pre, target_affine(pre))
     rows, taken = [], set()
     for item, scan in zip(cohort, x):
-        base = item.path.name if mode == "raw" else _stem(item.path) + ".nii.gz"
+        base = item.path.name if mode == "raw" else _stem(item.path) + out.suffix
         name, k = base, 1
         while (item.label, name.lower()) in taken:  # two inputs of one name (folders, a CSV)
             name, k = f"{k}_{base}", k + 1
@@ -300,7 +302,7 @@ def _write_real(cohort: Cohort, x: torch.Tensor, pre: PreprocessConfig, staging:
             target.parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if item.path.is_dir() else shutil.copyfile)(item.path, target)
         else:
-            write_scan(target, scan[0].numpy(), affine)
+            out.write(target, scan[0].numpy())
         rows.append({"path": f"real/{item.label}/{name}", "label": item.label, "split": item.split or TRAIN,
                      "synthetic": "false", "source_path": _source_name(item, cohort, source_paths)})
     return rows
@@ -405,15 +407,17 @@ def fit_learning_subjects(fit: Callable[[int, int], Any], spreads: Callable[[Any
 
 def write_scans(scans: torch.Tensor, out_dir: Path, label: str, affine, sidecar: dict[str, Any],
                 per_scan: list[dict[str, Any]] | None = None) -> list[str]:
-    """Write scans as ``syn_<label>_<i>.nii.gz`` plus a JSON sidecar each (``sidecar``, and
-    ``per_scan[i]`` for scan i); return the names."""
+    """Write scans as ``syn_<label>_<i>.nii.gz`` (``affine``: a 4x4 array) or in the cohort's own
+    format (``affine``: an OutputFormat, e.g. ``.png``), plus a JSON sidecar each (``sidecar``,
+    and ``per_scan[i]`` for scan i); return the names."""
+    out = affine if isinstance(affine, OutputFormat) else OutputFormat(".nii.gz", affine)
     names = []
     for i, scan in enumerate(scans):
-        name = f"syn_{label}_{i:05d}.nii.gz"
-        path = write_scan(out_dir / name, scan[0].numpy(), affine)
+        name = f"syn_{label}_{i:05d}{out.suffix}"
+        path = out.write(out_dir / name, scan[0].numpy())
         meta = {"synthetic": True, "class": label, **sidecar, **(per_scan[i] if per_scan else {}), "index": i,
-                "shape": list(scan.shape[1:]), "affine": [list(map(float, r)) for r in affine]}
-        path.with_name(name.replace(".nii.gz", ".json")).write_text(json.dumps(meta, indent=2))
+                "shape": list(scan.shape[1:]), "affine": [list(map(float, r)) for r in out.affine]}
+        path.with_name(name[: -len(out.suffix)] + ".json").write_text(json.dumps(meta, indent=2))
         names.append(name)
     return names
 
@@ -541,7 +545,7 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
               wanted: dict[str, int], pre: PreprocessConfig, config: AugmentConfig, staging: Path,
               report: Progress, should_stop, job_id: str, checkpoints: ClassCheckpoints | None,
               notes: list[str]) -> AugmentResult:
-    affine = target_affine(pre)
+    affine = output_format(pre, target_affine(pre))  # PNG for a PNG cohort (models/data/settle.py)
     classes = [c for c, n in wanted.items() if n > 0]
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
     manifest_rows = list(rows)

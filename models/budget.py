@@ -181,6 +181,8 @@ def train_estimate(preprocess: Mapping[str, Any], model: Mapping[str, Any], trai
         cfg = TrainConfig(**{k: v for k, v in train.items() if k != "device"})
     except (ValidationError, TypeError):
         return None
+    if pre.target_shape is None:
+        return None  # the native size is known once the scans are read (MCVAE_MAX_SCAN_VOXELS bounds it)
     shape = (1, *pre.target_shape)
     try:
         net = ModelConfig(**{"data_shape": shape, **model})
@@ -204,6 +206,8 @@ def augment_estimate(config: Mapping[str, Any]) -> Estimate | None:
     except (ValidationError, TypeError):
         return None
     pre = cfg.preprocess or PreprocessConfig()
+    if pre.target_shape is None:
+        return None  # the native size is known once the scans are read (MCVAE_MAX_SCAN_VOXELS bounds it)
     m = cfg.model
     network = Network(shape=tuple(pre.target_shape), arch=m.arch, channels=tuple(m.channels),
                       hidden=tuple(m.hidden), latent_dims=tuple(m.latent_dims),

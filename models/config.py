@@ -118,12 +118,6 @@ class ModelConfig(_Config):
                 raise ValueError(
                     f"data_shape: conv networks need 2-D or 3-D data, got {len(spatial)} spatial dims"
                 )
-            factor = 2 ** len(self.channels)
-            if any(s % factor for s in spatial):
-                raise ValueError(
-                    f"data_shape: spatial sizes {spatial} must be divisible by {factor} "
-                    f"(2 ** len(channels)) for the conv networks"
-                )
         return self
 
     @property
@@ -131,12 +125,29 @@ class ModelConfig(_Config):
         return len(self.data_shape) - 1
 
     @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """The spatial sizes the networks work on. The conv networks halve every size once per
+        entry of ``channels``, so they pad the data at the far end of each axis up to the next
+        multiple of 2 ** len(channels) and crop their output back: any size works (28 x 28 runs
+        on a 32 x 32 grid) and the model's input and output keep the data's own shape."""
+        spatial = tuple(self.data_shape[1:])
+        if self.arch not in ("conv", "hconv"):
+            return spatial
+        factor = 2 ** len(self.channels)
+        return tuple(-(-s // factor) * factor for s in spatial)
+
+    @property
+    def bottleneck_shape(self) -> tuple[int, ...]:
+        """conv, hconv: the spatial sizes after the last down-sampling stage."""
+        factor = 2 ** len(self.channels)
+        return tuple(s // factor for s in self.grid_shape)
+
+    @property
     def layer_sizes(self) -> list[int]:
         """Units per latent layer in chain space, bottom first (a map counts all its voxels)."""
         if self.arch != "hconv":
             return list(self.latent_dims)
-        factor = 2 ** len(self.channels)
-        bottleneck = [s // factor for s in self.data_shape[1:]]
+        bottleneck = self.bottleneck_shape
         n_maps = len(self.latent_channels)
         sizes = [c * math.prod(b * 2 ** (n_maps - 1 - k) for b in bottleneck)
                  for k, c in enumerate(self.latent_channels)]

@@ -40,7 +40,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .likelihoods import build_likelihood
-from .networks import ACTIVATION, _conv, mlp
+from .networks import ACTIVATION, CropToData, PadToGrid, _conv, mlp
 from .vae import LOG_STD_RANGE, VAE, _normal_log_prob, _randn, _standard_normal_log_prob, soft_bound
 
 
@@ -58,8 +58,7 @@ class SpatialHVAE(VAE):
         self.latent_dims = cfg.layer_sizes  # maps (finest first), then the top vector
         self.latent_dim = sum(self.latent_dims)
         n_classes, n_maps = cfg.n_classes, len(cfg.latent_channels)
-        factor = 2 ** len(cfg.channels)
-        self.bottleneck = tuple(s // factor for s in cfg.data_shape[1:])
+        self.bottleneck = cfg.bottleneck_shape  # of the padded grid (networks.PadToGrid)
         widths = list(reversed(cfg.channels))  # channels of h per level, bottleneck first
         # map k (0 = top map) at level k: channels and spatial shape of its latent
         self.map_shapes = [(c, *(b * 2**k for b in self.bottleneck))
@@ -72,6 +71,7 @@ class SpatialHVAE(VAE):
             stages.append(_conv(cfg, c_in, c_out, strides=2))
             c_in = c_out
         self.encoder_stages = nn.ModuleList(stages)
+        self.pad, self.crop = PadToGrid(cfg), CropToData(cfg)
         feature_dim = cfg.channels[-1] * math.prod(self.bottleneck)
         self.posterior_top = mlp(feature_dim + n_classes, (cfg.hidden[-1],), 2 * top_dim)
         self.map_posteriors = nn.ModuleList(
@@ -112,7 +112,7 @@ class SpatialHVAE(VAE):
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder stage outputs, coarsest (bottleneck) first."""
-        out, h = [], x
+        out, h = [], self.pad(x)
         for stage in self.encoder_stages:
             h = stage(h)
             out.append(h)
@@ -190,7 +190,7 @@ class SpatialHVAE(VAE):
         """Upsample the last map level's state to the data grid and apply the 1x1 head."""
         for up in self.up[max(len(self.map_shapes) - 1, 0):]:
             h = up(h)
-        return self.head(h)
+        return self.crop(self.head(h))
 
     # --------------------------------------------------- VAE's internals, overridden
     def _top_down(self, features, pick, top=None):

@@ -15,6 +15,7 @@ Two rules hold for every network here:
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 from monai.networks.blocks import Convolution
@@ -73,9 +74,34 @@ def _n_voxels(cfg: ModelConfig) -> int:
     return math.prod(cfg.data_shape)
 
 
+class PadToGrid(nn.Module):
+    """Zero-pads (B, C, *data spatial) at the far end of each axis to ``cfg.grid_shape``, the
+    sizes the strided convolutions can halve ``len(channels)`` times (a no-op when they match).
+    Zero is the background of the preprocessed [0, 1] scale."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        extra = [g - s for g, s in zip(cfg.grid_shape, cfg.data_shape[1:])]
+        # F.pad lists (before, after) pairs from the last axis backwards
+        self.padding = [p for e in reversed(extra) for p in (0, e)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(x, self.padding) if any(self.padding) else x
+
+
+class CropToData(nn.Module):
+    """Crops a (B, C, *grid) output back to the data's own spatial shape (PadToGrid's inverse)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.index = (slice(None), slice(None), *(slice(0, s) for s in cfg.data_shape[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.index]
+
+
 def _bottleneck_spatial(cfg: ModelConfig) -> tuple[int, ...]:
-    factor = 2 ** len(cfg.channels)
-    return tuple(s // factor for s in cfg.data_shape[1:])
+    return cfg.bottleneck_shape
 
 
 def _conv(cfg: ModelConfig, c_in: int, c_out: int, **kwargs) -> Convolution:
@@ -108,7 +134,10 @@ def build_encoder(cfg: ModelConfig) -> tuple[nn.Module, int]:
             stages.append(_conv(cfg, c_in, c_out, strides=2))  # halves every spatial size
             c_in = c_out
         features = cfg.channels[-1] * math.prod(_bottleneck_spatial(cfg))
-        return nn.Sequential(*stages, nn.Flatten()), features
+        # "pad" by name, first: the stages keep the parameter names "0", "1", ... that saved
+        # models (from before the padding) use.
+        named = [("pad", PadToGrid(cfg))] + [(str(k), m) for k, m in enumerate([*stages, nn.Flatten()])]
+        return nn.Sequential(OrderedDict(named)), features
     raise ValueError(f"arch: unknown kind {cfg.arch!r}")
 
 
@@ -144,5 +173,6 @@ def build_decoder(cfg: ModelConfig, in_dim: int) -> nn.Module:
                 conv_only=True,
             )
         )
+        layers.append(CropToData(cfg))  # the grid's padding is not part of the data
         return nn.Sequential(*layers)
     raise ValueError(f"arch: unknown kind {cfg.arch!r}")

@@ -66,7 +66,9 @@ def montage_figure(real: Sequence[np.ndarray], synthetic: Sequence[np.ndarray], 
         for ax in axes[r]:
             ax.axis("off")
         for i, scan in enumerate(scans):
-            images = _planes(scan) if planes == 3 else [np.rot90(scan)]
+            # 2-D arrays are (x, y) with y running down the image, as load_scan reads a PNG:
+            # the transpose shows them as an image viewer does (rot90 turned them upside down).
+            images = _planes(scan) if planes == 3 else [scan.T]
             for p, image in enumerate(images):
                 ax = axes[r, i * planes + p]
                 ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0)

@@ -213,17 +213,22 @@ def train(ctx: JobContext, p: TrainParams) -> Outcome:
         build_sampler,
         save,
     )
-    from models.data import PreprocessConfig, load_tensors, read_cohort
+    from models.data import PreprocessConfig, load_tensors, read_cohort, settle_preprocess
 
     ctx.progress(0.0, "validating")
     preprocess = library_config(PreprocessConfig, p.preprocess, "preprocess")
     sampler_cfg = library_config(SamplerConfig, p.sampler, "sampler")
     train_cfg = library_config(TrainConfig, {**p.train, "device": ctx.device}, "train")
+    cohort = None
+    if preprocess.target_shape is None or (preprocess.intensity_scale == "cohort" and preprocess.intensity_range is None):
+        # 2-D defaults: the native size and one intensity range, both from the cohort
+        cohort = read_cohort(_dataset_path(ctx, p.dataset))
+        preprocess = settle_preprocess(preprocess, cohort)
     expected_shape = (1, *preprocess.target_shape)
     model_cfg = library_config(ModelConfig, {"data_shape": expected_shape, **p.model}, "model")
 
     ctx.progress(0.0, "loading data")
-    cohort = read_cohort(_dataset_path(ctx, p.dataset))
+    cohort = read_cohort(_dataset_path(ctx, p.dataset)) if cohort is None else cohort
     data = load_tensors(cohort, preprocess, ctx.cache_dir(p.dataset), label=p.label)
     if tuple(data.shape[1:]) != tuple(model_cfg.data_shape):
         raise InvalidParams(f"model.data_shape: {tuple(model_cfg.data_shape)} does not match the "
@@ -291,7 +296,7 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
     from models import load
     from models.augment import sampler_label, write_synthetic
     from models.conditional import ClassView, for_class
-    from models.data import PreprocessConfig, target_affine
+    from models.data import PreprocessConfig, output_format, target_affine
 
     ctx.progress(0.0, "loading model")
     model, sampler, meta = load(_model_path(ctx, p.model), device=ctx.device)
@@ -301,7 +306,9 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
         raise InvalidParams(str(err)) from None
     label = label or "all"
     # Without a recorded preprocessing (a model trained on tensors) there is no scanner space.
-    affine = target_affine(PreprocessConfig(**meta["preprocess"])) if meta.get("preprocess") else np.eye(4)
+    # A model of a PNG cohort delivers PNGs (its settled preprocessing says so; models.data.settle).
+    pre = PreprocessConfig(**meta["preprocess"]) if meta.get("preprocess") else None
+    affine = output_format(pre, target_affine(pre)) if pre else np.eye(4)
 
     def on_batch(done: int) -> None:
         ctx.check()

@@ -13,10 +13,11 @@ _EXPORTS = {
     "Cohort": ".cohort", "CohortItem": ".cohort", "read_cohort": ".cohort",
     "make_demo_cohort": ".demo", "make_demo_counterfactuals": ".demo", "make_demo_slices": ".demo",
     "CohortError": ".errors", "QualityError": ".errors", "ScanError": ".errors",
-    "load_scan": ".io", "scan_format": ".io", "write_scan": ".io",
+    "load_scan": ".io", "scan_format": ".io", "write_png": ".io", "write_scan": ".io",
     "PreprocessConfig": ".options", "QCConfig": ".options",
     "LoadScan": ".preprocess", "build_transforms": ".preprocess", "load_tensors": ".preprocess",
     "make_dataset": ".preprocess", "target_affine": ".preprocess",
+    "OutputFormat": ".settle", "output_format": ".settle", "settle_preprocess": ".settle",
     "format_summary": ".summary", "summarize": ".summary",
 }
 

@@ -180,6 +180,47 @@ def write_scan(path: str | Path, array: Any, affine: Any) -> Path:
     return path
 
 
+def image_bit_depth(path: str | Path) -> int:
+    """Bits per grey value of a PNG/JPEG as ``load_scan`` reads it: 16 for 16-bit greyscale
+    (PIL modes I;16*, I), 8 for the rest (colour and palette images are read as 8-bit grey).
+    Only the header is read."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return 16 if img.mode.startswith("I") else 8
+
+
+def write_png(path: str | Path, array: Any, bits: int, intensity_range: tuple[float, float]) -> Path:
+    """Write a 2-D scan in [0, 1] (array axes (x, y), as ``load_scan`` reads images) as an 8- or
+    16-bit greyscale PNG, atomically: values map back through ``intensity_range`` (what 0 and 1
+    stand for in the input's grey levels), are rounded and clipped to the bit depth, and the
+    array is transposed back to (row, column), so an image read and written back is unchanged."""
+    from PIL import Image
+
+    path = Path(path)
+    data = np.asarray(array, dtype=np.float64)
+    if data.ndim != 2 or data.size == 0:
+        raise ValueError(f"{path}: expected a non-empty 2-D array, got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise ValueError(f"{path}: refusing to write NaN or infinite pixels")
+    if bits not in (8, 16):
+        raise ValueError(f"{path}: PNG bit depth must be 8 or 16, got {bits}")
+    low, high = intensity_range
+    grey = np.clip(np.rint(low + data * (high - low)), 0, 2**bits - 1)
+    pixels = np.ascontiguousarray(grey.T.astype(np.uint8 if bits == 8 else np.uint16))
+    image = Image.fromarray(pixels)  # uint8: mode L, uint16: mode I;16
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        image.save(tmp, format="PNG")
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -24,6 +24,7 @@ from monai.transforms import (
     Orientation,
     Resize,
     ResizeWithPadOrCrop,
+    ScaleIntensityRange,
     ScaleIntensityRangePercentiles,
     Spacing,
     Transform,
@@ -33,6 +34,7 @@ from .cohort import Cohort
 from .errors import CohortError, ScanError
 from .io import load_scan
 from .options import PreprocessConfig
+from .settle import settle_preprocess
 
 __all__ = ["PreprocessConfig", "build_transforms", "load_tensors", "make_dataset", "target_affine"]
 
@@ -97,6 +99,9 @@ class AboveFraction:
 
 def build_transforms(cfg: PreprocessConfig) -> Compose:
     """The chain from a (spatial-only) MetaTensor to a (1, *target_shape) float32 MetaTensor."""
+    if cfg.target_shape is None:
+        raise ValueError("preprocess.target_shape: the native size needs the cohort "
+                         "(models.data.settle.settle_preprocess fills it in)")
     steps: list = [EnsureChannelFirst(channel_dim="no_channel")]
     if cfg.spatial_dims == 3:
         steps.append(Orientation(axcodes="RAS", labels=None))
@@ -111,13 +116,18 @@ def build_transforms(cfg: PreprocessConfig) -> Compose:
             ResizeWithPadOrCrop(cfg.target_shape),
         ]
     else:
+        # At the native size this is the identity (area averaging over one pixel each).
         steps.append(Resize(cfg.target_shape, mode="area"))
-    steps += [
-        ScaleIntensityRangePercentiles(
-            cfg.lower_percentile, cfg.upper_percentile, b_min=0.0, b_max=1.0, clip=True
-        ),
-        EnsureType(dtype=torch.float32),
-    ]
+    if cfg.intensity_scale == "cohort":
+        if cfg.intensity_range is None:
+            raise ValueError("preprocess.intensity_range: intensity_scale 'cohort' needs the cohort's "
+                             "range (models.data.settle.settle_preprocess fills it in)")
+        low, high = cfg.intensity_range
+        steps.append(ScaleIntensityRange(low, high, b_min=0.0, b_max=1.0, clip=True))
+    else:
+        steps.append(ScaleIntensityRangePercentiles(
+            cfg.lower_percentile, cfg.upper_percentile, b_min=0.0, b_max=1.0, clip=True))
+    steps.append(EnsureType(dtype=torch.float32))
     return Compose(steps)
 
 
@@ -155,6 +165,9 @@ def make_dataset(
             f"cohort holds {cohort.spatial_dims}-D scans but preprocessing expects "
             f"{cfg.spatial_dims}-D (spatial_dims)"
         )
+    # A config that leaves the size or the intensity range to the cohort (2-D defaults) is
+    # settled on the whole cohort given; augment settles it on the train rows beforehand.
+    cfg = settle_preprocess(cfg, cohort)
     data = [str(item.path) for item in items]
     transform = Compose([LoadScan(cfg.spatial_dims, cfg.nan_to_zero), build_transforms(cfg)])
     if cache_dir is None:

@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 from .cohort import Cohort
+from .errors import CohortError
 from .io import load_scan
 from .options import PreprocessConfig
 from .quality import preprocessed_problem, raw_problem
+from .settle import settle_preprocess
 
 
 def summarize(cohort: Cohort, quality: bool = True, preprocess=None) -> dict[str, Any]:
@@ -31,6 +33,12 @@ def summarize(cohort: Cohort, quality: bool = True, preprocess=None) -> dict[str
     """
     dims = cohort.spatial_dims
     cfg = preprocess or PreprocessConfig(spatial_dims=dims)
+    unsettled = None
+    if quality:
+        try:  # the native size and cohort-wide range augment would use (2-D defaults)
+            cfg = settle_preprocess(cfg, cohort)
+        except CohortError as err:  # images of different sizes: each is checked at its own
+            unsettled = str(err)
     shapes, spacings, orientations = Counter(), Counter(), Counter()
     ranges: dict[str, list[float]] = {}
     refused: list[dict[str, str]] = []
@@ -47,7 +55,7 @@ def summarize(cohort: Cohort, quality: bool = True, preprocess=None) -> dict[str
             if problem:
                 refused.append({"path": _shown(item.path, cohort), "problem": problem})
 
-    warnings = list(cohort.notes)
+    warnings = list(cohort.notes) + ([f"{unsettled} (augment would refuse the cohort)"] if unsettled else [])
     warnings += [f"{r['path']}: {r['problem']} (augment would refuse it)" for r in refused]
     synthetic = sum(1 for i in cohort if i.synthetic)
     if synthetic:
@@ -110,6 +118,11 @@ def _preprocessed_problem(data, affine, meta, cfg) -> str | None:
 
     from .preprocess import build_transforms
 
+    if cfg.target_shape is None:  # the cohort has no one native size: this scan's own
+        cfg = cfg.model_copy(update={"target_shape": tuple(data.shape)})
+    if cfg.intensity_scale == "cohort" and cfg.intensity_range is None:
+        low, high = float(np.min(data)), float(np.max(data))
+        cfg = cfg.model_copy(update={"intensity_range": (low, high if high > low else low + 1.0)})
     image = MetaTensor(torch.from_numpy(data), affine=torch.as_tensor(affine),
                        meta={"original_channel_dim": "no_channel"}, spatial_ndim=data.ndim)
     out = build_transforms(cfg)(image)

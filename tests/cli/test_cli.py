@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from monai.transforms import LoadImage
+from PIL import Image
 
 from mcvae_cli.main import main
 from models.data import make_demo_cohort, make_demo_slices
@@ -171,8 +172,10 @@ def test_augment_takes_a_2d_png_cohort(tmp_path, capsys):
     config.write_text(TINY_2D)
     out = tmp_path / "out"
     assert main(["augment", str(tmp_path / "slices"), "--out", str(out), "--config", str(config)]) == 0
-    scans = sorted((out / "synthetic" / "AD").glob("*.nii.gz"))
-    assert len(scans) == 3 and nib.load(scans[0]).shape == (16, 16)
+    # PNG in, PNG out (issue 25); the given target_shape resizes the 32 x 32 slices to 16 x 16
+    scans = sorted((out / "synthetic" / "AD").glob("*.png"))
+    assert len(scans) == 3 and np.asarray(Image.open(scans[0])).shape == (16, 16)
+    assert Image.open(scans[0]).mode == "L" and not list((out / "synthetic").rglob("*.nii.gz"))
 
 
 def test_inspect_and_demo_cohort(tmp_path, capsys):

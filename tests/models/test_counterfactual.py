@@ -131,7 +131,7 @@ def test_augment_counterfactuals_name_their_source_subject(slices_cohort, tmp_pa
     real_cn = {r["path"] for r in rows if r["synthetic"] == "false" and r["label"] == "CN"}
     sources = []
     for row in synthetic:
-        sidecar = json.loads((out / row["path"].replace(".nii.gz", ".json")).read_text())
+        sidecar = json.loads((out / row["path"].replace(".nii.gz", ".json").replace(".png", ".json")).read_text())
         assert sidecar["generator"] == "counterfactual" and sidecar["derived_from_real_subject"] is True
         assert sidecar["source"] in real_cn and sidecar["source_class"] == "CN"
         assert sidecar["rms_to_source"] > 0 and sidecar["rms_to_nearest_AD_train_scan"] > 0
@@ -161,7 +161,7 @@ def test_augment_interpolations_name_both_subjects(slices_cohort, tmp_path):
     real_ad = {r["path"] for r in rows if r["synthetic"] == "false" and r["label"] == "AD"}
     assert len(synthetic) == 3
     for row in synthetic:
-        sidecar = json.loads((out / row["path"].replace(".nii.gz", ".json")).read_text())
+        sidecar = json.loads((out / row["path"].replace(".nii.gz", ".json").replace(".png", ".json")).read_text())
         assert sidecar["generator"] == "interpolation" and 0.25 <= sidecar["weight"] <= 0.75
         assert len(set(sidecar["sources"])) == 2 and set(sidecar["sources"]) <= real_ad
 

@@ -136,7 +136,10 @@ def test_demo_preprocesses_with_default_config_without_cutting_the_brain(demo, t
 def test_demo_slices_preprocess_with_default_2d_config(tmp_path):
     cohort = make_demo_slices(tmp_path, n_control=2, n_ad=1, shape=(48, 40))
     x = load_tensors(cohort, PreprocessConfig(spatial_dims=2))
-    assert x.shape == (3, 1, 32, 32) and float(x.max()) == 1.0
+    # the native size (array axes x, y = width, height) and the 8-bit scale 0..255 -> 0..1
+    raw = np.stack([load_scan(item.path, spatial_dims=2)[0] for item in cohort])
+    assert x.shape == (3, 1, 48, 40)
+    np.testing.assert_allclose(x[:, 0].numpy(), raw / 255.0, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- difficulty

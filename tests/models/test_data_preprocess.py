@@ -46,7 +46,10 @@ def cohort(tmp_path):
 def test_config_broadcasts_and_validates():
     assert CFG.target_spacing == (4.0, 4.0, 4.0) and CFG.target_shape == (16, 16, 16)
     two_d = PreprocessConfig(spatial_dims=2)
-    assert two_d.target_shape == (32, 32) and two_d.target_spacing is None
+    # 2-D images keep their frame, size and grey levels (issue 25)
+    assert two_d.target_shape is None and two_d.target_spacing is None
+    assert not two_d.crop_foreground and two_d.intensity_scale == "cohort"
+    assert CFG.crop_foreground and CFG.intensity_scale == "scan"
     assert two_d.output_spacing == (1.0, 1.0)
     assert PreprocessConfig(spatial_dims=2, target_spacing=0.5).target_spacing == (0.5, 0.5)
     assert PreprocessConfig.model_validate_json(CFG.model_dump_json()) == CFG
@@ -166,6 +169,7 @@ def test_png_cohort_resized_to_target_shape(tmp_path):
     cohort = read_cohort(tmp_path)
     cfg = PreprocessConfig(spatial_dims=2, target_spacing=None, target_shape=(16, 16))
     x = load_tensors(cohort, cfg, cache_dir=tmp_path / ".cache")
-    assert x.shape == (4, 1, 16, 16) and float(x.min()) == 0.0 and float(x.max()) == 1.0
+    # the 8-bit range is the cohort's one scale: area averaging keeps the peak below 255 / 255
+    assert x.shape == (4, 1, 16, 16) and float(x.min()) == 0.0 and 0.8 < float(x.max()) < 1.0
     with_spacing = PreprocessConfig(spatial_dims=2, target_spacing=2.0, target_shape=(16, 16))
     assert load_tensors(cohort, with_spacing).shape == (4, 1, 16, 16)

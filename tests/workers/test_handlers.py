@@ -48,6 +48,13 @@ def run(kind, params, ctx):
     return HANDLERS[kind](ctx, SCHEMAS[kind].model_validate(params))
 
 
+def _grey(path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image, dtype=float)
+
+
 def test_training_resumed_from_a_checkpoint_ends_as_an_uninterrupted_run(store, settings, dataset):
     params = tiny_train_params(dataset, epochs=3, checkpoint_every=4)  # 9 scans, batch 4: 18 steps
     whole = run("train", params, JobContext("job-a", store, settings=settings))
@@ -86,9 +93,8 @@ def test_sample_and_evaluate_a_trained_model(store, settings, dataset):
     assert sidecar["synthetic"] is True and sidecar["class"] == "AD" and sidecar["model_id"] == "model-t"
     # a trained model samples from the aggregate posterior it fitted; the sidecar says so
     assert sidecar["latent_source"] == "aggregate" and sidecar["sampler"] == "mala-entropy-diag"
-    import nibabel as nib
-
-    assert nib.load(out / "scans" / "syn_AD_00000.nii.gz").shape == (8, 8)
+    # a model of a PNG cohort samples PNGs at its bit depth (issue 25)
+    assert _grey(out / "scans" / "syn_AD_00000.png").shape == (8, 8)
     assert (out / "manifest.csv").read_text().count("true") == 5
     assert sampled.metrics["n"] == 5 and store.verify("output-s")
 
@@ -162,18 +168,21 @@ def test_a_stopped_augmentation_resumes_its_class_model_from_the_last_checkpoint
     (model_a, _, _), (model_b, _, _) = load(store.path(whole.artifacts[1])), load(store.path(resumed.artifacts[1]))
     for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
-    scans_a = sorted((store.path(whole.artifacts[0]) / "synthetic" / "AD").glob("*.nii.gz"))
-    scans_b = sorted((store.path(resumed.artifacts[0]) / "synthetic" / "AD").glob("*.nii.gz"))
-    import nibabel as nib
-
+    scans_a = sorted((store.path(whole.artifacts[0]) / "synthetic" / "AD").glob("*.png"))
+    scans_b = sorted((store.path(resumed.artifacts[0]) / "synthetic" / "AD").glob("*.png"))
     assert len(scans_a) == len(scans_b) == 3
     for a, b in zip(scans_a, scans_b):
-        np.testing.assert_allclose(nib.load(a).get_fdata(), nib.load(b).get_fdata(), atol=1e-4)
+        # PNG slices in, 8-bit PNGs out: equal up to one grey level of rounding
+        np.testing.assert_allclose(_grey(a), _grey(b), atol=1)
 
 
 SHARED_AUGMENT = {"preprocess": TINY_PREPROCESS, "model": {"arch": "mlp", "latent_dims": [4], "hidden": [32]},
                   "sampler": {"kind": "mala", "n_steps": 2}, "train": {"batch_size": 4},
-                  "pretrain_steps": 20, "mcmc_steps": 10, "model_scope": "shared", "check_steps": 10}
+                  "pretrain_steps": 20, "mcmc_steps": 10, "model_scope": "shared", "check_steps": 10,
+                  # every draw delivered: whether a draw of this 33-step model lands just inside the
+                  # near-copy threshold differs between the whole and the resumed run (weights equal
+                  # to 1e-4), and the resumed run's count is not what this file tests
+                  "near_copies": "keep"}
 
 
 def test_a_stopped_shared_augmentation_resumes_its_model_from_the_last_checkpoint(store, settings, dataset):
@@ -206,13 +215,12 @@ def test_a_stopped_shared_augmentation_resumes_its_model_from_the_last_checkpoin
     assert meta_a["classes"] == meta_b["classes"] == ["AD", "CN"]
     for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
-    import nibabel as nib
-
-    scans_a = sorted((store.path("output-sh-a") / "synthetic" / "AD").glob("*.nii.gz"))
-    scans_b = sorted((store.path("output-sh-b") / "synthetic" / "AD").glob("*.nii.gz"))
+    scans_a = sorted((store.path("output-sh-a") / "synthetic" / "AD").glob("*.png"))
+    scans_b = sorted((store.path("output-sh-b") / "synthetic" / "AD").glob("*.png"))
     assert len(scans_a) == len(scans_b) == 3
     for a, b in zip(scans_a, scans_b):
-        np.testing.assert_allclose(nib.load(a).get_fdata(), nib.load(b).get_fdata(), atol=1e-4)
+        # PNG slices in, 8-bit PNGs out: equal up to one grey level of rounding
+        np.testing.assert_allclose(_grey(a), _grey(b), atol=1)
 
     # The tiny model learned the class mean only, so it was trained again from a fresh seed
     # (retrains: 1, the default), in a checkpoint series of its own.
@@ -240,7 +248,7 @@ def test_a_sample_job_draws_the_named_class_of_a_shared_model(store, settings, d
     out = run("sample", {"model": "model-sh-0", "n": 3, "label": "AD"}, JobContext("s1", store, settings=settings))
     assert out.metrics["label"] == "AD" and out.message == "sampled 3 scans of class 'AD'"
     scans = store.path("output-s1") / "scans"
-    assert sorted(p.name for p in scans.glob("*.nii.gz")) == [f"syn_AD_0000{i}.nii.gz" for i in range(3)]
+    assert sorted(p.name for p in scans.glob("*.png")) == [f"syn_AD_0000{i}.png" for i in range(3)]
     assert json.loads((scans / "syn_AD_00000.json").read_text())["class"] == "AD"
     assert (store.path("output-s1") / "manifest.csv").read_text().count(",AD,") == 3
     run("sample", {"model": "model-sh-0", "n": 3, "label": "CN"}, JobContext("s2", store, settings=settings))
@@ -295,13 +303,12 @@ def test_a_transfer_augmentation_stopped_in_its_base_model_resumes_it(store, set
     resumed = run("augment", params, again)
     assert "base model: resumed from step 8" in [e["message"] for e in again.events]
     assert resumed.metrics["resumed_from"] == {"(base)": 8}
-    import nibabel as nib
-
-    scans_a = sorted((store.path("output-tr-a") / "synthetic" / "AD").glob("*.nii.gz"))
-    scans_b = sorted((store.path("output-tr-b") / "synthetic" / "AD").glob("*.nii.gz"))
+    scans_a = sorted((store.path("output-tr-a") / "synthetic" / "AD").glob("*.png"))
+    scans_b = sorted((store.path("output-tr-b") / "synthetic" / "AD").glob("*.png"))
     assert len(scans_a) == len(scans_b) == 3
     for a, b in zip(scans_a, scans_b):
-        np.testing.assert_allclose(nib.load(a).get_fdata(), nib.load(b).get_fdata(), atol=1e-4)
+        # PNG slices in, 8-bit PNGs out: equal up to one grey level of rounding
+        np.testing.assert_allclose(_grey(a), _grey(b), atol=1)
 
 
 def test_an_augmentation_job_reports_its_utility_check_in_its_events(store, settings, dataset):
