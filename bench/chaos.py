@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, write_result
+from bench.common import machine, parse_args, write_result
 from bench.queue_overhead import _temp_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,7 +311,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=150, help="length of each training job")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--keep", action="store_true", help="keep the data folder and logs")
-    args = parser.parse_args()
+    args = parse_args(parser, {"fast": True, "epochs": 20})
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed")
 
