@@ -70,7 +70,7 @@ def test_quick_run_prints_its_table(name):
         pytest.skip(missing)
     # one thread: two threads on a busy 2-core machine (CI runs other tests beside) crawl
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "bench", name, "--quick"], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "bench", name, "--quick"], cwd=ROOT, capture_output=True, check=False,
                           text=True, timeout=280, env=env)
     tail = f"\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
     assert done.returncode == 0, tail
