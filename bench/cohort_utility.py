@@ -4,7 +4,7 @@ augmentation for a downstream classifier, and which generator makes the best one
 Per seed: a harder demo cohort (``make_demo_cohort(difficulty=D)``: subtler atrophy, anatomical
 and intensity heterogeneity, three scanner sites) of 60 CN + 6 AD for training and a held-out
 balanced 20 + 20 test cohort (demo seed 1000 + s, same difficulty) that no generator sees. The
-classifier recipe of bench/downstream.py (small 3-D CNN, 100 steps; ``--clf-recipe``: class-weighted
+classifier of models/classifier.py (small 3-D CNN, 100 steps; ``--clf-recipe``: class-weighted
 loss, the recipe until session 8, or class-balanced mini-batches) learns
 AD vs CN from the training set plus 1x / 2x / 5x the minority count of extra AD scans from:
 
@@ -25,8 +25,8 @@ batch 8), is trained again from a fresh seed when it learned its AD subjects too
 aggregate-posterior latents with near-copies of a training scan redrawn (models.augment.draw_synthetic);
 ``--fine-detail nearest`` adds augment's new default, the nearest training scan's fine detail. Counts are prefixes
 of the largest draw. Also per generator, over its 30 scans: KID against the held-out real AD scans
-(random-feature KID of bench/posterior_quality.py), sharpness ratios to the held-out real AD scans
-(bench/hierarchy.py), near-copies redrawn, and training seconds.
+(random-feature KID of bench/metrics.py), sharpness ratios to the held-out real AD scans
+(bench/metrics.py), near-copies redrawn, and training seconds.
 
     nice -n 15 python bench/cohort_utility.py --seeds 0 1 --tag _a    # one process per seed group
     nice -n 15 python bench/cohort_utility.py --seeds 2 3 4 --tag _b
@@ -289,7 +289,7 @@ def add_cohort_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n-test", type=int, default=20)
     ap.add_argument("--clf-steps", type=int, default=100)
     ap.add_argument("--clf-recipe", choices=RECIPES, default="weighted",
-                    help="how the classifier meets the class imbalance (bench/downstream.py train_classifier)")
+                    help="how the classifier meets the class imbalance (models/classifier.py RECIPES)")
 
 
 def main() -> None:

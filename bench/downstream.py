@@ -2,8 +2,8 @@
 
 For each seed: an imbalanced demo cohort (default 60 CN, 6 AD, 32^3) for training and a
 held-out balanced real test set (20 CN + 20 AD, demo seed 1000 + seed), both preprocessed with
-the default PreprocessConfig. A small 3-D CNN (the same recipe everywhere: fixed step budget,
-class-weighted cross-entropy) learns AD vs CN from
+the default PreprocessConfig. The small 3-D CNN of models/classifier.py (fixed step budget,
+"weighted" recipe: class-weighted cross-entropy) learns AD vs CN from
 
   real           the imbalanced real training set only
   classical      + MONAI RandAffine/Rand3DElastic copies of real AD scans

@@ -16,7 +16,7 @@ Figures per generator, over 30 synthetic AD scans:
 - sharpness: mean gradient magnitude (central differences, per voxel) and the fraction of
   spectral energy above half the Nyquist frequency, each as a ratio to the held-out real AD
   scans' value (1.0 = as sharp as real scans; smooth decoder means sit below 1);
-- KID against the 20 held-out real AD scans (random-feature KID of bench/posterior_quality.py),
+- KID against the 20 held-out real AD scans (random-feature KID of bench/metrics.py),
   with the floor of the 4 real training AD scans against the same 20;
 - memorisation audit (flagged near-copies of a training AD scan), train seconds.
 

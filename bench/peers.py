@@ -24,10 +24,10 @@ Figures per generator:
   maximum-likelihood value there). pythae and MONAI VAEs define no Gaussian variance of their
   own, so this makes the likelihoods comparable; mcvae's own learned variance is not used here.
 - KID between the 20 held-out real AD scans and the 30 synthetic scans (random-feature KID of
-  bench/posterior_quality.py), with the real-vs-real floor (6 training vs 20 test AD scans);
+  bench/metrics.py), with the real-vs-real floor (6 training vs 20 test AD scans);
 - diversity: mean pairwise RMS distance between the synthetic scans (real AD: the same between
   real scans); nearest-real-training-scan distance and flagged copies (memorisation audit);
-- downstream utility: the classifier recipe of bench/downstream.py on real + 1x and + 5x
+- downstream utility: the classifier of models/classifier.py ("weighted" recipe) on real + 1x and + 5x
   synthetic AD scans: balanced accuracy, AD recall, AUROC on the balanced test set.
 
     python bench/peers.py                 # seeds 0 1 2

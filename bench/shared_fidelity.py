@@ -1,7 +1,7 @@
 """Why do shared class-conditional models lose the AD shift on the hard cohort, and what fixes it?
 (issue 12, follow-up of bench/cohort_utility.py)
 
-Class fidelity is scored directly: a *reference* classifier (bench/downstream.py's CNN, 400 steps)
+Class fidelity is scored directly: a *reference* classifier (models/classifier.py's CNN, 400 steps)
 is trained on a large real cohort of the same difficulty that no generator sees (100 CN + 100 AD,
 demo seed 500 + s) and gives each synthetic AD scan a probability of AD. Real held-out AD and CN
 scans give the scale (their mean P(AD) and the reference's AUROC). Per variant, over 30 synthetic
