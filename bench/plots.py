@@ -29,7 +29,8 @@ def plot_montage(rows: list[tuple[str, torch.Tensor]], path: Path, seed: int, pe
                 ax = axes[r, i * 3 + p]
                 ax.imshow(img, cmap="gray", vmin=0, vmax=1)
         axes[r, 0].set_title(name, fontsize=9, loc="left")
-    fig.suptitle(f"AD scans, seed {seed}: real vs synthetic (axial / coronal / sagittal)", fontsize=10)
+    title = f"AD scans, seed {seed}: real vs synthetic (axial / coronal / sagittal)"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Title": title})  # the PNG's own title too
     plt.close(fig)

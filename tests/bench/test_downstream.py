@@ -59,3 +59,14 @@ def test_score_gives_scikit_learns_figures():
     assert s["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-4)  # p_ad is rounded to 4 places
     assert s["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
     assert s["ad_recall"] == pytest.approx(recall_score(y, pred, zero_division=0))
+
+
+def test_montage_names_the_seed_it_draws(tmp_path):
+    from PIL import Image
+
+    from bench.plots import plot_montage
+
+    torch.manual_seed(0)
+    path = tmp_path / "montage.png"
+    plot_montage([("real", torch.rand(2, 1, 8, 8, 8)), ("synthetic", torch.rand(3, 1, 8, 8, 8))], path, seed=7)
+    assert Image.open(path).text["Title"].startswith("AD scans, seed 7:")

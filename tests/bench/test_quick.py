@@ -38,9 +38,9 @@ PRINTS = {
     "sampling_variants": rf"^\| .*fine_detail.* \| .*{FLOAT}",
     "hierarchy": rf"^\| hconv shared \| .*{FLOAT}",
     "peers": rf"^\| MCMC-VAE aggregate \| .*{FLOAT}",
-    "gpu_throughput": rf"^\| standard \| off \| off \| {FLOAT} \|",
-    "queue_overhead": rf"sampling job.*{FLOAT}",
-    "gateway_load": rf"requests/s.*{FLOAT}",
+    "gpu_throughput": rf"^\| standard \| 16x16x16 \| 2 \| off \| off \| {FLOAT} \| {FLOAT} \|",
+    "queue_overhead": rf"^queue overhead \(median difference\) +{FLOAT} ms",
+    "gateway_load": rf"^requests per second +{FLOAT}$",
     "interactive_latency": rf"{FLOAT}",
     "chaos": r"^worker_back +\d+ +\d+ +0 +0 ",
 }
