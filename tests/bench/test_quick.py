@@ -41,7 +41,7 @@ PRINTS = {
     "gpu_throughput": rf"^\| standard \| 16x16x16 \| 2 \| off \| off \| {FLOAT} \| {FLOAT} \|",
     "queue_overhead": rf"^queue overhead \(median difference\) +{FLOAT} ms",
     "gateway_load": rf"^requests per second +{FLOAT}$",
-    "interactive_latency": rf"{FLOAT}",
+    "interactive_latency": rf"^interactive queue +\d+ +{FLOAT} +{FLOAT}",
     "chaos": r"^worker_back +\d+ +\d+ +0 +0 ",
 }
 
