@@ -17,8 +17,9 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results" / ("quick" if "--quick" in sys.argv[1:] else "")
 
 # --quick's training budget for every generative model (AugmentConfig fields): a few optimiser
-# steps of each phase and no retraining, enough to run every line of the pipeline.
-QUICK_BUDGET = {"pretrain_steps": 4, "mcmc_steps": 2, "retrains": 0}
+# steps of each phase and no retraining, enough to run every line of the pipeline. Near-copies are
+# kept: a model of a few steps draws little but near-copies, and redrawing would leave none.
+QUICK_BUDGET = {"pretrain_steps": 4, "mcmc_steps": 2, "retrains": 0, "near_copies": "keep"}
 
 
 def cpu_model() -> str:

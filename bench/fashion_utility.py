@@ -75,7 +75,8 @@ def run_pair(minor: int, major: int, seed: int, data, args) -> tuple[list[dict],
     tag = f"{NAMES[minor]} vs {NAMES[major]}, seed {seed}"
     print(f"{tag}: shared model {train_s:.0f} s, {retrained} retrains", flush=True)
     n_max = max(args.counts) * args.n_minor
-    extras, quality = draw_every_generator(shared, x_maj, x_min, n_max, seed, "major", "minor")
+    extras, quality = draw_every_generator(shared, x_maj, x_min, n_max, seed, "major", "minor",
+                                           near_copies=config.near_copies)
     extras["duplicates"] = duplicate_copies(x_min, n_max, seed)
     # the two-sample test's classifiers: the library's 100 steps (--quick: --clf-steps)
     score_quality(extras, quality, x_min, seed, train_s, args.clf_steps if args.quick else STEPS)

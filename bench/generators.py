@@ -88,7 +88,7 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
     train_s = time.perf_counter() - t0
     print(f"seed {seed}: shared model {train_s:.0f} s, {retrained} retrains", flush=True)
 
-    extras, quality = draw_every_generator(shared, x_cn, x_ad, n_max, seed, "CN", "AD", truth)
+    extras, quality = draw_every_generator(shared, x_cn, x_ad, n_max, seed, "CN", "AD", truth, config.near_copies)
     extras.update({"duplicates": duplicate_copies(x_ad, n_max, seed), "more real AD": more_real})
     if seed == args.seeds[0]:  # what the scans look like: counterfactuals beside their source and truth
         plot_montage([("real AD (training)", x_ad), ("shared aggregate", extras["shared aggregate"]),
@@ -110,7 +110,7 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
 
 
 def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n_max: int, seed: int,
-                         major: str, minor: str, truth: torch.Tensor | None = None):
+                         major: str, minor: str, truth: torch.Tensor | None = None, near_copies: str = "replace"):
     """Every generator's n_max minority scans from one shared model; (extras, quality rows). With
     ``truth`` (each majority scan's true minority version), the counterfactuals' effect recovery R."""
     cn, ad = shared.index(major), shared.index(minor)
@@ -118,7 +118,7 @@ def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n
     extras, quality = {}, []
     t0 = time.perf_counter()
     extras["shared aggregate"], _ = draw_synthetic(class_view(shared, minor), n_max, x_minor, seed + 1,
-                                                   fine_detail="nearest")
+                                                   near_copies, fine_detail="nearest")
     for name, how in (("counterfactual MCMC", "mcmc"), ("counterfactual mean", "mean")):
         t1 = time.perf_counter()
         sources = x_major[order] if truth is None else x_major  # R needs every subject's truth

@@ -141,7 +141,7 @@ def main() -> None:
                     inner.sampling_scale_tril.copy_(spread * fitted_spread[0])
                     inner.sampling_diag_scale.copy_(spread * fitted_spread[1])
                     row = f"{row} spread {spread:g}"
-                scans, near = draw_synthetic(model, size["n_drawn"], x_ad, seed * 1009 + 1)
+                scans, near = draw_synthetic(model, size["n_drawn"], x_ad, seed * 1009 + 1, config.near_copies)
                 sources[row] = scans
                 rows[row] = {"train_seconds": round(seconds, 1), "redrawn": near["replaced"],
                              "final_accept": history.final_accept()}
@@ -157,7 +157,7 @@ def main() -> None:
                 both, labels, _ = stack_classes({"CN": x_cn, "AD": x_ad})
                 joint.fit_sampling_distribution([(both, labels)])
                 view = ClassView(joint, shared.index("AD"))
-            scans, near = draw_synthetic(view, size["n_drawn"], x_ad, seed * 1009 + 1)
+            scans, near = draw_synthetic(view, size["n_drawn"], x_ad, seed * 1009 + 1, config.near_copies)
             sources[f"{name} joint"] = scans
             rows[f"{name} joint"] = {"train_seconds": round(seconds, 1), "redrawn": near["replaced"],
                                      "final_accept": history.final_accept()}

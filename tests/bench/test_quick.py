@@ -42,7 +42,7 @@ PRINTS = {
     "queue_overhead": rf"^queue overhead \(median difference\) +{FLOAT} ms",
     "gateway_load": rf"^requests per second +{FLOAT}$",
     "interactive_latency": rf"^interactive queue +\d+ +{FLOAT} +{FLOAT}",
-    "chaos": r"^worker_back +\d+ +\d+ +0 +0 ",
+    "chaos": r"^worker killed for good +\d+ +\d+ +0 +0 ",
 }
 
 
@@ -52,6 +52,9 @@ def _missing(name: str) -> str | None:
         return f"Fashion-MNIST is not in {FASHION_MNIST} (apt-get install dataset-fashion-mnist)"
     if name == "peers" and importlib.util.find_spec("pythae") is None:
         return "pythae is not installed (pip install -e '.[peers]')"
+    if name == "chaos" and not os.environ.get("MCVAE_BENCH_CHAOS"):
+        # three training jobs, four fault scenarios and leases to wait out: 4.5 min on 2 busy cores
+        return "chaos --quick takes minutes, past the suite's budget (MCVAE_BENCH_CHAOS=1 runs it)"
     if name == "chaos" and shutil.which("redis-server") is None:
         return "redis-server is not installed (chaos runs a private one it can kill)"
     return None
