@@ -309,7 +309,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG", help="merge the JSON of earlier runs and report")
-    args = parse_args(ap, {"seeds": [0], "counts": [1], "n_control": 4, "n_ad": 2, "n_test": 2, "clf_steps": 2})
+    # --quick: one generator of each scope (per-class, transfer, shared), conv and hconv both
+    args = parse_args(ap, {"seeds": [0], "counts": [1], "n_control": 4, "n_ad": 2, "n_test": 2, "clf_steps": 2,
+                           "generators": ["per-class MCMC-VAE", "transfer MCMC-HVAE", "shared MCMC-HVAE"]})
     if args.merge:
         parts = [json.loads((RESULTS / f"cohort_utility{t}.json").read_text()) for t in args.merge]
         payload = {"args": parts[0]["args"], "machine": parts[0]["machine"], "tag": args.tag,

@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--n-control", type=int, default=40)
     ap.add_argument("--n-ad", type=int, default=4)
     ap.add_argument("--tag", default="")
-    args = parse_args(ap, {"n_control": 4, "n_ad": 2})
+    args = parse_args(ap, {"n_control": 4, "n_ad": 2, "variants": ["conv per-class", "hconv shared"]})
     torch.set_num_threads(args.threads)
     pre = PreprocessConfig()
     defaults = AugmentConfig()
