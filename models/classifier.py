@@ -3,7 +3,8 @@
 One recipe everywhere (the augment report, the utility self-check, bench/): three conv blocks
 (8, 16, 32 channels) + global average pool + linear, a fixed step budget, random flips along the
 first spatial axis, and class-balanced mini-batches (half of each class, drawn with replacement
-within it), so that a minority of a few scans is seen as often as the majority.
+within it), so that a minority of a few scans is seen as often as the majority (``RECIPES``: bench/
+also measures the class-weighted loss of its earlier experiments).
 
 - ``two_sample_auroc``: a classifier two-sample test, real vs synthetic scans of one class,
   cross-validated: 0.5 means it cannot tell them apart; near 1, the synthetic scans carry a tell
