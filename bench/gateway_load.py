@@ -39,6 +39,7 @@ TRAIN = {"label": "AD",
          "model": {"channels": [4, 8, 16], "latent_dims": [8]},
          "sampler": {"kind": "mala", "n_steps": 2},
          "train": {"pretrain_epochs": 20, "epochs": 5, "batch_size": 4}}
+QUICK_TRAIN = {**TRAIN, "train": {"pretrain_epochs": 2, "epochs": 1, "batch_size": 4}}  # --quick: any model serves
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -174,7 +175,7 @@ def main() -> None:
         r = api.post("/v1/datasets", params={"wait": 120, "name": "demo-32"},
                      content=cohort_zip(data_dir / "cohort", 8, 4, 32), headers={"Content-Type": "application/zip"})
         assert r.status_code == 201, r.text
-        r = api.post("/v1/models", json={"dataset": r.json()["id"], **TRAIN})
+        r = api.post("/v1/models", json={"dataset": r.json()["id"], **(QUICK_TRAIN if args.quick else TRAIN)})
         assert r.status_code == 202, r.text
         model_id = r.json()["id"]
         started = time.perf_counter()

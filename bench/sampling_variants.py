@@ -184,7 +184,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG", help="merge the JSON of earlier runs and report")
-    args = parse_args(ap, {"seeds": [0], "counts": [1], "n_control": 4, "n_ad": 2, "n_test": 2, "clf_steps": 2})
+    # --quick: a latent-space drawer, one with detail added, and the product's own fine detail
+    args = parse_args(ap, {"seeds": [0], "counts": [1], "n_control": 4, "n_ad": 2, "n_test": 2, "clf_steps": 2,
+                           "variants": ["gaussian", "mixture+detail", "fine_detail"]})
     torch.set_num_threads(args.threads)
     if args.merge:
         parts = [json.loads((RESULTS / f"sampling_variants{t}.json").read_text()) for t in args.merge]
