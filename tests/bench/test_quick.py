@@ -1,6 +1,6 @@
 """`python -m bench NAME --quick` for every registered benchmark: each runs its own code path end to
 end on tiny data and must exit 0 having printed its table, so that none of them rots unnoticed.
-Slow (about 4 minutes for all on 2 cores); `make test` (CI) runs them."""
+Slow (7.7 min for all on 2 busy cores, 3.7 min of CPU: docs/BENCHMARKS.md); `make test` (CI) runs them."""
 
 from __future__ import annotations
 
