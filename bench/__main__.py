@@ -1,5 +1,6 @@
 """The benchmark suite: `python -m bench` lists the benchmarks, `python -m bench NAME [args...]`
-runs bench/NAME.py with the remaining arguments (as `python bench/NAME.py args...` would).
+runs bench/NAME.py with the remaining arguments (as `python bench/NAME.py args...` would);
+`--quick` is every benchmark's smoke run on tiny data (tests/bench/test_quick.py runs them all).
 
 Each benchmark answers one question a user or maintainer will ask again; docs/BENCHMARKS.md
 has the list with commands, docs/RESULTS.md the current figures.
@@ -41,7 +42,7 @@ BENCHMARKS: dict[str, str] = {
 
 def listing() -> str:
     width = max(map(len, BENCHMARKS))
-    lines = ["python -m bench NAME [args...]   (NAME --help for its options)", ""]
+    lines = ["python -m bench NAME [--quick] [args...]   (NAME --help for its options)", ""]
     lines += [f"  {name:<{width}}  {question}" for name, question in BENCHMARKS.items()]
     return "\n".join(lines)
 

@@ -25,7 +25,7 @@ from typing import get_args
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, machine, write_result
+from bench.common import RESULTS, budget, machine, parse_args, write_result
 from models.augment import AugmentConfig, ModelConfig, fit_class_model, fit_transfer_model
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
 from models.shared_model import fit_shared_model
@@ -33,8 +33,8 @@ from models.shared_model import fit_shared_model
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "figures" / "adaptation_demo.png"
 
 
-def run_seed(seed: int, config: AugmentConfig, work: Path) -> dict:
-    cohort = make_demo_cohort(work / f"cohort{seed}", n_control=40, n_ad=4, shape=(32, 32, 32), seed=seed)
+def run_seed(seed: int, config: AugmentConfig, work: Path, n_control: int = 40, n_ad: int = 4) -> dict:
+    cohort = make_demo_cohort(work / f"cohort{seed}", n_control=n_control, n_ad=n_ad, shape=(32, 32, 32), seed=seed)
     pre = config.preprocess or PreprocessConfig(spatial_dims=cohort.spatial_dims)
     x = load_tensors(cohort, pre, work / f"cache{seed}", "AD")
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--merge", nargs="+", default=None, metavar="TAG",
                         help="no training: summarise and plot the runs of earlier --tag results")
-    args = parser.parse_args()
+    args = parse_args(parser, {"seeds": [0]})
     import json
 
     torch.set_num_threads(args.threads)
@@ -116,6 +116,7 @@ def main() -> None:
         config = config.model_copy(update={"sampler": config.sampler.model_copy(update=overrides)})
     config = config.model_copy(update={"model_scope": args.model_scope,
                                        "model": config.model.model_copy(update=json.loads(args.model))})
+    config = budget(config, args.quick)
     if args.mcmc_steps is not None:
         config = config.model_copy(update={"mcmc_steps": args.mcmc_steps})
     runs = []
@@ -124,7 +125,7 @@ def main() -> None:
             runs += json.loads((RESULTS / f"adaptation_demo{tag}.json").read_text())["runs"]
     with tempfile.TemporaryDirectory() as tmp:
         for seed in [] if args.merge else args.seeds:
-            runs.append(run_seed(seed, config, Path(tmp)))
+            runs.append(run_seed(seed, config, Path(tmp), *((4, 2) if args.quick else ())))
     for run in runs:
         print(f"seed {run['seed']}: final acceptance {run['final_accept_tail_mean']:.3f} (last 10%), "
                   f"{run['final_accept_last_epoch']:.3f} (last epoch); phase 2 after epoch 10: "
@@ -140,7 +141,7 @@ def main() -> None:
                               "model_scope": config.model_scope,
                               "model": config.model.model_dump(), "pretrain_steps": config.pretrain_steps, "mcmc_steps": config.mcmc_steps,
                               "runs": runs})
-    figure = FIGURE.with_name(f"{name}.png")
+    figure = (RESULTS if args.quick else FIGURE.parent) / f"{name}.png"  # quick: not over the docs' figure
     plot(runs, figure, f"demo model drawing AD (32^3, {config.model_scope}, {config.model.arch}), {config.sampler.kind} {config.sampler.adaptation}; {where}")
     print(f"wrote {out} and {figure}")
 

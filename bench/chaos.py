@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, write_result
+from bench.cohorts import cohort_zip
+from bench.common import machine, parse_args, write_result
 from bench.queue_overhead import _temp_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -154,21 +155,6 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _cohort_zip(folder: Path) -> bytes:
-    import io
-    import zipfile
-
-    from models.data import make_demo_cohort
-
-    make_demo_cohort(folder, n_control=6, n_ad=3, shape=(16, 16, 16), seed=0)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(folder).as_posix())
-    return buf.getvalue()
 
 
 # -- the job record's view of what happened ------------------------------------------------------
@@ -470,7 +456,7 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(SCENARIOS),
                         help=f"comma-separated scenarios, in this order: {','.join(SCENARIOS)}")
     parser.add_argument("--keep", action="store_true", help="keep the data folder and logs")
-    args = parser.parse_args()
+    args = parse_args(parser, {"fast": True, "epochs": 20})
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := sorted(set(chosen) - set(SCENARIOS)):
         raise SystemExit(f"--only: unknown scenario(s) {', '.join(unknown)}; expected some of {', '.join(SCENARIOS)}")
@@ -510,7 +496,7 @@ def main() -> None:
             d.start_worker(name)
         key = create_key("chaos")
         api = httpx.Client(base_url=d.url, headers={"Authorization": f"Bearer {key}"}, timeout=300)
-        cohort = _cohort_zip(folder / "cohort")
+        cohort = cohort_zip(folder / "cohort", 6, 3, 16)
         r = api.post("/v1/datasets", params={"wait": 120}, content=cohort,
                      headers={"Content-Type": "application/zip"})
         assert r.status_code == 201, r.text

@@ -4,7 +4,7 @@ augmentation for a downstream classifier, and which generator makes the best one
 Per seed: a harder demo cohort (``make_demo_cohort(difficulty=D)``: subtler atrophy, anatomical
 and intensity heterogeneity, three scanner sites) of 60 CN + 6 AD for training and a held-out
 balanced 20 + 20 test cohort (demo seed 1000 + s, same difficulty) that no generator sees. The
-classifier recipe of bench/downstream.py (small 3-D CNN, 100 steps; ``--clf-recipe``: class-weighted
+classifier of models/classifier.py (small 3-D CNN, 100 steps; ``--clf-recipe``: class-weighted
 loss, the recipe until session 8, or class-balanced mini-batches) learns
 AD vs CN from the training set plus 1x / 2x / 5x the minority count of extra AD scans from:
 
@@ -25,8 +25,8 @@ batch 8), is trained again from a fresh seed when it learned its AD subjects too
 aggregate-posterior latents with near-copies of a training scan redrawn (models.augment.draw_synthetic);
 ``--fine-detail nearest`` adds augment's new default, the nearest training scan's fine detail. Counts are prefixes
 of the largest draw. Also per generator, over its 30 scans: KID against the held-out real AD scans
-(random-feature KID of bench/posterior_quality.py), sharpness ratios to the held-out real AD scans
-(bench/hierarchy.py), near-copies redrawn, and training seconds.
+(random-feature KID of bench/metrics.py), sharpness ratios to the held-out real AD scans
+(bench/metrics.py), near-copies redrawn, and training seconds.
 
     nice -n 15 python bench/cohort_utility.py --seeds 0 1 --tag _a    # one process per seed group
     nice -n 15 python bench/cohort_utility.py --seeds 2 3 4 --tag _b
@@ -47,30 +47,29 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, machine, write_result
-from bench.downstream import (
-    CLASSIFIER_RECIPES,
+from bench.cohorts import build_data, classical_copies, duplicate_copies, held_out, labelled
+from bench.common import RESULTS, budget, machine, parse_args, write_result
+from bench.metrics import (
     METRICS,
-    build_data,
-    classical_copies,
-    duplicate_copies,
+    FeatureNet,
+    gradient_magnitude,
+    high_frequency_fraction,
+    kid,
     mean_sd,
-    plot_montage,
     score,
-    train_classifier,
 )
-from bench.hierarchy import gradient_magnitude, high_frequency_fraction
-from bench.posterior_quality import FeatureNet, kid
+from bench.plots import plot_montage
 from models.augment import (
     AugmentConfig,
-    draw_synthetic,
     fit_class_model,
     fit_learning_subjects,
     fit_transfer_model,
     learned_spread,
 )
+from models.classifier import RECIPES, train_classifier
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig
+from models.generators import draw_synthetic
 from models.options import FineDetailPolicy, ModelChoice
 from models.report import memorisation_audit
 from models.shared_model import class_view, fit_shared_model
@@ -84,9 +83,10 @@ HCONV = ModelChoice(arch="hconv", latent_dims=[16], latent_channels=(4,), parame
                     obs_log_var=-4.0)
 
 
-def generator_config(name: str, hconv: ModelChoice, conv: ModelChoice = CONV) -> tuple[ModelChoice, AugmentConfig, str]:
-    mcmc = AugmentConfig()
-    plain = AugmentConfig(sampler=SamplerConfig(kind="none"))
+def generator_config(name: str, hconv: ModelChoice, conv: ModelChoice = CONV,
+                     quick: bool = False) -> tuple[ModelChoice, AugmentConfig, str]:
+    mcmc = budget(AugmentConfig(), quick)
+    plain = budget(AugmentConfig(sampler=SamplerConfig(kind="none")), quick)
     return {"per-class MCMC-VAE": (conv, mcmc, "per_class"), "transfer MCMC-VAE": (conv, mcmc, "transfer"),
             "transfer MCMC-HVAE": (hconv, mcmc, "transfer"),
             "shared plain VAE": (conv, plain, "shared"),
@@ -94,10 +94,10 @@ def generator_config(name: str, hconv: ModelChoice, conv: ModelChoice = CONV) ->
 
 
 def generate(name: str, data: dict, n: int, seed: int, pre: PreprocessConfig, hconv: ModelChoice,
-             conv: ModelChoice = CONV, fine_detail: str = "none", paired: bool = False):
+             conv: ModelChoice = CONV, fine_detail: str = "none", paired: bool = False, quick: bool = False):
     """Train one generator as `mcvae augment` would and draw n AD scans; (scans, info, CN scans).
     The CN scans (n, for the paired rows) only with ``paired`` and a shared model, else None."""
-    choice, config, scope = generator_config(name, hconv, conv)
+    choice, config, scope = generator_config(name, hconv, conv, quick)
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **choice.model_dump())
     started = time.perf_counter()
     x_ad = data["train_AD"]
@@ -153,8 +153,7 @@ def run(args) -> dict:
         more_real = data["train_AD"][args.n_ad:]
         data["train_AD"] = data["train_AD"][:args.n_ad]
         x_cn, x_ad = data["train_CN"], data["train_AD"]
-        x_test = torch.cat([data["test_CN"], data["test_AD"]])
-        y_test = torch.cat([torch.zeros(len(data["test_CN"])), torch.ones(len(data["test_AD"]))]).long()
+        x_test, y_test = held_out(data)
         extras = {"duplicates": duplicate_copies(x_ad, n_max, seed), "classical": classical_copies(x_ad, n_max, seed),
                   "more real AD": more_real}
         print(f"seed {seed}: data {time.perf_counter() - t0:.1f} s", flush=True)
@@ -162,7 +161,7 @@ def run(args) -> dict:
         f_test, real_grad, real_hf = features(test_ad), gradient_magnitude(test_ad), high_frequency_fraction(test_ad)
         for name in args.generators:
             extras[name], info, cn = generate(name, data, n_max, seed * 1009, pre, hconv, conv, args.fine_detail,
-                                              paired=args.paired)
+                                              paired=args.paired, quick=args.quick)
             if cn is not None:
                 paired_cn[f"{name} paired"] = cn
             quality.append({"seed": seed, "source": name, **info})
@@ -184,7 +183,7 @@ def run(args) -> dict:
             montage = [("real AD (training)", x_ad), ("real AD (held out)", test_ad)] + [
                 (name, extras[name]) for name in ["classical", *args.generators]]
             RESULTS.mkdir(parents=True, exist_ok=True)
-            plot_montage(montage, RESULTS / f"cohort_utility_montage{args.tag}.png")
+            plot_montage(montage, RESULTS / f"cohort_utility_montage{args.tag}.png", seed)
 
         conditions = [("real", 0)] + [(name, c) for name in SOURCES if name in extras for c in counts]
         if args.skip_baselines:  # the generator-free rows of an earlier run on the same seeds
@@ -197,8 +196,7 @@ def run(args) -> dict:
             source = name.removesuffix(" paired")
             extra = extras[source][: c * args.n_ad] if c else x_ad[:0]
             extra_cn = paired_cn[name][: c * args.n_ad] if name in paired_cn else x_cn[:0]
-            x = torch.cat([x_cn, extra_cn, x_ad, extra])
-            y = torch.cat([torch.zeros(len(x_cn) + len(extra_cn)), torch.ones(len(x_ad) + len(extra))]).long()
+            x, y = labelled(torch.cat([x_cn, extra_cn]), torch.cat([x_ad, extra]))
             s = score(train_classifier(x, y, seed, args.clf_steps, 16, 3e-3, args.clf_recipe), x_test, y_test)
             key = "real only" if not c else f"{name} {c}x"
             runs.append({"seed": seed, "condition": key, "source": name if c else "real only", "count": c,
@@ -290,8 +288,8 @@ def add_cohort_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--n-ad", type=int, default=6)
     ap.add_argument("--n-test", type=int, default=20)
     ap.add_argument("--clf-steps", type=int, default=100)
-    ap.add_argument("--clf-recipe", choices=CLASSIFIER_RECIPES, default="weighted",
-                    help="how the classifier meets the class imbalance (bench/downstream.py train_classifier)")
+    ap.add_argument("--clf-recipe", choices=RECIPES, default="weighted",
+                    help="how the classifier meets the class imbalance (models/classifier.py RECIPES)")
 
 
 def main() -> None:
@@ -311,7 +309,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG", help="merge the JSON of earlier runs and report")
-    args = ap.parse_args()
+    # --quick: one generator of each scope (per-class, transfer, shared), conv and hconv both
+    args = parse_args(ap, {"seeds": [0], "counts": [1], "n_control": 4, "n_ad": 2, "n_test": 2, "clf_steps": 2,
+                           "generators": ["per-class MCMC-VAE", "transfer MCMC-HVAE", "shared MCMC-HVAE"]})
     if args.merge:
         parts = [json.loads((RESULTS / f"cohort_utility{t}.json").read_text()) for t in args.merge]
         payload = {"args": parts[0]["args"], "machine": parts[0]["machine"], "tag": args.tag,

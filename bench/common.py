@@ -1,16 +1,25 @@
-"""Shared helpers for benchmark scripts: machine description and result files."""
+"""Shared helpers for benchmark scripts: machine description, result files, and ``--quick``."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# A --quick run is a smoke test whose figures mean nothing: its files go beside, never over, the
+# full runs' (read here, at import, because scripts import RESULTS before they parse arguments).
+RESULTS = Path(__file__).resolve().parent / "results" / ("quick" if "--quick" in sys.argv[1:] else "")
+
+# --quick's training budget for every generative model (AugmentConfig fields): a few optimiser
+# steps of each phase and no retraining, enough to run every line of the pipeline. Near-copies are
+# kept: a model of a few steps draws little but near-copies, and redrawing would leave none.
+QUICK_BUDGET = {"pretrain_steps": 4, "mcmc_steps": 2, "retrains": 0, "near_copies": "keep"}
 
 
 def cpu_model() -> str:
@@ -55,3 +64,26 @@ def timed(fn, repeats: int, warmup: int = 2, sync=None) -> list[float]:
             sync()
         times.append(time.perf_counter() - start)
     return times
+
+
+def parse_args(parser: argparse.ArgumentParser, quick: dict[str, object]) -> argparse.Namespace:
+    """``parser.parse_args()`` plus ``--quick``: the same code path end to end on tiny data (one
+    seed, few steps; about 20 s on 2 cores), for the test suite. ``quick`` maps option names
+    (dests) to their quick values; an option given on the command line keeps its value."""
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of the same code path on tiny data (figures mean nothing; "
+                             "results in bench/results/quick/)")
+    args = parser.parse_args()
+    unknown = set(quick) - set(vars(args))
+    if unknown:
+        raise KeyError(f"quick settings for options the parser lacks: {sorted(unknown)}")
+    if args.quick:
+        for dest, value in quick.items():
+            if getattr(args, dest) == parser.get_default(dest):
+                setattr(args, dest, value)
+    return args
+
+
+def budget(config, quick: bool):
+    """``config`` (an AugmentConfig) with QUICK_BUDGET's step budget when ``quick``."""
+    return config.model_copy(update=QUICK_BUDGET) if quick else config

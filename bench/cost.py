@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, machine, write_result
+from bench.common import RESULTS, machine, parse_args, write_result
 
 MODELS = {
     "plain VAE": {"latent_dims": [16], "sampler": {"kind": "none"}},
@@ -101,7 +101,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--report", type=Path, help="re-print the table and plot of a saved run's JSON")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration
-    args = parser.parse_args()
+    args = parse_args(parser, {"sizes": [16], "models": ["plain VAE", "MALA x5 (entropy, diag)"], "steps": 3,
+                               "batch": 2})
     if args.threads:
         torch.set_num_threads(args.threads)
 

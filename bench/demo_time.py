@@ -17,17 +17,29 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, write_result
+from bench.common import machine, parse_args, write_result
+
+# --quick: a small cohort, a few training steps, no retraining, the report's classifiers a few
+# steps each (QUICK_CONFIG) and no utility self-check
+QUICK_DEMO = ["--n-control", "6", "--n-ad", "2", "--size", "16", "--pretrain-steps", "4", "--mcmc-steps", "2",
+              "--no-check-utility"]
+QUICK_CONFIG = "retrains: 0\ncheck_steps: 2\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", help="write the demo here and keep it (default: temporary)")
-    args = parser.parse_args()
+    args = parse_args(parser, {})
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mcvae-demo-bench-"))
     mcvae = Path(sys.executable).with_name("mcvae")
     started = time.perf_counter()
-    proc = subprocess.run([str(mcvae), "demo", "--out", str(out)], capture_output=True, text=True, check=False)
+    quick = []
+    if args.quick:
+        config = out / "quick.yaml"
+        out.mkdir(parents=True, exist_ok=True)
+        config.write_text(QUICK_CONFIG)
+        quick = [*QUICK_DEMO, "--config", str(config)]
+    proc = subprocess.run([str(mcvae), "demo", "--out", str(out), *quick], capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - started
     print(proc.stdout)
     if proc.returncode != 0:

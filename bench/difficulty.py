@@ -23,15 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, write_result
-from bench.downstream import (
-    build_data,
-    classical_copies,
-    duplicate_copies,
-    mean_sd,
-    score,
-    train_classifier,
-)
+from bench.cohorts import build_data, classical_copies, duplicate_copies, held_out, labelled
+from bench.common import machine, parse_args, write_result
+from bench.metrics import mean_sd, score
+from models.classifier import train_classifier
 from models.data import PreprocessConfig
 
 
@@ -46,7 +41,8 @@ def main() -> None:
     ap.add_argument("--clf-steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
-    args = ap.parse_args()
+    args = parse_args(ap, {"difficulties": [0.6], "seeds": [0], "n_control": 4, "n_ad": 2, "n_test": 2,
+                           "count": 1, "clf_steps": 2})
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     pre = PreprocessConfig()
@@ -57,14 +53,12 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="difficulty-") as tmp:  # subject k is the same at any count
                 data = build_data(seed, Path(tmp), args.n_control, args.n_ad + n, args.n_test, pre, difficulty=d)
             x_cn, x_ad, x_more = data["train_CN"], data["train_AD"][:args.n_ad], data["train_AD"][args.n_ad:]
-            x_test = torch.cat([data["test_CN"], data["test_AD"]])
-            y_test = torch.cat([torch.zeros(len(data["test_CN"])), torch.ones(len(data["test_AD"]))]).long()
+            x_test, y_test = held_out(data)
             for name, extra in (("real", x_ad[:0]), (f"duplicates {args.count}x", duplicate_copies(x_ad, n, seed)),
                                 (f"classical {args.count}x", classical_copies(x_ad, n, seed)),
                                 (f"more real AD {args.count}x", x_more)):
-                x = torch.cat([x_cn, x_ad, extra])
-                y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(extra))]).long()
-                s = score(train_classifier(x, y, seed, args.clf_steps, 16, 3e-3), x_test, y_test)
+                x, y = labelled(x_cn, torch.cat([x_ad, extra]))
+                s = score(train_classifier(x, y, seed, args.clf_steps, 16, 3e-3, "weighted"), x_test, y_test)
                 for metric, value in s.items():
                     rows.setdefault(f"d={d:g} {name}", {}).setdefault(metric, []).append(value)
                 print(f"difficulty {d:g} seed {seed} {name}: balanced accuracy {s['balanced_accuracy']:.3f} "

@@ -2,8 +2,8 @@
 
 For each seed: an imbalanced demo cohort (default 60 CN, 6 AD, 32^3) for training and a
 held-out balanced real test set (20 CN + 20 AD, demo seed 1000 + seed), both preprocessed with
-the default PreprocessConfig. A small 3-D CNN (the same recipe everywhere: fixed step budget,
-class-weighted cross-entropy) learns AD vs CN from
+the default PreprocessConfig. The small 3-D CNN of models/classifier.py (fixed step budget,
+"weighted" recipe: class-weighted cross-entropy) learns AD vs CN from
 
   real           the imbalanced real training set only
   classical      + MONAI RandAffine/Rand3DElastic copies of real AD scans
@@ -27,7 +27,6 @@ each extra scan vs the real-to-real nearest-neighbour distances (models.report.m
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -35,59 +34,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, machine, write_result
-from models import classifier
+from bench.cohorts import build_data, classical_copies, duplicate_copies, held_out, labelled
+from bench.common import RESULTS, machine, parse_args, write_result
+from bench.metrics import METRICS, mean_sd, real_nn, score
+from bench.plots import plot_montage
 from models.augment import AugmentConfig, fit_class_model, write_synthetic
+from models.classifier import train_classifier
 from models.config import ModelConfig, SamplerConfig
-from models.data import PreprocessConfig, load_tensors, make_demo_cohort, target_affine
+from models.data import PreprocessConfig, target_affine
 from models.report import memorisation_audit
 
 METHODS = ["classical", "duplicates", "plain-VAE prior", "MCMC-VAE prior", "plain-VAE", "MCMC-VAE"]
 COLOURS = {"real AD to real AD": "k", "classical": "tab:green", "duplicates": "tab:gray",
            "plain-VAE prior": "lightsteelblue", "MCMC-VAE prior": "lightsalmon", "plain-VAE": "tab:blue",
            "MCMC-VAE": "tab:red"}
-METRICS = ["balanced_accuracy", "ad_recall", "auroc"]
 METRIC_NAMES = {"balanced_accuracy": "balanced accuracy", "ad_recall": "AD recall", "auroc": "AUROC"}
 
 
-# ----------------------------------------------------------------------------- data
-
-def build_data(seed: int, root: Path, n_control: int, n_ad: int, n_test: int, pre: PreprocessConfig,
-               difficulty: float = 0.0):
-    train = make_demo_cohort(root / "train", n_control=n_control, n_ad=n_ad, shape=(32, 32, 32), seed=seed,
-                             difficulty=difficulty)
-    test = make_demo_cohort(root / "test", n_control=n_test, n_ad=n_test, shape=(32, 32, 32), seed=1000 + seed,
-                            difficulty=difficulty)
-    out = {}
-    for name, cohort in (("train", train), ("test", test)):
-        for label in ("CN", "AD"):
-            out[f"{name}_{label}"] = load_tensors(cohort, pre, root / "cache", label)
-    return out
-
-
-def classical_copies(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """n randomly affine + elastically deformed copies of the scans in x (cycled)."""
-    from monai.transforms import Compose, Rand3DElastic, RandAffine
-
-    aug = Compose([
-        RandAffine(prob=1.0, rotate_range=(math.radians(8),) * 3, scale_range=(0.05,) * 3,
-                   translate_range=(2,) * 3, padding_mode="border", mode="bilinear"),
-        Rand3DElastic(sigma_range=(4, 6), magnitude_range=(20, 40), prob=1.0,
-                      padding_mode="border", mode="bilinear"),
-    ])
-    aug.set_random_state(seed=seed)
-    return torch.stack([torch.as_tensor(aug(x[i % len(x)])).float() for i in range(n)]).clamp(0, 1)
-
-
-def duplicate_copies(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.cat([torch.randperm(len(x), generator=g) for _ in range(-(-n // len(x)))])[:n]
-    return x[idx].clone()
-
+# ----------------------------------------------------------------------------- generators
 
 def vae_scans(x_ad: torch.Tensor, cfg: AugmentConfig, pre: PreprocessConfig, n: int, seed: int, out: Path):
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **cfg.model.model_dump())
@@ -108,68 +75,7 @@ def vae_scans(x_ad: torch.Tensor, cfg: AugmentConfig, pre: PreprocessConfig, n: 
     return scans.float().clamp(0, 1), prior_scans.float().clamp(0, 1), info
 
 
-# ----------------------------------------------------------------------------- classifier
-
-CLASSIFIER_RECIPES = ("weighted", "balanced")
-
-
-def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int, batch: int, lr: float,
-                     recipe: str = "weighted"):
-    """The one recipe every condition gets (``models.classifier.train_classifier``: a fixed step
-    budget and random left-right flips, the only augmentation), with the class imbalance handled
-    one of two ways:
-
-    - ``weighted`` (experiments 4-12): uniform mini-batches, class-weighted cross-entropy;
-    - ``balanced`` (2026-12-01 on): each mini-batch half CN, half AD (drawn with replacement within
-      the class), plain cross-entropy. With 6 AD in 66 a uniform batch of 16 holds 1.5 AD scans;
-      the weighted recipe often ended 100 steps predicting one class at 0.5 (balanced accuracy
-      exactly 0.5 in 40 % of the ceiling's runs while its AUROC was 0.89).
-    """
-    if recipe not in CLASSIFIER_RECIPES:
-        raise ValueError(f"recipe must be one of {CLASSIFIER_RECIPES}, not {recipe!r}")
-    return classifier.train_classifier(x, y, seed, steps, batch, lr, balanced=recipe == "balanced")
-
-
-@torch.no_grad()
-def score(net, x_test: torch.Tensor, y_test: torch.Tensor) -> dict[str, float]:
-    from sklearn.metrics import balanced_accuracy_score, recall_score, roc_auc_score
-
-    p = torch.cat([F.softmax(net(x_test[i:i + 32]), 1)[:, 1] for i in range(0, len(x_test), 32)]).numpy()
-    pred = (p >= 0.5).astype(int)
-    y = y_test.numpy()
-    return {"balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-            "ad_recall": float(recall_score(y, pred, pos_label=1, zero_division=0)),
-            "auroc": float(roc_auc_score(y, p)),
-            "p_ad": [round(float(v), 4) for v in p]}  # per test scan, for threshold analysis
-
-
 # ----------------------------------------------------------------------------- plots
-
-def _planes(v: np.ndarray) -> list[np.ndarray]:
-    x, y, z = (s // 2 for s in v.shape)
-    return [np.rot90(v[:, :, z]), np.rot90(v[:, y, :]), np.rot90(v[x, :, :])]
-
-
-def plot_montage(rows: list[tuple[str, torch.Tensor]], path: Path, per_row: int = 4) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(rows), per_row * 3, figsize=(1.4 * per_row * 3, 1.6 * len(rows)), squeeze=False)
-    for r, (name, scans) in enumerate(rows):
-        for ax in axes[r]:
-            ax.axis("off")
-        for i in range(min(per_row, len(scans))):
-            for p, img in enumerate(_planes(scans[i, 0].numpy())):
-                ax = axes[r, i * 3 + p]
-                ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-        axes[r, 0].set_title(name, fontsize=9, loc="left")
-    fig.suptitle("AD scans, seed 0: real vs synthetic (axial / coronal / sagittal)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
 
 def plot_utility(summary: dict, counts: list[int], n_ad: int, path: Path, title: str) -> None:
     import matplotlib
@@ -220,19 +126,6 @@ def plot_memorisation(dist: dict[str, list[float]], threshold: float, path: Path
 
 # ----------------------------------------------------------------------------- main
 
-def real_nn(x: torch.Tensor) -> list[float]:
-    """Real-to-real nearest-neighbour distances, as memorisation_audit computes them."""
-    flat = x.flatten(1).double()
-    d = torch.cdist(flat, flat) / math.sqrt(flat.shape[1])
-    d.fill_diagonal_(float("inf"))
-    return [float(v) for v in d.min(1).values]
-
-
-def mean_sd(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=float)
-    return {"mean": float(a.mean()), "sd": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -248,7 +141,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="start no further seed once the next one would end past this budget")
-    args = ap.parse_args()
+    args = parse_args(ap, {"seeds": [0], "counts": [1], "n_control": 4, "n_ad": 2, "n_test": 2,
+                           "pretrain_steps": 4, "mcmc_steps": 2, "clf_steps": 2})
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
@@ -275,8 +169,7 @@ def main() -> None:
             t0 = time.perf_counter()
             data = build_data(seed, tmp, args.n_control, args.n_ad, args.n_test, pre)
             x_cn, x_ad = data["train_CN"], data["train_AD"]
-            x_test = torch.cat([data["test_CN"], data["test_AD"]])
-            y_test = torch.cat([torch.zeros(len(data["test_CN"])), torch.ones(len(data["test_AD"]))]).long()
+            x_test, y_test = held_out(data)
             extras = {"classical": classical_copies(x_ad, n_max, seed), "duplicates": duplicate_copies(x_ad, n_max, seed)}
             print(f"seed {seed}: data {time.perf_counter() - t0:.1f}s", flush=True)
             for name, cfg in vae_cfgs.items():
@@ -309,9 +202,8 @@ def main() -> None:
             for method, c, source in conditions:
                 t1 = time.perf_counter()
                 extra = extras[source][: c * args.n_ad] if source else x_ad[:0]
-                x = torch.cat([x_cn, x_ad, extra])
-                y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(extra))]).long()
-                net = train_classifier(x, y, seed, args.clf_steps, args.clf_batch, args.clf_lr)
+                x, y = labelled(x_cn, torch.cat([x_ad, extra]))
+                net = train_classifier(x, y, seed, args.clf_steps, args.clf_batch, args.clf_lr, "weighted")
                 s = score(net, x_test, y_test)
                 key = "real" if source is None else f"{method} {c}x"
                 runs.append({"seed": seed, "condition": key, "method": method, "count": c,
@@ -367,7 +259,7 @@ def main() -> None:
     plot_utility(summary, counts, args.n_ad, RESULTS / "downstream_utility.png",
                  f"AD vs CN, test {args.n_test}+{args.n_test} real; mean ± sd over {len(done_seeds)} seeds")
     if montage_rows:
-        plot_montage(montage_rows, RESULTS / "downstream_montage.png")
+        plot_montage(montage_rows, RESULTS / "downstream_montage.png", done_seeds[0])
     plot_memorisation(dist_pool, min(thresholds), RESULTS / "downstream_memorisation.png")
     out = write_result("downstream", {
         "machine": mach, "command": "python " + " ".join(sys.argv), "args": vars(args), "seeds_done": done_seeds,

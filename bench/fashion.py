@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, machine, write_result
+from bench.common import RESULTS, machine, parse_args, write_result
 from models import (
     ModelConfig,
     SamplerConfig,
@@ -123,13 +123,15 @@ def main() -> None:
                         help="MCMC variants: plain-ELBO epochs before the chains start (of --epochs)")
     parser.add_argument("--particles", type=int, default=1000)
     parser.add_argument("--test-items", type=int, default=2000)
+    parser.add_argument("--train-items", type=int, default=None, help="the first N training images (default all)")
     parser.add_argument("--activation", default="relu")
     parser.add_argument("--init", default="xavier")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="", help="suffix of the result file (for side experiments)")
     parser.add_argument("--merge", nargs="+", default=None, metavar="TAG",
                         help="no training: merge the runs of earlier --tag result files into this one")
-    args = parser.parse_args()
+    args = parse_args(parser, {"variants": ["plain", "mala_entropy"], "seeds": [0], "epochs": 2, "pretrain": 1,
+                               "particles": 8, "test_items": 100, "train_items": 500})
     if args.merge:
         runs = []
         for tag in args.merge:
@@ -138,7 +140,7 @@ def main() -> None:
         write_result(f"fashion_cpu{args.tag}", {"machine": machine(), "merged_from": args.merge, "runs": runs})
         summarise(runs, args)
         return
-    train_x, test_x = load_split("train"), load_split("t10k")[: args.test_items]
+    train_x, test_x = load_split("train")[: args.train_items], load_split("t10k")[: args.test_items]
     out_name = f"fashion_cpu{args.tag}"
     previous = RESULTS / f"{out_name}.json"
     runs = json.loads(previous.read_text())["runs"] if previous.exists() else []

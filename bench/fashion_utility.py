@@ -25,10 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, write_result
-from bench.downstream import duplicate_copies
+from bench.cohorts import duplicate_copies
+from bench.common import budget, machine, parse_args, write_result
 from bench.generators import GENERATORS, draw_every_generator, report, score_quality, score_rows
 from models.augment import AugmentConfig, fit_learning_subjects, learned_spread
+from models.classifier import STEPS
 from models.config import ModelConfig
 from models.shared_model import class_view, fit_shared_model
 
@@ -62,7 +63,7 @@ def run_pair(minor: int, major: int, seed: int, data, args) -> tuple[list[dict],
     x_test = torch.cat([pick(x_test_all, y_test_all, major, args.n_test, g), pick(x_test_all, y_test_all, minor,
                                                                                   args.n_test, g)])
     y_test = torch.cat([torch.zeros(args.n_test), torch.ones(args.n_test)]).long()
-    config = AugmentConfig()
+    config = budget(AugmentConfig(), args.quick)
     model_cfg = ModelConfig(data_shape=(1, 32, 32), **config.model.model_dump())
     t0 = time.perf_counter()
     scans = {"major": x_maj, "minor": x_min}
@@ -74,13 +75,15 @@ def run_pair(minor: int, major: int, seed: int, data, args) -> tuple[list[dict],
     tag = f"{NAMES[minor]} vs {NAMES[major]}, seed {seed}"
     print(f"{tag}: shared model {train_s:.0f} s, {retrained} retrains", flush=True)
     n_max = max(args.counts) * args.n_minor
-    extras, quality = draw_every_generator(shared, x_maj, x_min, n_max, seed, "major", "minor", names=args.generators)
+    extras, quality = draw_every_generator(shared, x_maj, x_min, n_max, seed, "major", "minor",
+                                           near_copies=config.near_copies)
     extras["duplicates"] = duplicate_copies(x_min, n_max, seed)
-    score_quality(extras, quality, x_min, seed, train_s)
+    # the two-sample test's classifiers: the library's 100 steps (--quick: --clf-steps)
+    score_quality(extras, quality, x_min, seed, train_s, args.clf_steps if args.quick else STEPS)
     pair = f"{NAMES[minor]} vs {NAMES[major]}"
     for row in quality:
         row.update({"seed": seed, "pair": pair})
-    runs = score_rows(extras, ["duplicates", *[n for n in GENERATORS if n in extras]], args.counts, x_maj, x_min, x_test, y_test, seed,
+    runs = score_rows(extras, ["duplicates", *GENERATORS], args.counts, x_maj, x_min, x_test, y_test, seed,
                       args.clf_steps, tag)
     for row in runs:
         row["pair"] = pair
@@ -97,10 +100,9 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=200)
     ap.add_argument("--clf-steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--generators", nargs="+", choices=GENERATORS, default=GENERATORS,
-                    help="draw and score only these generators")
     ap.add_argument("--tag", default="")
-    args = ap.parse_args()
+    args = parse_args(ap, {"pairs": ["6,0"], "seeds": [0], "counts": [1], "n_minor": 4, "n_major": 8,
+                           "n_test": 4, "clf_steps": 2})
     torch.set_num_threads(args.threads)
     data = load("train"), load("test")
     started = time.perf_counter()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import shutil
 import signal
@@ -28,12 +27,11 @@ import sys
 import tempfile
 import time
 import uuid
-import zipfile
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, write_result
+from bench.common import machine, parse_args, write_result
 from bench.queue_overhead import _cleanup_deployment, _temp_postgres
 
 TRAIN = {"label": "AD",
@@ -41,6 +39,7 @@ TRAIN = {"label": "AD",
          "model": {"channels": [4, 8, 16], "latent_dims": [8]},
          "sampler": {"kind": "mala", "n_steps": 2},
          "train": {"pretrain_epochs": 20, "epochs": 5, "batch_size": 4}}
+QUICK_TRAIN = {**TRAIN, "train": {"pretrain_epochs": 2, "epochs": 1, "batch_size": 4}}  # --quick: any model serves
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -50,18 +49,6 @@ def _wait(predicate, timeout: float, what: str):
             raise SystemExit(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.2)
     return value
-
-
-def _cohort_zip(folder: Path) -> bytes:
-    from models.data import make_demo_cohort
-
-    make_demo_cohort(folder, n_control=8, n_ad=4, shape=(32, 32, 32), seed=0)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(folder).as_posix())
-    return buf.getvalue()
 
 
 def _bare_call_ms(model_dir: Path, repeats: int = 50) -> tuple[float, float]:
@@ -144,7 +131,7 @@ def main() -> None:
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--keep", action="store_true", help="keep the data folder (for a look at logs)")
-    args = parser.parse_args()
+    args = parse_args(parser, {"duration": 3.0, "clients": 4, "worker_concurrency": 1})
 
     data_dir = Path(tempfile.mkdtemp(prefix="mcvae-gw-bench-"))
     prefix = f"mcvae-gw-bench-{uuid.uuid4().hex[:8]}:"
@@ -161,6 +148,7 @@ def main() -> None:
     import httpx
 
     import workers
+    from bench.cohorts import cohort_zip  # after the environment above: it imports torch
     from service.keys import create_key
 
     worker_log, gateway_log = data_dir / "worker.log", data_dir / "gateway.log"
@@ -185,9 +173,9 @@ def main() -> None:
             raise SystemExit(f"start-up failed; see {worker_log} and {gateway_log}")
         api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=300)
         r = api.post("/v1/datasets", params={"wait": 120, "name": "demo-32"},
-                     content=_cohort_zip(data_dir / "cohort"), headers={"Content-Type": "application/zip"})
+                     content=cohort_zip(data_dir / "cohort", 8, 4, 32), headers={"Content-Type": "application/zip"})
         assert r.status_code == 201, r.text
-        r = api.post("/v1/models", json={"dataset": r.json()["id"], **TRAIN})
+        r = api.post("/v1/models", json={"dataset": r.json()["id"], **(QUICK_TRAIN if args.quick else TRAIN)})
         assert r.status_code == 202, r.text
         model_id = r.json()["id"]
         started = time.perf_counter()

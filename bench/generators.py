@@ -38,10 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, machine, write_result
-from bench.downstream import build_data, duplicate_copies, mean_sd, plot_montage
+from bench.cohorts import build_data, duplicate_copies, held_out, labelled
+from bench.common import RESULTS, budget, machine, parse_args, write_result
+from bench.metrics import mean_sd, rms, score
+from bench.plots import plot_montage
 from models.augment import AugmentConfig, fit_learning_subjects, learned_spread
-from models.classifier import auroc, balanced_accuracy, predict, train_classifier, two_sample_auroc
+from models.classifier import STEPS, train_classifier, two_sample_auroc
 from models.config import ModelConfig
 from models.counterfactual import counterfactuals, interpolations
 from models.data import PreprocessConfig, load_tensors, make_demo_counterfactuals
@@ -52,10 +54,6 @@ from models.shared_model import class_view, fit_shared_model
 GENERATORS = ["shared aggregate", "counterfactual MCMC", "counterfactual mean", "interpolation"]
 SOURCES = ["duplicates", *GENERATORS, "more real AD"]
 METRICS = ["balanced_accuracy", "auroc"]
-
-
-def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return ((a - b) ** 2).flatten(1).mean(1).sqrt()
 
 
 def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
@@ -69,8 +67,7 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
                                                        difficulty=args.difficulty), pre, Path(tmp) / "cache-t", "AD")
     more_real = data["train_AD"][args.n_ad:]
     x_cn, x_ad = data["train_CN"], data["train_AD"][:args.n_ad]
-    x_test = torch.cat([data["test_CN"], data["test_AD"]])
-    y_test = torch.cat([torch.zeros(len(data["test_CN"])), torch.ones(len(data["test_AD"]))]).long()
+    x_test, y_test = held_out(data)
     print(f"seed {seed}: data {time.perf_counter() - t0:.1f} s", flush=True)
 
     order = torch.randperm(len(x_cn), generator=torch.Generator().manual_seed(seed))[:n_max]
@@ -80,7 +77,7 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
         return score_rows(extras, list(extras), args.counts, x_cn, x_ad, x_test, y_test, seed, args.clf_steps,
                           f"seed {seed}"), []
 
-    config = AugmentConfig()
+    config = budget(AugmentConfig(), args.quick)
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
     t0 = time.perf_counter()
     scans = {"CN": x_cn, "AD": x_ad}
@@ -91,17 +88,17 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
     train_s = time.perf_counter() - t0
     print(f"seed {seed}: shared model {train_s:.0f} s, {retrained} retrains", flush=True)
 
-    extras, quality = draw_every_generator(shared, x_cn, x_ad, n_max, seed, "CN", "AD", truth, args.generators)
+    extras, quality = draw_every_generator(shared, x_cn, x_ad, n_max, seed, "CN", "AD", truth, config.near_copies)
     extras.update({"duplicates": duplicate_copies(x_ad, n_max, seed), "more real AD": more_real})
     if seed == args.seeds[0]:  # what the scans look like: counterfactuals beside their source and truth
-        panels = [("real AD (training)", x_ad), *[(n, extras[n]) for n in ("shared aggregate",) if n in extras]]
-        if "counterfactual MCMC" in extras:
-            panels += [("CN source of each counterfactual", x_cn[order]), ("counterfactual MCMC", extras["counterfactual MCMC"]),
-                       ("true AD version of the source", truth[order])]
-        if "interpolation" in extras:
-            panels.append(("interpolation", extras["interpolation"]))
-        plot_montage(panels, RESULTS / f"generators_montage{args.tag}.png")
-    score_quality(extras, quality, x_ad, seed, train_s)
+        plot_montage([("real AD (training)", x_ad), ("shared aggregate", extras["shared aggregate"]),
+                      ("CN source of each counterfactual", x_cn[order]),
+                      ("counterfactual MCMC", extras["counterfactual MCMC"]),
+                      ("true AD version of the source", truth[order]),
+                      ("interpolation", extras["interpolation"])],
+                     RESULTS / f"generators_montage{args.tag}.png", seed)
+    # the two-sample test's classifiers: the library's 100 steps (--quick: --clf-steps)
+    score_quality(extras, quality, x_ad, seed, train_s, args.clf_steps if args.quick else STEPS)
     for row in quality:
         row["seed"] = seed
 
@@ -113,22 +110,16 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
 
 
 def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n_max: int, seed: int,
-                         major: str, minor: str, truth: torch.Tensor | None = None,
-                         names: list[str] | None = None):
-    """Every generator's (or those in ``names``) n_max minority scans from one shared model;
-    (extras, quality rows). With ``truth`` (each majority scan's true minority version), the
-    counterfactuals' effect recovery R."""
-    names = GENERATORS if names is None else names
+                         major: str, minor: str, truth: torch.Tensor | None = None, near_copies: str = "replace"):
+    """Every generator's n_max minority scans from one shared model; (extras, quality rows). With
+    ``truth`` (each majority scan's true minority version), the counterfactuals' effect recovery R."""
     cn, ad = shared.index(major), shared.index(minor)
     order = torch.randperm(len(x_major), generator=torch.Generator().manual_seed(seed))[:n_max]
     extras, quality = {}, []
     t0 = time.perf_counter()
-    if "shared aggregate" in names:
-        extras["shared aggregate"], _ = draw_synthetic(class_view(shared, minor), n_max, x_minor, seed + 1,
-                                                       fine_detail="nearest")
+    extras["shared aggregate"], _ = draw_synthetic(class_view(shared, minor), n_max, x_minor, seed + 1,
+                                                   near_copies, fine_detail="nearest")
     for name, how in (("counterfactual MCMC", "mcmc"), ("counterfactual mean", "mean")):
-        if name not in names:
-            continue
         t1 = time.perf_counter()
         sources = x_major[order] if truth is None else x_major  # R needs every subject's truth
         cf, _, info = counterfactuals(shared.model, shared.sampler, sources, cn, ad, how, seed=seed + 2)
@@ -139,9 +130,6 @@ def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n
             cf = cf[order]
         extras[name] = cf
         quality.append(row)
-    if "interpolation" not in names:
-        print(f"drawn in {time.perf_counter() - t0:.0f} s", flush=True)
-        return extras, quality
     g = torch.Generator().manual_seed(seed + 3)
     pairs = [tuple(torch.randperm(len(x_minor), generator=g)[:2].tolist()) for _ in range(n_max)]
     weights = (0.25 + 0.5 * torch.rand(n_max, generator=g)).tolist()
@@ -151,8 +139,10 @@ def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n
     return extras, quality
 
 
-def score_quality(extras: dict, quality: list[dict], x_minor: torch.Tensor, seed: int, train_s: float) -> None:
-    """Gradient-energy ratio to the real minority scans, and each generator's two-sample AUROC."""
+def score_quality(extras: dict, quality: list[dict], x_minor: torch.Tensor, seed: int, train_s: float,
+                  steps: int = STEPS) -> None:
+    """Gradient-energy ratio to the real minority scans, and each generator's two-sample AUROC
+    (its classifiers trained ``steps`` steps)."""
     real_energy = gradient_energy(x_minor)
     for name, scans in extras.items():
         row = next((q for q in quality if q["source"] == name), None)
@@ -161,7 +151,7 @@ def score_quality(extras: dict, quality: list[dict], x_minor: torch.Tensor, seed
             quality.append(row)
         row["energy_ratio"] = gradient_energy(scans) / real_energy
         if name in GENERATORS:
-            row["two_sample_auroc"] = two_sample_auroc(x_minor, scans, seed)
+            row["two_sample_auroc"] = two_sample_auroc(x_minor, scans, seed, steps=steps)
         row["train_seconds"] = round(train_s, 1)
 
 
@@ -171,10 +161,9 @@ def score_rows(extras: dict, sources: list[str], counts: list[int], x_major, x_m
     runs = []
     for name, c in [("real only", 0)] + [(name, c) for name in sources for c in counts]:
         extra = extras[name][: c * len(x_minor)] if c else x_minor[:0]
-        x = torch.cat([x_major, x_minor, extra])
-        y = torch.cat([torch.zeros(len(x_major)), torch.ones(len(x_minor) + len(extra))]).long()
-        p = predict(train_classifier(x, y, seed, steps), x_test)
-        s = {"auroc": auroc(y_test, p[:, 1]), "balanced_accuracy": balanced_accuracy(y_test, p.argmax(1))}
+        x, y = labelled(x_major, torch.cat([x_minor, extra]))
+        scores = score(train_classifier(x, y, seed, steps), x_test, y_test)
+        s = {k: scores[k] for k in ("auroc", "balanced_accuracy")}
         key = name if not c else f"{name} {c}x"
         runs.append({"seed": seed, "condition": key, "source": name, "count": c, "n_extra": len(extra), **s})
         print(f"{tag}: {key:26s} bal.acc {s['balanced_accuracy']:.3f}  AUROC {s['auroc']:.3f}", flush=True)
@@ -223,11 +212,9 @@ def main() -> None:
                     help="no classifier rows: effect recovery R, sharpness and two-sample AUROC (e.g. per difficulty)")
     ap.add_argument("--oracle-only", action="store_true",
                     help="no model: real only, duplicates, the true counterfactuals of the CN subjects, more real AD")
-    ap.add_argument("--generators", nargs="+", choices=GENERATORS, default=GENERATORS,
-                    help="draw and score only these generators")
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG")
-    args = ap.parse_args()
+    args = parse_args(ap, {"seeds": [0], "counts": [1], "n_control": 4, "n_ad": 2, "n_test": 2, "clf_steps": 2})
     if args.merge:
         parts = [json.loads((RESULTS / f"generators{t}.json").read_text()) for t in args.merge]
         payload = {"args": parts[0]["args"], "machine": parts[0]["machine"], "merged": args.merge,

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, write_result
+from bench.common import machine, parse_args, write_result
 from models import ModelConfig, Trainer, build_model, build_sampler
 from models.options import AugmentConfig
 from models.profiles import profile_settings
@@ -131,7 +131,9 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=None,
                     help="start no new setting after this many seconds (the rows so far are kept)")
     ap.add_argument("--name", default=None, help="result file name (default gpu_throughput_<device type>)")
-    args = ap.parse_args()
+    # --quick: one small setting, on the CPU where no GPU is (the same code path)
+    args = parse_args(ap, {"profiles": ["standard"], "steps": 1, "warmup": 1, "channels_last": "off",
+                           "shape": [16, 16, 16], "batch": 2})
     if args.warmup < 1 or args.steps < 1:
         ap.error("--steps and --warmup must be at least 1")
     device = torch.device(args.device)

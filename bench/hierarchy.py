@@ -16,7 +16,7 @@ Figures per generator, over 30 synthetic AD scans:
 - sharpness: mean gradient magnitude (central differences, per voxel) and the fraction of
   spectral energy above half the Nyquist frequency, each as a ratio to the held-out real AD
   scans' value (1.0 = as sharp as real scans; smooth decoder means sit below 1);
-- KID against the 20 held-out real AD scans (random-feature KID of bench/posterior_quality.py),
+- KID against the 20 held-out real AD scans (random-feature KID of bench/metrics.py),
   with the floor of the 4 real training AD scans against the same 20;
 - memorisation audit (flagged near-copies of a training AD scan), train seconds.
 
@@ -35,9 +35,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, machine, write_result
-from bench.downstream import build_data, mean_sd, plot_montage
-from bench.posterior_quality import FeatureNet, kid
+from bench.cohorts import build_data
+from bench.common import RESULTS, budget, machine, parse_args, write_result
+from bench.metrics import FeatureNet, gradient_magnitude, high_frequency_fraction, kid, mean_sd
+from bench.plots import plot_montage
 from models.augment import AugmentConfig, fit_class_model
 from models.config import ModelConfig
 from models.data import PreprocessConfig
@@ -57,24 +58,6 @@ MODELS = {
     "hconv1c": ModelConfig(arch="hconv", latent_dims=[16], latent_channels=(4,), parameterization="centered", **BASE),
 }
 VARIANTS = ["conv per-class", "hconv per-class", "hconv shared", "conv shared"]
-
-
-def gradient_magnitude(x: torch.Tensor) -> float:
-    """Mean |grad x| per voxel, central differences over the interior, (N, 1, D, H, W)."""
-    v = x[:, 0].double()
-    gx = (v[:, 2:, 1:-1, 1:-1] - v[:, :-2, 1:-1, 1:-1]) / 2
-    gy = (v[:, 1:-1, 2:, 1:-1] - v[:, 1:-1, :-2, 1:-1]) / 2
-    gz = (v[:, 1:-1, 1:-1, 2:] - v[:, 1:-1, 1:-1, :-2]) / 2
-    return float((gx**2 + gy**2 + gz**2).sqrt().mean())
-
-
-def high_frequency_fraction(x: torch.Tensor) -> float:
-    """Share of spectral energy (mean removed) at |k| > half the Nyquist frequency."""
-    v = x[:, 0].double()
-    power = torch.fft.fftn(v - v.mean(dim=(1, 2, 3), keepdim=True), dim=(1, 2, 3)).abs() ** 2
-    axes = [torch.fft.fftfreq(n, dtype=torch.float64) for n in v.shape[1:]]
-    k = torch.sqrt(sum(a**2 for a in torch.meshgrid(*axes, indexing="ij")))
-    return float(power[:, k > 0.25].sum() / power.sum())
 
 
 def generate(variant: str, data: dict, config: AugmentConfig, seed: int, n: int) -> tuple[torch.Tensor, float]:
@@ -100,19 +83,19 @@ def main() -> None:
     ap.add_argument("--n-control", type=int, default=40)
     ap.add_argument("--n-ad", type=int, default=4)
     ap.add_argument("--tag", default="")
-    args = ap.parse_args()
+    args = parse_args(ap, {"n_control": 4, "n_ad": 2, "variants": ["conv per-class", "hconv shared"]})
     torch.set_num_threads(args.threads)
     pre = PreprocessConfig()
     defaults = AugmentConfig()
-    config = defaults.model_copy(update={"pretrain_steps": round(600 * args.steps_scale),
-                                         "mcmc_steps": round(150 * args.steps_scale)})
-    n_syn = 30
+    config = budget(defaults.model_copy(update={"pretrain_steps": round(600 * args.steps_scale),
+                                                "mcmc_steps": round(150 * args.steps_scale)}), args.quick)
+    n_syn, n_test = (4, 2) if args.quick else (30, 20)
     features = FeatureNet(spatial_dims=3)
     rows, montage = [], None
     started = time.perf_counter()
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="hier-") as tmp:
-            data = build_data(seed, Path(tmp), args.n_control, args.n_ad, 20, pre, difficulty=args.difficulty)
+            data = build_data(seed, Path(tmp), args.n_control, args.n_ad, n_test, pre, difficulty=args.difficulty)
         test_ad = data["test_AD"]
         f_test = features(test_ad)
         real_grad, real_hf = gradient_magnitude(test_ad), high_frequency_fraction(test_ad)
@@ -148,7 +131,7 @@ def main() -> None:
         print(f"| {variant} | {fmt(extra.get('train_seconds'), '{:.0f}')} | {fmt(s['kid'], '{:.2f}')} | "
               f"{fmt(s['grad_ratio'], '{:.3f}')} | {fmt(s['hf_ratio'], '{:.3f}')} | {fmt(extra.get('flagged'), '{:.1f}')} |")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plot_montage(montage, RESULTS / f"hierarchy_montage{args.tag}.png")
+    plot_montage(montage, RESULTS / f"hierarchy_montage{args.tag}.png", args.seeds[0])
     out = write_result(f"hierarchy{args.tag}", {"machine": mach, "seeds": args.seeds, "steps_scale": args.steps_scale,
                                                 "difficulty": args.difficulty, "rows": rows, "summary": summary})
     print(f"wrote {out} and hierarchy_montage{args.tag}.png")

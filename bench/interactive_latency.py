@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, write_result
+from bench.common import machine, parse_args, write_result
 from bench.queue_overhead import _cleanup_deployment, _temp_postgres, _tiny_model
 
 
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="edge of each scan (voxels)")
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
-    args = parser.parse_args()
+    args = parse_args(parser, {"duration": 3.0, "backlog": 2, "scans": 6, "size": 16, "concurrency": 1})
 
     data_dir = Path(tempfile.mkdtemp(prefix="mcvae-interactive-"))
     prefix = f"mcvae-interactive-{uuid.uuid4().hex[:8]}:"

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-from sklearn.datasets import load_digits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, write_result
+from bench.cohorts import digits_split
+from bench.common import machine, parse_args, write_result
 from models import (
     ModelConfig,
     SamplerConfig,
@@ -41,13 +41,6 @@ METHODS = {
 }
 
 
-def digits():
-    images, _ = load_digits(return_X_y=True)
-    x = torch.tensor(images / 16.0 > 0.5, dtype=torch.float32).view(-1, 1, 8, 8)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    return x[order[:1400]], x[order[1400:]]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -55,8 +48,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--particles", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    train_x, test_x = digits()
+    parser.add_argument("--train-items", type=int, default=None, help="the first N training digits (default all 1400)")
+    args = parse_args(parser, {"seeds": [0], "pretrain": 1, "epochs": 1, "particles": 8, "train_items": 128})
+    train_x, test_x = digits_split()
+    train_x = train_x[: args.train_items]
     test_x = test_x.to(args.device)
     rows = []
     for name, (latent_dims, sampler_cfg) in METHODS.items():

@@ -24,10 +24,10 @@ Figures per generator:
   maximum-likelihood value there). pythae and MONAI VAEs define no Gaussian variance of their
   own, so this makes the likelihoods comparable; mcvae's own learned variance is not used here.
 - KID between the 20 held-out real AD scans and the 30 synthetic scans (random-feature KID of
-  bench/posterior_quality.py), with the real-vs-real floor (6 training vs 20 test AD scans);
+  bench/metrics.py), with the real-vs-real floor (6 training vs 20 test AD scans);
 - diversity: mean pairwise RMS distance between the synthetic scans (real AD: the same between
   real scans); nearest-real-training-scan distance and flagged copies (memorisation audit);
-- downstream utility: the classifier recipe of bench/downstream.py on real + 1x and + 5x
+- downstream utility: the classifier of models/classifier.py ("weighted" recipe) on real + 1x and + 5x
   synthetic AD scans: balanced accuracy, AD recall, AUROC on the balanced test set.
 
     python bench/peers.py                 # seeds 0 1 2
@@ -50,10 +50,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS, machine, write_result
-from bench.downstream import build_data, mean_sd, plot_montage, score, train_classifier
-from bench.posterior_quality import FeatureNet, kid
+from bench.cohorts import build_data, held_out, labelled
+from bench.common import RESULTS, machine, parse_args, write_result
+from bench.metrics import FeatureNet, kid, mean_sd, score
+from bench.plots import plot_montage
 from models.augment import AugmentConfig, fit_class_model
+from models.classifier import train_classifier
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig
 from models.evaluation import log_likelihood
@@ -216,21 +218,22 @@ def main() -> None:
     ap.add_argument("--steps-scale", type=float, default=1.0, help="scale every generator's 750-step budget")
     ap.add_argument("--counts", type=int, nargs="+", default=[1, 5])
     ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
+    args = parse_args(ap, {"seeds": [0], "particles": 8, "steps_scale": 0.01, "counts": [1], "threads": 1})
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     pre = PreprocessConfig()
-    n_ad, n_max = 6, 6 * max(args.counts)
+    # training cohort (CN, AD), held-out scans per class, the downstream classifier's steps
+    n_cn, n_ad, n_test, clf_steps = (4, 2, 2, 2) if args.quick else (60, 6, 20, 100)
+    n_max = n_ad * max(args.counts)
     steps = round(750 * args.steps_scale)
     features = FeatureNet(spatial_dims=3)
-    rows, runs, montage = [], [], None
+    rows, runs, montage, montage_seed = [], [], None, None
 
     for seed in args.seeds:
         with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
-            data = build_data(seed, Path(tmp), 60, n_ad, 20, pre)
+            data = build_data(seed, Path(tmp), n_cn, n_ad, n_test, pre)
         x_cn, x_ad, test_ad = data["train_CN"], data["train_AD"], data["test_AD"]
-        x_test = torch.cat([data["test_CN"], test_ad])
-        y_test = torch.cat([torch.zeros(len(data["test_CN"])), torch.ones(len(test_ad))]).long()
+        x_test, y_test = held_out(data)
         f_test = features(test_ad)
         floor = kid(f_test, features(x_ad))
         gen_seed = seed * 1009
@@ -257,14 +260,13 @@ def main() -> None:
                       f"(real {row['real_spread']:.4f})  flagged {row['flagged']}", flush=True)
                 for c in args.counts:
                     extra = scans[: c * n_ad]
-                    x = torch.cat([x_cn, x_ad, extra])
-                    y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(extra))]).long()
-                    s = score(train_classifier(x, y, seed, 100, 16, 3e-3), x_test, y_test)
+                    x, y = labelled(x_cn, torch.cat([x_ad, extra]))
+                    s = score(train_classifier(x, y, seed, clf_steps, 16, 3e-3, "weighted"), x_test, y_test)
                     runs.append({"seed": seed, "source": variant, "count": c, **s})
                     print(f"seed {seed}: {variant:20s} {c}x  bal.acc {s['balanced_accuracy']:.3f}  "
                           f"AD recall {s['ad_recall']:.3f}  AUROC {s['auroc']:.3f}", flush=True)
         if montage is None:
-            montage = [("real AD (training)", x_ad)] + [(v, synthetic[v]) for v in VARIANTS]
+            montage, montage_seed = [("real AD (training)", x_ad)] + [(v, synthetic[v]) for v in VARIANTS], seed
 
     summary = {}
     for name in VARIANTS:
@@ -302,7 +304,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     _plot(summary, args.counts, floor, real_spread, RESULTS / "peers.png", mach)
     if montage:
-        plot_montage(montage, RESULTS / "peers_montage.png")
+        plot_montage(montage, RESULTS / "peers_montage.png", montage_seed)
     out = write_result("peers", {"machine": mach, "command": "python " + " ".join(sys.argv), "args": vars(args),
                                  "steps": steps, "seconds": round(elapsed, 1), "summary": summary,
                                  "kid_real_floor": floor, "real_spread": real_spread, "rows": rows, "runs": runs})

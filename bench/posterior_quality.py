@@ -27,7 +27,6 @@ posterior_quality_<dataset>_{likelihood,traces,kid}.png.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import tempfile
@@ -35,10 +34,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import RESULTS, machine, timed, write_result
+from bench.cohorts import digits_split
+from bench.common import RESULTS, machine, parse_args, timed, write_result
+from bench.metrics import FeatureNet, kid
 from models import (
     ModelConfig,
     SamplerConfig,
@@ -68,13 +68,8 @@ PRECOND = {
 
 # ------------------------------------------------------------------------------------ data
 def digits_data(n_test: int | None):
-    from sklearn.datasets import load_digits
-
-    images, _ = load_digits(return_X_y=True)
-    x = torch.tensor(images / 16.0 > 0.5, dtype=torch.float32).view(-1, 1, 8, 8)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    test = x[order[1400:]]
-    return x[order[:1400]], test[:n_test] if n_test else test
+    train, test = digits_split()
+    return train, test[:n_test] if n_test else test
 
 
 def cohort_data(kind: str, n_items: int, n_test: int, size: int):
@@ -98,58 +93,6 @@ def model_config(dataset: str, shape, latent_dims: list[int]) -> ModelConfig:
         return ModelConfig(data_shape=shape, arch="mlp", latent_dims=latent_dims, likelihood="bernoulli", hidden=(128,))
     return ModelConfig(data_shape=shape, arch="conv", latent_dims=latent_dims, likelihood="gaussian",
                        channels=(16, 32, 64), hidden=(128,))
-
-
-# ------------------------------------------------------------------------------------- KID
-class FeatureNet(nn.Module):
-    """A fixed random CNN (seed 1234, never trained) whose globally pooled activations at three
-    depths are the KID features (random-feature KID).
-
-    No pretrained network may be downloaded, and an Inception net trained on photographs would
-    not suit 8x8 digits or 32x32 brain slices anyway. A network trained on our own real data
-    would make the metric depend on that training run and on the labels available (the demo
-    cohort is 95% one class). Random convolutional features are fixed, reproducible from the
-    seed, the same for every model compared, and sensitive to local texture and shape statistics
-    at several scales; their absolute values mean nothing, only comparisons within one table do
-    (the real-vs-real row gives the floor for the sample sizes used)."""
-
-    def __init__(self, spatial_dims: int, width: int = 64, seed: int = 1234):
-        super().__init__()
-        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        gen = torch.Generator().manual_seed(seed)
-        self.blocks = nn.ModuleList([conv(1, width, 3, padding=1), conv(width, width, 3, padding=1, stride=2),
-                                     conv(width, width, 3, padding=1, stride=2)])
-        with torch.no_grad():
-            for block in self.blocks:
-                fan_in = block.weight[0].numel()
-                block.weight.copy_(torch.randn(block.weight.shape, generator=gen) * math.sqrt(2.0 / fan_in))
-                block.bias.zero_()
-        self.requires_grad_(False)
-        self.eval()
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = []
-        h = x * 2.0 - 1.0  # inputs live in [0, 1]
-        for block in self.blocks:
-            h = torch.relu(block(h))
-            feats.append(h.flatten(2).mean(-1))
-        return torch.cat(feats, 1)
-
-
-def kid(real_f: torch.Tensor, fake_f: torch.Tensor) -> float:
-    """Unbiased MMD^2 with the cubic polynomial kernel k(a, b) = (a.b / d + 1)^3 (Binkowski et al.
-    2018), on all pairs of the two sets. Both sets are divided by one scalar, the real set's root
-    mean square feature value, so that a.b / d is of order 1 (random features have no natural
-    scale); per-feature standardisation is avoided because near-constant features would blow up."""
-    scale = real_f.pow(2).mean().sqrt().clamp_min(1e-12)
-    a, b = (real_f / scale).double(), (fake_f / scale).double()
-    d = a.shape[1]
-    kxx, kyy, kxy = (a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3
-    m, n = len(a), len(b)
-    xx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
-    yy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
-    return float(xx + yy - 2 * kxy.mean())
 
 
 def synthetic(model, n: int, seed: int, bernoulli: bool) -> torch.Tensor:
@@ -252,11 +195,13 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=400, help="demo cohort size (slices/volumes)")
     parser.add_argument("--test", type=int, default=80, help="held-out items (digits: all 397 if 0)")
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--train-items", type=int, default=None, help="the first N training items (default all)")
     parser.add_argument("--repeats", type=int, default=10, help="timing repeats per cost figure")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="*", default=None, help="subset of method names")
     parser.add_argument("--replot", action="store_true", help="only redraw the PNGs from the JSON of a past run")
-    args = parser.parse_args()
+    args = parse_args(parser, {"seeds": [0], "pretrain": 1, "epochs": 1, "particles": 8, "latents": ["4", "4,2"],
+                               "train_items": 128, "items": 40, "test": 20, "size": 16, "repeats": 1})
     if args.replot:
         import json
 
@@ -272,6 +217,7 @@ def main() -> None:
         train_x, test_x = digits_data(args.test or None)
     else:
         train_x, test_x = cohort_data(args.dataset, args.items, args.test, args.size)
+    train_x = train_x[: args.train_items]
     shape = tuple(train_x.shape[1:])
     print(f"{args.dataset}: train {tuple(train_x.shape)}, held out {tuple(test_x.shape)}", flush=True)
     feature_net = FeatureNet(len(shape) - 1)

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, write_result
+from bench.common import machine, parse_args, write_result
 
 
 def _temp_postgres(admin_url: str):
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=2)
-    args = parser.parse_args()
+    args = parse_args(parser, {"n": 2, "repeats": 2, "jobs": 5, "concurrency": 1})
 
     data_dir = Path(tempfile.mkdtemp(prefix="mcvae-bench-"))
     prefix = f"mcvae-bench-{uuid.uuid4().hex[:8]}:"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, timed, write_result
+from bench.common import machine, parse_args, timed, write_result
 from models import ModelConfig, SamplerConfig, build_model, build_sampler
 from models.samplers import evaluate
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--latent", type=int, default=32)
     parser.add_argument("--leapfrog", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
+    args = parse_args(parser, {"batch": 4, "size": 16, "latent": 4, "leapfrog": 2, "repeats": 2})
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else None
 

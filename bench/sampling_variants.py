@@ -40,19 +40,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cohort_utility import CONV, add_cohort_arguments
-from bench.common import RESULTS, machine, write_result
-from bench.downstream import (
+from bench.cohorts import build_data, duplicate_copies, held_out, labelled
+from bench.common import RESULTS, budget, machine, parse_args, write_result
+from bench.metrics import (
     METRICS,
-    build_data,
-    duplicate_copies,
+    FeatureNet,
+    gradient_magnitude,
+    high_frequency_fraction,
+    kid,
     mean_sd,
-    plot_montage,
     score,
-    train_classifier,
 )
-from bench.hierarchy import gradient_magnitude, high_frequency_fraction
-from bench.posterior_quality import FeatureNet, kid
+from bench.plots import plot_montage
 from models.augment import AugmentConfig, fit_class_model, fit_transfer_model
+from models.classifier import train_classifier
 from models.config import ModelConfig
 from models.data import PreprocessConfig
 from models.fine_detail import FineDetail
@@ -97,7 +98,7 @@ def run(args) -> dict:
     pre = PreprocessConfig()
     conv = CONV.model_copy(update=json.loads(args.conv)) if args.conv else CONV
     model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **conv.model_dump())
-    config = AugmentConfig()
+    config = budget(AugmentConfig(), args.quick)
     counts = sorted(args.counts)
     n_max = max(counts) * args.n_ad
     features = FeatureNet(spatial_dims=3)
@@ -107,8 +108,7 @@ def run(args) -> dict:
             data = build_data(seed, Path(tmp), args.n_control, args.n_ad, args.n_test, pre,
                               difficulty=args.difficulty)
         x_cn, x_ad, test_ad = data["train_CN"], data["train_AD"], data["test_AD"]
-        x_test = torch.cat([data["test_CN"], test_ad])
-        y_test = torch.cat([torch.zeros(len(data["test_CN"])), torch.ones(len(test_ad))]).long()
+        x_test, y_test = held_out(data)
         f_test, real_grad, real_hf = features(test_ad), gradient_magnitude(test_ad), high_frequency_fraction(test_ad)
         extras = {"duplicates": duplicate_copies(x_ad, n_max, seed)}
         for scope in args.scopes:
@@ -141,12 +141,11 @@ def run(args) -> dict:
             RESULTS.mkdir(parents=True, exist_ok=True)
             plot_montage([("real AD (training)", x_ad), ("real AD (held out)", test_ad)]
                          + [(k, v) for k, v in extras.items() if k != "duplicates"],
-                         RESULTS / f"sampling_variants_montage{args.tag}.png")
+                         RESULTS / f"sampling_variants_montage{args.tag}.png", seed)
         for name, scans in [("real only", x_ad[:0])] + [(k, v) for k, v in extras.items()]:
             for c in ([0] if name == "real only" else counts):
                 extra = scans[: c * args.n_ad]
-                x = torch.cat([x_cn, x_ad, extra])
-                y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(extra))]).long()
+                x, y = labelled(x_cn, torch.cat([x_ad, extra]))
                 s = score(train_classifier(x, y, seed, args.clf_steps, 16, 3e-3, args.clf_recipe), x_test, y_test)
                 key = name if not c else f"{name} {c}x"
                 runs.append({"seed": seed, "condition": key, "source": name, "count": c,
@@ -185,7 +184,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG", help="merge the JSON of earlier runs and report")
-    args = ap.parse_args()
+    # --quick: a latent-space drawer, one with detail added, and the product's own fine detail
+    args = parse_args(ap, {"seeds": [0], "counts": [1], "n_control": 4, "n_ad": 2, "n_test": 2, "clf_steps": 2,
+                           "variants": ["gaussian", "mixture+detail", "fine_detail"]})
     torch.set_num_threads(args.threads)
     if args.merge:
         parts = [json.loads((RESULTS / f"sampling_variants{t}.json").read_text()) for t in args.merge]

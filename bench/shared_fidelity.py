@@ -1,7 +1,7 @@
 """Why do shared class-conditional models lose the AD shift on the hard cohort, and what fixes it?
 (issue 12, follow-up of bench/cohort_utility.py)
 
-Class fidelity is scored directly: a *reference* classifier (bench/downstream.py's CNN, 400 steps)
+Class fidelity is scored directly: a *reference* classifier (models/classifier.py's CNN, 400 steps)
 is trained on a large real cohort of the same difficulty that no generator sees (100 CN + 100 AD,
 demo seed 500 + s) and gives each synthetic AD scan a probability of AD. Real held-out AD and CN
 scans give the scale (their mean P(AD) and the reference's AUROC). Per variant, over 30 synthetic
@@ -22,16 +22,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.cohort_utility import CONV, DIFFICULTY, HCONV
-from bench.common import RESULTS, machine, write_result
-from bench.downstream import build_data, duplicate_copies, plot_montage, score, train_classifier
-from bench.hierarchy import gradient_magnitude, high_frequency_fraction
-from bench.posterior_quality import FeatureNet, kid
+from bench.cohorts import build_data, duplicate_copies, held_out, labelled
+from bench.common import RESULTS, budget, machine, parse_args, write_result
+from bench.metrics import FeatureNet, gradient_magnitude, high_frequency_fraction, kid, score
+from bench.plots import plot_montage
 from models.augment import AugmentConfig, fit_class_model, fit_transfer_model
+from models.classifier import predict, train_classifier
 from models.conditional import ClassView
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
@@ -40,7 +40,7 @@ from models.generators import draw_synthetic
 from models.shared_model import class_view, fit_shared_model, stack_classes
 
 
-def variant_settings(name: str) -> tuple[dict, AugmentConfig, str]:
+def variant_settings(name: str, quick: bool = False) -> tuple[dict, AugmentConfig, str]:
     """'<scope> <arch> [xK] [zN] [mcmc] [nc] [mC,C..]': e.g. 'shared conv x4 z64 mcmc';
     'nc': noncentered; 'm2,4': hconv latent maps of 2 and 4 channels (finest first)."""
     words = name.split()
@@ -60,12 +60,19 @@ def variant_settings(name: str) -> tuple[dict, AugmentConfig, str]:
         elif w.startswith("m"):
             choice["latent_channels"] = tuple(int(c) for c in w[1:].split(","))
     config = config.model_copy(update={"pretrain_steps": round(600 * scale), "mcmc_steps": round(150 * scale)})
-    return choice, config, scope
+    return choice, budget(config, quick), scope
 
 
-@torch.no_grad()
 def p_ad(net, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([F.softmax(net(x[i:i + 32]), 1)[:, 1] for i in range(0, len(x), 32)])
+    return predict(net, x)[:, 1]
+
+
+# The run's sizes: training cohort (CN, AD), held-out scans per class, reference cohort per class,
+# the reference classifier's steps, synthetic scans per source, the downstream classifier's steps.
+SIZES = {"n_control": 60, "n_ad": 6, "n_test": 20, "n_reference": 100, "reference_steps": 400, "n_drawn": 30,
+         "clf_steps": 100}
+QUICK_SIZES = {"n_control": 4, "n_ad": 2, "n_test": 2, "n_reference": 4, "reference_steps": 2, "n_drawn": 4,
+               "clf_steps": 2}
 
 
 def main() -> None:
@@ -82,20 +89,21 @@ def main() -> None:
     ap.add_argument("--joint", action="store_true",
                     help="hconv variants: also draw from the joint aggregate-posterior Gaussian (row '<variant> joint')")
     ap.add_argument("--montage", action="store_true", help="write a montage of every source")
-    args = ap.parse_args()
+    args = parse_args(ap, {"variants": ["shared conv", "shared hconv mcmc"]})
+    size = QUICK_SIZES if args.quick else SIZES
     torch.set_num_threads(1)
     pre, seed = PreprocessConfig(), args.seed
     with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
-        data = build_data(seed, Path(tmp) / "d", 60, 6, 20, pre, difficulty=args.difficulty)
-        cohort = make_demo_cohort(Path(tmp) / "ref", n_control=100, n_ad=100, shape=(32, 32, 32), seed=500 + seed,
+        data = build_data(seed, Path(tmp) / "d", size["n_control"], size["n_ad"], size["n_test"], pre,
+                          difficulty=args.difficulty)
+        cohort = make_demo_cohort(Path(tmp) / "ref", n_control=size["n_reference"], n_ad=size["n_reference"],
+                                  shape=(32, 32, 32), seed=500 + seed,
                                   difficulty=args.difficulty)
         ref = {c: load_tensors(cohort, pre, Path(tmp) / "cache", c) for c in ("CN", "AD")}
-    x_ref = torch.cat([ref["CN"], ref["AD"]])
-    y_ref = torch.cat([torch.zeros(len(ref["CN"])), torch.ones(len(ref["AD"]))]).long()
+    x_ref, y_ref = labelled(ref["CN"], ref["AD"])
     t0 = time.perf_counter()
-    reference = train_classifier(x_ref, y_ref, 7, 400, 16, 3e-3)
-    x_test = torch.cat([data["test_CN"], data["test_AD"]])
-    y_test = torch.cat([torch.zeros(20), torch.ones(20)]).long()
+    reference = train_classifier(x_ref, y_ref, 7, size["reference_steps"], 16, 3e-3, "weighted")
+    x_test, y_test = held_out(data)
     ref_score = score(reference, x_test, y_test)
     rows = {"reference": {**ref_score, "train_seconds": round(time.perf_counter() - t0, 1),
                           "p_ad_real_AD_test": float(p_ad(reference, data["test_AD"]).mean()),
@@ -106,9 +114,9 @@ def main() -> None:
     f_test, real_grad, real_hf = features(data["test_AD"]), gradient_magnitude(data["test_AD"]), \
         high_frequency_fraction(data["test_AD"])
     x_cn, x_ad = data["train_CN"], data["train_AD"]
-    sources = {"duplicates": duplicate_copies(x_ad, 30, seed)}
+    sources = {"duplicates": duplicate_copies(x_ad, size["n_drawn"], seed)}
     for name in args.variants:
-        choice, config, scope = variant_settings(name)
+        choice, config, scope = variant_settings(name, args.quick)
         model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **choice)
         started = time.perf_counter()
         if scope == "per-class":
@@ -133,7 +141,7 @@ def main() -> None:
                     inner.sampling_scale_tril.copy_(spread * fitted_spread[0])
                     inner.sampling_diag_scale.copy_(spread * fitted_spread[1])
                     row = f"{row} spread {spread:g}"
-                scans, near = draw_synthetic(model, 30, x_ad, seed * 1009 + 1)
+                scans, near = draw_synthetic(model, size["n_drawn"], x_ad, seed * 1009 + 1, config.near_copies)
                 sources[row] = scans
                 rows[row] = {"train_seconds": round(seconds, 1), "redrawn": near["replaced"],
                              "final_accept": history.final_accept()}
@@ -149,17 +157,15 @@ def main() -> None:
                 both, labels, _ = stack_classes({"CN": x_cn, "AD": x_ad})
                 joint.fit_sampling_distribution([(both, labels)])
                 view = ClassView(joint, shared.index("AD"))
-            scans, near = draw_synthetic(view, 30, x_ad, seed * 1009 + 1)
+            scans, near = draw_synthetic(view, size["n_drawn"], x_ad, seed * 1009 + 1, config.near_copies)
             sources[f"{name} joint"] = scans
             rows[f"{name} joint"] = {"train_seconds": round(seconds, 1), "redrawn": near["replaced"],
                                      "final_accept": history.final_accept()}
     for name, scans in sources.items():
         p = p_ad(reference, scans)
-        both = torch.cat([data["test_CN"], scans])
-        auroc = score(reference, both, torch.cat([torch.zeros(20), torch.ones(len(scans))]).long())["auroc"]
-        x = torch.cat([x_cn, x_ad, scans])
-        y = torch.cat([torch.zeros(len(x_cn)), torch.ones(len(x_ad) + len(scans))]).long()
-        downstream = score(train_classifier(x, y, seed, 100, 16, 3e-3), x_test, y_test)
+        auroc = score(reference, *labelled(data["test_CN"], scans))["auroc"]
+        x, y = labelled(x_cn, torch.cat([x_ad, scans]))
+        downstream = score(train_classifier(x, y, seed, size["clf_steps"], 16, 3e-3, "weighted"), x_test, y_test)
         rows.setdefault(name, {}).update({
             "p_ad_mean": float(p.mean()), "auroc_vs_real_CN": auroc, "kid_x1e3": 1e3 * kid(f_test, features(scans)),
             "grad_ratio": gradient_magnitude(scans) / real_grad, "hf_ratio": high_frequency_fraction(scans) / real_hf,
@@ -178,7 +184,7 @@ def main() -> None:
     write_result(f"shared_fidelity{args.tag}", {"machine": machine(), "args": vars(args), "rows": rows})
     if args.montage:
         shown = [("real AD (held out)", data["test_AD"])] + list(sources.items())
-        plot_montage(shown, RESULTS / f"shared_fidelity_montage{args.tag}.png")
+        plot_montage(shown, RESULTS / f"shared_fidelity_montage{args.tag}.png", seed)
 
 
 if __name__ == "__main__":
