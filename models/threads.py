@@ -3,9 +3,10 @@
 Why (issue 25, item 3): torch's default is one OpenMP thread per core, and OpenMP's threads spin
 at every barrier while they wait for each other. On a machine shared with other busy processes
 one of the threads is often descheduled, so every parallel region waits for it while the others
-burn their time slices spinning. Measured with a demo-sized training workload beside other work
-(load 8-10 on 2 cores, docs/BENCHMARKS.md "contention"): 2 spinning threads took 90-150 s and
-36-43 CPU-s, 2 passive threads 25-34 s and 8-11 CPU-s, 1 thread 14-23 s and 5-7 CPU-s.
+burn their time slices spinning. Measured with a demo-sized training workload (docs/RESULTS.md,
+"Contention"): at load 8-13 on 2 cores, 2 spinning threads took 78-150 s and 36-43 CPU-s, 2
+passive ones 25-34 s and 8-11 CPU-s, 1 thread 14-23 s and 5-7 CPU-s; nearly alone, 1 and 2
+threads took the same 4-5 s (2 at twice the CPU).
 
 So: threads come from the CPUs this process may really use (affinity and cgroup quota), shared
 among a worker's pool processes, capped by the work's size (small tensors gain nothing from more
@@ -27,7 +28,8 @@ THREADS_ENV = "MCVAE_TORCH_THREADS"  # the same variable the workers' settings r
 # cpu/cpu.cfs_period_us (quota -1: none).
 CGROUP = Path("/sys/fs/cgroup")
 # Voxels per minibatch that one more thread needs to pay for its synchronisation: the demo
-# profile (32^3 x 8 = 262k) gets 1 thread, the standard one (64^3 x 8 = 2.1M) 2.
+# profile (32^3 x 8 = 262k; a second thread gained nothing there, nearly alone) gets 1 thread,
+# the standard one (64^3 x 8 = 2.1M) 2.
 VOXELS_PER_THREAD = 1_000_000
 
 
@@ -98,8 +100,9 @@ def work_voxels(batch_size: int, shape: Iterable[int] | None) -> int | None:
 
 
 def prefer_passive_waiting(environ: MutableMapping[str, str] | None = None) -> None:
-    """Idle OpenMP threads sleep instead of spinning, unless the user chose a policy. Only has
-    effect before torch is first imported (OpenMP reads it when it loads): call it first thing."""
+    """Idle OpenMP threads sleep instead of spinning, unless the user chose a policy (on a
+    machine of its own, OMP_WAIT_POLICY=ACTIVE runs 2+ threads faster: about 1.6x at 32^3). Only
+    has effect before torch is first imported (OpenMP reads it when it loads): call it first."""
     (os.environ if environ is None else environ).setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
