@@ -65,6 +65,8 @@ def user_threads(environ: MutableMapping[str, str] | None = None) -> int | None:
     environ = os.environ if environ is None else environ
     for name in (THREADS_ENV, "OMP_NUM_THREADS"):
         value = environ.get(name, "").strip()
+        if name == "OMP_NUM_THREADS":
+            value = value.split(",")[0].strip()  # OpenMP's "4,2": 4 at the outer level
         if not value or (name == THREADS_ENV and value == "0"):  # 0: "choose for me" (workers' default)
             continue
         if not value.isdigit() or int(value) < 1:

@@ -59,6 +59,7 @@ def test_the_users_setting_wins(tmp_path):
     assert choose_threads(environ={"MCVAE_TORCH_THREADS": "3"}, affinity={0}, cgroup=quota) == 3
     assert choose_threads(environ={"OMP_NUM_THREADS": "5"}, affinity={0}, cgroup=quota,
                           work_voxels=10) == 5
+    assert choose_threads(environ={"OMP_NUM_THREADS": "4,2"}, affinity={0}, cgroup=quota) == 4
     both = {"MCVAE_TORCH_THREADS": "2", "OMP_NUM_THREADS": "6"}
     assert choose_threads(environ=both, affinity=EIGHT, cgroup=quota) == 2
     # 0 is the workers' "choose for me"
