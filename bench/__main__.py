@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "adaptation": "does entropy adaptation hold the acceptance target in the default demo model?",
     "cost": "what training one model costs, in time and peak memory, at 32^3 and 64^3",
     "demo_time": "how long `mcvae demo` takes end to end",
+    "contention": "how much slower is `mcvae demo` beside one CPU-bound process on every core?",
     "downstream": "do synthetic AD scans help a downstream classifier on the easy demo cohort?",
     "cohort_utility": "which generator helps a classifier on the hard demo cohort (1x / 2x / 5x, against duplicates)?",
     "generators": "which generator helps a classifier on the hard demo cohort; counterfactual effect recovery",

@@ -61,10 +61,25 @@ def _augment_config(args) -> object:
     if getattr(args, "skip_bad_scans", False):
         _section(data, "qc")["skip_bad_scans"] = True
     try:
-        return AugmentConfig(**data)
+        config = AugmentConfig(**data)
     except (ValidationError, TypeError) as err:
         where = f"{args.config}: " if getattr(args, "config", None) else ""
         raise ValueError(where + one_line(err)) from None
+    return _with_threads(config)
+
+
+def _with_threads(config):
+    """Use the torch threads of models/threads.py for this command (the config's own
+    ``train.threads`` wins), and train with them too."""
+    from models.data.options import PreprocessConfig
+    from models.threads import choose_threads, use_threads, work_voxels
+
+    # Unset preprocessing takes the defaults' grid once the cohort is read (models.augment).
+    pre = config.preprocess or PreprocessConfig()
+    threads = config.train.threads or choose_threads(
+        work_voxels=work_voxels(config.train.batch_size, pre.target_shape))
+    use_threads(threads)
+    return config.model_copy(update={"train": config.train.model_copy(update={"threads": threads})})
 
 
 def _section(data: dict, key: str) -> dict:
@@ -270,11 +285,13 @@ def cmd_sample(args) -> int:
     from models.data import PreprocessConfig, output_format, target_affine
     from models.data.io import share_like_umask
     from models.targets import MAX_SYNTHETIC_PER_CLASS
+    from models.threads import choose_threads, use_threads
 
     from .progress import StageBar
 
     if not 1 <= args.n <= MAX_SYNTHETIC_PER_CLASS:
         raise ValueError(f"-n: ask for between 1 and {MAX_SYNTHETIC_PER_CLASS} scans, got {args.n}")
+    use_threads(choose_threads())
     out = _writable_out(args.out)
     model, _, meta = load(args.model)
     model, label = for_class(model, meta, args.label, "--class")
@@ -480,6 +497,9 @@ def _exit_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from models.threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before any command imports torch (models/threads.py says why)
     args = build_parser().parse_args(argv)
     from .errors import one_line
 

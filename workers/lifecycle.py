@@ -13,6 +13,8 @@ import logging
 from celery import signals
 from celery.exceptions import TimeLimitExceeded
 
+from models.threads import use_threads
+
 from . import db, recovery, sweeper
 from .jobs import fail_running
 from .settings import get_settings
@@ -35,11 +37,9 @@ def _prepare_database(sender=None, **_) -> None:
 @signals.worker_process_init.connect
 def _child_init(**_) -> None:
     db.dispose_engines(close=False)
-    threads = get_settings().torch_threads
+    threads = get_settings().torch_threads  # this process's share, set by run_worker
     if threads > 0:
-        import torch  # local: only a worker's pool process needs it, never the gateway
-
-        torch.set_num_threads(threads)
+        use_threads(threads)  # loads torch: only a worker's pool process gets here, never the gateway
 
 
 @signals.task_failure.connect

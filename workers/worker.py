@@ -13,6 +13,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
+from models.threads import choose_threads, prefer_passive_waiting
+
 from .app import get_app
 from .queues import INTERACTIVE, QUEUES
 from .settings import get_settings, reset_settings
@@ -35,10 +37,14 @@ def run_worker(
         raise ValueError(f"concurrency: expected >= 1, got {concurrency}")
     if device:
         os.environ["MCVAE_DEVICE"] = device
-    # One process per job on a CPU machine should not fight its siblings for cores.
+    # Before torch loads (below): idle OpenMP threads sleep instead of spinning (models/threads.py).
+    prefer_passive_waiting()
+    # One process per job on a CPU machine should not fight its siblings for cores: the pool's
+    # processes share the CPUs this worker may use (affinity, cgroup quota); each applies its
+    # share at start (lifecycle._child_init). A user's MCVAE_TORCH_THREADS / OMP_NUM_THREADS wins.
     reset_settings()
     if get_settings().torch_threads == 0:
-        os.environ["MCVAE_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) // concurrency))
+        os.environ["MCVAE_TORCH_THREADS"] = str(choose_threads(processes=concurrency))
         reset_settings()
     settings = get_settings()
     names = [settings.queue_name(q) for q in queues]
