@@ -42,7 +42,7 @@ from .context import JobCancelled, JobContext, json_safe
 from .handlers import HANDLERS
 from .params import SCHEMAS, check_budget, describe
 from .queues import PRIORITY_DEFERRED
-from .records import TERMINAL, JobEventRecord, JobRecord, utcnow
+from .records import DELIVERED, TERMINAL, JobEventRecord, JobRecord, utcnow
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ def finish(job_id: str, token: str, state: str, message: str, *, error: str | No
     now = utcnow()
     values: dict[str, Any] = {"state": state, "stage": state, "error": error, "finished_at": now,
                               "updated_at": now, "run_token": None, "heartbeat_at": None}
-    if state == "succeeded":
+    if state in DELIVERED:
         values["progress"] = 1.0
     if metrics is not None:
         values["metrics"] = json_safe(metrics)
@@ -273,7 +273,7 @@ def finish(job_id: str, token: str, state: str, message: str, *, error: str | No
         ).values(**values))
         if done.rowcount != 1:
             return False
-        add_event(s, job_id, message, state, 1.0 if state == "succeeded" else progress,
+        add_event(s, job_id, message, state, 1.0 if state in DELIVERED else progress,
                   "error" if state == "failed" else "info")
     return True
 
@@ -329,12 +329,12 @@ def execute(task, job_id: str, kind: str) -> str:
         # fails here with the gateway's message instead of running.
         check_budget(params, settings)
         outcome = HANDLERS[kind](ctx, params)
-        if finish(job_id, got.token, "succeeded", outcome.message,
+        if finish(job_id, got.token, outcome.state, outcome.message,
                   metrics={**ctx.metrics, **outcome.metrics}, artifacts=outcome.artifacts):
             # Only now, with success recorded: until then a re-run may still need them.
             for artifact_id in outcome.obsolete:
                 store.delete(artifact_id)
-        return "succeeded"
+        return outcome.state
     except JobCancelled as stop:
         if ctx.lost.is_set():
             log.warning("job %s was taken over by another worker; this run stops", job_id)
