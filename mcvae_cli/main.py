@@ -180,7 +180,7 @@ def _print_result(result) -> None:
             print(f"  {utility_sentence(label, info['utility'])}")
         for warning in class_warnings(label, info):
             print(f"  warning: {warning}")
-        short = info["n_requested"] - info["n_synthetic"]
+        short = info["near_copies"]["left_out"]  # fewer source subjects: the "partial" line says so
         if short:
             print(f"  warning: class '{label}': {short} of {info['n_requested']} synthetic scans left out "
                   "as near-copies after every redraw (see report/summary.txt)")
