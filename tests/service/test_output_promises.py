@@ -95,3 +95,25 @@ def test_data_errors_name_no_store_path_and_the_nan_setting_for_http(deployment,
                 assert leak not in detail, (case, detail)
             job = c.get(f"/v1/jobs/{r.json()['job_id']}").json()
             assert str(deployment.data_dir) not in (job["error"] or "") and "<store>" not in (job["error"] or "")
+
+
+def test_minority_scans_of_one_subject_fail_the_augmentation_with_one_line(deployment, demo_cohort):
+    import nibabel as nib
+    import numpy as np
+
+    members = {n: data for n, data in _members(demo_cohort).items() if "/AD/" not in n}
+    image = nib.load(min((demo_cohort / "AD").glob("*.nii.gz")))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    noise = np.random.default_rng(0).normal(0, 1e-3 * float(data.max()), data.shape).astype(np.float32)
+    for name, scan in (("AD_a", data), ("AD_b", data + noise)):
+        members[f"demo/AD/{name}.nii.gz"] = gzip.compress(nib.Nifti1Image(scan, image.affine).to_bytes())
+    with deployment.client() as c:
+        r = _upload(c, _zip(members), wait=60)
+        assert r.status_code == 201, r.text
+        r = c.post("/v1/augmentations", json={"dataset": r.json()["id"], "config": TINY_AUGMENT})
+        assert r.status_code == 202, r.text
+        with c.stream("GET", r.json()["events_url"], timeout=300) as stream:
+            end = read_sse(stream)[-1][1]
+        assert end["state"] == "failed", end
+        assert "class 'AD': train scans AD_a.nii.gz and AD_b.nii.gz are near-duplicates" in end["message"]
+        assert str(deployment.data_dir) not in end["message"]
