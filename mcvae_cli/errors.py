@@ -16,5 +16,7 @@ def one_line(err: BaseException) -> str:
                 return "invalid configuration: " + "; ".join(parts)
         except Exception:  # noqa: BLE001, S110 - not a pydantic error after all: report str(err)
             pass
-    text = " ".join(str(err).split())
+    from models.data.advice import for_cli  # torch-free
+
+    text = for_cli(" ".join(str(err).split()))
     return text or type(err).__name__

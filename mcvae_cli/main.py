@@ -1,6 +1,8 @@
 """mcvae: synthetic minority-class scans that balance imaging cohorts.
 
-Every command prints one readable line and exits non-zero on bad input.
+Every command prints one readable line and exits non-zero on bad input (exit 2). ``augment``
+and ``demo`` exit 3 when the output was written but some class got fewer synthetic scans than
+asked (one ``mcvae: partial:`` line gives asked and delivered counts per class).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from pathlib import Path
 # Each command imports what it uses inside its function, so that `mcvae --help` and the commands
 # that need no model (serve, keys, doctor, ...) start without loading torch and MONAI.
 EXIT_BAD_INPUT = 2
+# The output was written, but some class got fewer synthetic scans than asked (near-copies left
+# out after every redraw, or fewer source subjects): the cohort is not balanced. One line says so.
+EXIT_PARTIAL = 3
 EXIT_CANCELLED = 130
 
 
@@ -151,7 +156,7 @@ def _print_result(result) -> None:
     counts = ", ".join(f"{c} {result.real_counts[c]} -> {result.real_counts[c] + result.synthetic_counts[c]}"
                        for c in result.real_counts)
     split = "the train split" if any(s != "(none)" for s in m.get("split_counts", {})) else "all real scans"
-    print(f"balanced cohort: {counts} (counted on {split})")
+    print(f"{'partly ' if m.get('partial') else ''}balanced cohort: {counts} (counted on {split})")
     from models.augment import generator_phrase
 
     for label, info in m.get("classes", {}).items():
@@ -190,7 +195,7 @@ def _print_result(result) -> None:
             print(f"  {utility_sentence(label, info['utility'])}")
         for warning in class_warnings(label, info):
             print(f"  warning: {warning}")
-        short = info["n_requested"] - info["n_synthetic"]
+        short = info["near_copies"]["left_out"]  # fewer source subjects: the "partial" line says so
         if short:
             print(f"  warning: class '{label}': {short} of {info['n_requested']} synthetic scans left out "
                   "as near-copies after every redraw (see report/summary.txt)")
@@ -209,6 +214,12 @@ def _run_augment(source, out, target, config) -> int:
     with StageBar("augment", line_step=5) as bar:
         result = augment(source, out, target=target, config=config, progress=bar)
     _print_result(result)
+    from models.augment import partial_line
+
+    short = partial_line(result.metrics)
+    if short:
+        print(f"mcvae: partial: {short}", file=sys.stderr)
+        return EXIT_PARTIAL
     return 0
 
 

@@ -159,13 +159,14 @@ def cmd_doctor(args) -> int:
 
 
 def add_ops_commands(sub) -> None:
-    p = sub.add_parser("serve", help="start the REST gateway (plus an embedded worker when no broker is set)")
+    p = sub.add_parser("serve", help="start the REST gateway (plus embedded workers, one for training and one for "
+                       "ingest, when no broker is set)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn processes")
     p.add_argument("--no-embedded-worker", action="store_true", help="never start a worker beside the gateway")
-    p.add_argument("--concurrency", type=int, default=1, help="embedded worker's processes")
-    p.add_argument("--device", default=None, help="embedded worker's device")
+    p.add_argument("--concurrency", type=int, default=1, help="processes of each embedded worker")
+    p.add_argument("--device", default=None, help="embedded workers' device")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("db", help="database administration")

@@ -48,6 +48,7 @@ from .data import (
     read_cohort,
     target_affine,
 )
+from .data.advice import setting
 from .data.io import share_like_umask
 from .data.quality import preprocessed_problem, raw_problem, refuse
 from .data.settle import OutputFormat, output_format, settle_preprocess
@@ -56,9 +57,13 @@ from .fine_detail import reconstruct
 from .generators import VALUE_RANGE, DrawRequest, Draws, draw
 from .options import AugmentConfig, ModelChoice
 from .report import (
+    DUPLICATE_FRACTION,
+    duplicate_pairs,
     memorisation_audit,
+    real_nearest,
     slice_montage,
     subject_spread,
+    synthetic_diversity,
     training_curves,
 )
 from .samplers import build_sampler
@@ -211,6 +216,7 @@ def augment(
             train_idx = [i for i in train_idx if i not in bad]
             train_counts = {c: sum(1 for i in train_idx if real.items[i].label == c) for c in real.classes}
             wanted = synthetic_counts(train_counts, target, config.max_per_class)
+        _refuse_duplicate_subjects(real, x, train_idx, wanted)
         report("writing real scans", 0.03)
         rows = _write_real(real, x, pre, staging, config.real_scans, source_paths)
         report("validating", 0.05)
@@ -241,8 +247,7 @@ def augment(
     return result
 
 
-SKIP_HINT = ("; to leave such scans out of training instead, pass --skip-bad-scans (config "
-             "qc: {skip_bad_scans: true}), or change the qc thresholds")
+SKIP_HINT = f"; to leave such scans out of training instead, {setting('skip_bad_scans')}, or change the qc thresholds"
 
 
 def _qc_problem(path: Path, problem: str | None, qc) -> str | None:
@@ -451,6 +456,9 @@ def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted
     ``n_base``: the scans the base model of model_scope "transfer" learned from; ``spread``: the
     model's reconstructions of the class's scans against the scans (report.subject_spread)."""
     audit = memorisation_audit(train_x, synthetic, config.near_copy_fraction)
+    diversity = synthetic_diversity(train_x, synthetic, audit["copy_threshold"])
+    if diversity is not None:  # this class's scans come first in trained_on
+        diversity["that_real_scan"] = trained_on[diversity.pop("that_real_index")]
     slice_montage([s[0].numpy() for s in train_x], [s[0].numpy() for s in synthetic],
                   staging / "report" / f"montage_{label}.png",
                   f"class {label}: real training scans (top) vs synthetic (bottom)")
@@ -467,7 +475,7 @@ def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted
         "trained_on": trained_on, "n_trained_on": len(trained_on), "near_copies": near,
         **({"n_base_trained_on": n_base} if n_base is not None else {}),
         "memorisation": {key: v for key, v in audit.items() if key != "synthetic_nn"},
-        "subject_spread": spread,
+        "subject_spread": spread, "diversity": diversity,
     }
 
 
@@ -643,8 +651,41 @@ def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[di
     metrics["final_counts"] = {c: train_counts[c] + delivered[c] for c in real.classes}
     metrics["near_copies_replaced"] = sum(c["near_copies"]["replaced"] for c in metrics["classes"].values())
     metrics["near_copies_left_out"] = sum(c["near_copies"]["left_out"] for c in metrics["classes"].values())
+    metrics["delivery"] = delivery(metrics)
+    metrics["partial"] = any(d["delivered"] < d["requested"] for d in metrics["delivery"].values())
     (staging / "report" / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return AugmentResult(staging, manifest, train_counts, delivered, models, staging / "report", metrics)
+
+
+def delivery(metrics: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Synthetic scans asked and delivered per class that was asked for some, and why any were
+    not: near-copies of training scans left out after every redraw (``near_copies``), or fewer
+    source subjects than scans asked (counterfactual, one scan per subject)."""
+    out = {}
+    for label, info in metrics["classes"].items():
+        if not info["n_requested"]:
+            continue
+        out[label] = {"requested": info["n_requested"], "delivered": info["n_synthetic"],
+                      "left_out_as_near_copies": info["near_copies"]["left_out"],
+                      "short_of_sources": (info.get("generator") or {}).get("short_of_sources", 0)}
+    return out
+
+
+def partial_line(metrics: dict[str, Any]) -> str:
+    """The one line of a run that delivered fewer synthetic scans than asked (CLI exit
+    EXIT_PARTIAL, a job's ``partial`` state and warning event, report/summary.txt); empty when
+    every class got what it asked."""
+    if not metrics.get("partial"):
+        return ""
+    counts = []
+    for label, d in metrics["delivery"].items():
+        why = [f"{d['left_out_as_near_copies']} left out as near-copies of training scans after every redraw"
+               if d["left_out_as_near_copies"] else "",
+               f"{d['short_of_sources']} short: one scan per source subject" if d["short_of_sources"] else ""]
+        why = "; ".join(w for w in why if w)
+        counts.append(f"{label} {d['delivered']} of {d['requested']}" + (f" ({why})" if why else ""))
+    return ("delivered fewer synthetic scans than asked: " + ", ".join(counts)
+            + "; the cohort is not balanced (see report/summary.txt)")
 
 
 def generator_phrase(info: dict[str, Any], listed: bool = True) -> str:
@@ -665,6 +706,13 @@ def spread_warning(label: str, spread: dict[str, Any]) -> str:
     return (f"class '{label}': the model reconstructs its training scans nearly alike (spread "
             f"{spread['ratio']:.2f} of the real scans'): it learned the class mean more than its subjects, "
             "so its synthetic scans look alike; try another seed or more pretrain_steps")
+
+
+def diversity_phrase(d: dict[str, Any]) -> str:
+    """Synthetic-to-synthetic diversity in words (report.synthetic_diversity's record)."""
+    return (f"{d['close_pairs']} of {d['synthetic_pairs']} synthetic pairs lie closer than the near-copy threshold "
+            f"({d['threshold']:.4g}), and {d['most_sharing_one_nearest_real']} of {d['n_synthetic']} share one "
+            f"nearest real scan ({d['that_real_scan']})")
 
 
 def class_warnings(label: str, info: dict[str, Any]) -> list[str]:
@@ -691,6 +739,10 @@ def class_warnings(label: str, info: dict[str, Any]) -> list[str]:
     utility = info.get("utility")
     if utility and ("skipped" in utility or not utility.get("helped")):
         warnings.append(utility_sentence(label, utility))
+    diversity = info.get("diversity") or {}
+    if diversity.get("warning"):
+        warnings.append(f"class '{label}': the synthetic scans are alike: {diversity_phrase(diversity)}; look at "
+                        "the montage, and try another seed, more pretrain_steps or fewer scans")
     near = info.get("near_copies") or {}
     plain = len(near.get("without_detail") or [])
     if plain:
@@ -702,6 +754,26 @@ def class_warnings(label: str, info: dict[str, Any]) -> list[str]:
     return warnings
 
 
+def _refuse_duplicate_subjects(real: Cohort, x: torch.Tensor, train_idx: list[int], wanted: dict[str, int]) -> None:
+    """Refuse a class to be drawn whose train scans hold one subject twice: its near-copy
+    threshold would come from that pair (report.DUPLICATE_FRACTION)."""
+    if len(train_idx) < 3:
+        return
+    reference = float(real_nearest(x[train_idx]).median())
+    for label, n in wanted.items():
+        rows = [i for i in train_idx if real.items[i].label == label]
+        pairs = duplicate_pairs(x[rows], reference) if n > 0 else []
+        if pairs:
+            i, j, distance = pairs[0]
+            more = f" (and {len(pairs) - 1} more pair(s))" if len(pairs) > 1 else ""
+            raise CohortError(
+                f"class '{label}': train scans {real.items[rows[i]].path.name} and {real.items[rows[j]].path.name} "
+                f"are near-duplicates (RMS distance {distance:.4g}, under {DUPLICATE_FRACTION} x the cohort's median "
+                f"nearest-neighbour distance {reference:.4g}){more}: one subject twice would set the near-copy "
+                "threshold and let copies of it through; keep one scan per subject in the train split (give a "
+                "repeat scan split 'val' or 'test', or remove it)")
+
+
 def _write_summary(result: AugmentResult, path: Path) -> None:
     """report/summary.txt: what a person needs to trust the cohort, in a few lines."""
     m = result.metrics
@@ -710,8 +782,13 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
     lines.append(("real scans per split: " if split else "real scans (no split column): ") + "; ".join(
         (f"{name} " if split else "") + ", ".join(f"{c} {n}" for c, n in sorted(per.items()))
         for name, per in sorted(m["split_counts"].items())))
-    lines.append(("balanced on the train split: " if split else "balanced on all real scans: ") + ", ".join(
+    lines.append(("partly " if m.get("partial") else "")
+                 + ("balanced on the train split: " if split else "balanced on all real scans: ") + ", ".join(
         f"{c} {result.real_counts[c]} -> {m['final_counts'][c]}" for c in sorted(result.real_counts)))
+    lines.append("synthetic scans asked -> delivered: " + ", ".join(
+        f"{c} {d['requested']} -> {d['delivered']}" for c, d in m["delivery"].items()))
+    if m.get("partial"):
+        lines.append(f"WARNING: {partial_line(m)}")
     skipped = m.get("skipped_scans") or []
     if skipped:
         lines.append(f"left out of training by quality control (qc.skip_bad_scans), still in real/ if readable: "
@@ -768,6 +845,8 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
                          + f" of them {label}")
         if (info.get("utility") or {}).get("helped"):  # otherwise it is one of the warnings below
             lines.append(f"  utility self-check: {utility_sentence(label, info['utility'])}")
+        if info.get("diversity"):
+            lines.append(f"  synthetic-to-synthetic diversity: {diversity_phrase(info['diversity'])}")
         lines += [f"  WARNING: {w}" for w in class_warnings(label, info)]
         lines.append(f"  final audit: {len(audit['flagged'])} delivered scan(s) below the threshold; nearest "
                      f"training scan at median {((audit['synthetic_to_real_nn'] or {}).get('median') or 0):.4g} "

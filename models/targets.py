@@ -61,8 +61,8 @@ def synthetic_counts(
         unknown = sorted(set(target) - set(counts))
         if unknown:
             raise CohortError(
-                f"target: unknown class {', '.join(repr(u) for u in unknown)} "
-                f"(classes: {', '.join(sorted(counts))})"
+                f"target: unknown class {', '.join(repr(u) for u in unknown)}"
+                f"{did_you_mean(unknown[0], list(counts))} (classes: {', '.join(sorted(counts))})"
             )
         negative = [c for c, n in target.items() if n < 0]
         if negative:
@@ -80,6 +80,16 @@ def synthetic_counts(
                 + unknown_label_hint(label, counts)
             )
     return wanted
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """"; did you mean 'AD'?" when ``name`` is a letter-case variant or a small edit of one of
+    ``choices`` (a typo of a class name), else empty. The CLI and the gateway both word target
+    checks with it (this module is torch-free)."""
+    # cutoff 0.5: one letter off in a two-letter class name ('AF' for 'AD') is a ratio of 0.5
+    near = [c for c in choices if c.lower() == name.lower() and c != name] or difflib.get_close_matches(
+        name, choices, n=1, cutoff=0.5)
+    return f"; did you mean {near[0]!r}?" if near else ""
 
 
 def unknown_label_hint(label: str, counts: dict[str, int]) -> str:

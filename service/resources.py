@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 
 import workers
 from workers import ArtifactStore
-from workers.records import JobRecord
+from workers.records import DELIVERED, JobRecord
 
 from . import db
 from .errors import ApiError, scrub
@@ -124,7 +124,7 @@ def _follow_up(rec: ResourceRecord, job: workers.Job, store: ArtifactStore) -> N
             store.delete(rec.id)
             # Preprocessed tensors the workers cached for a dataset are patient data too.
             shutil.rmtree(store.root / ".cache" / rec.id, ignore_errors=True)
-        elif rec.kind == "augmentation" and job.state == "succeeded":
+        elif rec.kind == "augmentation" and job.state in DELIVERED:
             for label, model_id in sorted((job.metrics.get("models") or {}).items()):
                 if s.get(ResourceRecord, model_id) is None:
                     s.add(ResourceRecord(id=model_id, lab=rec.lab, kind="model", job_id=job.id,
@@ -142,5 +142,7 @@ def public_text(text: str | None, store: ArtifactStore) -> str | None:
         return text
     for root in {str(store.root), str(Path(store.root).resolve())}:
         text = re.sub(re.escape(root) + r"/(?:[^\s/]+/)*?data/", "", text)
+        # the upload's folder itself ("<...>/data: no scans found"): the upload, in the user's words
+        text = re.sub(re.escape(root) + r"/(?:[^\s/]+/)*?data(?=[\s:;,)]|$)", "the upload", text)
         text = text.replace(root, "<store>")
     return scrub(text)  # and any other server path, URL or host:port (a broker's, a database's)

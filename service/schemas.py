@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.profiles import PROFILE_NAMES
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobState = Literal["queued", "running", "succeeded", "partial", "failed", "cancelled"]
 JobKind = Literal["ingest", "train", "sample", "augment", "evaluate"]
 Config = dict[str, Any]
 MAX_SEED = 2**63 - 1

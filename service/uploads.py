@@ -143,8 +143,9 @@ async def _receive_multipart(request: Request, dest: Path, max_bytes: int,
         state["part"] = opts.get(b"name", b"").decode("utf-8", "replace")
         if b"filename" in opts or state["part"] == "file":
             state["files"] += 1
-            if state["files"] > 1:
-                raise ApiError(400, "one archive per upload: the form has more than one file")
+            if state["files"] > 1:  # a folder's files, as a browser's folder picker sends them
+                raise ApiError(400, "the form has more than one file: a folder's files are not a cohort upload; "
+                                    f"one archive per upload: {COHORT_HOWTO}")
             state["is_file"] = True
 
     def on_part_data(data, start, end):

@@ -7,20 +7,22 @@ from typing import Any
 
 import workers
 from workers import ArtifactStore
+from workers.records import DELIVERED
 
 from . import schemas
 from .records import ResourceRecord
 from .resources import public_text
 
 DOWNLOADABLE = ("sample", "augment", "evaluate")
-DATASET_STATES = {"queued": "ingesting", "running": "ingesting", "succeeded": "ready",
+# "partial" (an augmentation short of synthetic scans) delivered its models like "succeeded".
+DATASET_STATES = {"queued": "ingesting", "running": "ingesting", "succeeded": "ready", "partial": "ready",
                   "failed": "failed", "cancelled": "cancelled"}
-MODEL_STATES = {"queued": "training", "running": "training", "succeeded": "ready",
+MODEL_STATES = {"queued": "training", "running": "training", "succeeded": "ready", "partial": "ready",
                 "failed": "failed", "cancelled": "cancelled"}
 
 
 def job(j: workers.Job, store: ArtifactStore) -> schemas.Job:
-    result = (f"/v1/jobs/{j.id}/result" if j.state == "succeeded" and j.kind in DOWNLOADABLE
+    result = (f"/v1/jobs/{j.id}/result" if j.state in DELIVERED and j.kind in DOWNLOADABLE
               and j.artifacts else None)
     return schemas.Job(
         id=j.id, kind=j.kind, state=j.state, stage=j.stage, progress=j.progress, params=j.params,
@@ -78,7 +80,7 @@ def model(rec: ResourceRecord, j: workers.Job, store: ArtifactStore) -> schemas.
 
 
 def augmentation(j: workers.Job, rec: ResourceRecord | None, store: ArtifactStore) -> schemas.Augmentation:
-    done = j.state == "succeeded"
+    done = j.state in DELIVERED
     return schemas.Augmentation(
         id=j.id, name=rec.name if rec else None, dataset=j.params.get("dataset"),
         target=j.params.get("target"), profile=j.params.get("profile"), state=j.state, stage=j.stage, progress=j.progress,

@@ -30,6 +30,7 @@ class Outcome:
     artifacts: list[str] = field(default_factory=list)
     message: str = "done"
     obsolete: list[str] = field(default_factory=list)  # deleted once success is recorded
+    state: str = "succeeded"  # or "partial" (workers.records.DELIVERED)
 
 
 def resolve_device(device: str) -> str:

@@ -398,6 +398,7 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
         Cancelled,
         ClassCheckpoints,
         class_warnings,
+        partial_line,
     )
     from models.augment import augment as run_augment
     from models.checks import utility_sentence
@@ -467,7 +468,11 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
         for warning in class_warnings(label, info):
             ctx.log(warning, "warning")
     obsolete = ctx.store.list("checkpoint", f"checkpoint-{ctx.job_id}-")  # superseded by the models
-    return Outcome(metrics=metrics, artifacts=artifacts, obsolete=obsolete, message=f"made {made} synthetic scans")
+    short = partial_line(result.metrics)
+    if short:  # the job ends "partial": a client can tell it from a balanced cohort by the state
+        ctx.log(short, "warning")
+    return Outcome(metrics=metrics, artifacts=artifacts, obsolete=obsolete, message=f"made {made} synthetic scans",
+                   state="partial" if short else "succeeded")
 
 
 def _digest(label: str) -> str:

@@ -24,8 +24,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL = ("succeeded", "failed", "cancelled")
+# "partial": an augmentation that delivered its output with fewer synthetic scans than asked
+# (a warning event gives the counts; metrics.delivery holds them). The state column is a plain
+# string, so no migration is needed for it.
+STATES = ("queued", "running", "succeeded", "partial", "failed", "cancelled")
+TERMINAL = ("succeeded", "partial", "failed", "cancelled")
+DELIVERED = ("succeeded", "partial")  # a result exists
 
 
 def utcnow() -> dt.datetime:

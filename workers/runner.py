@@ -45,7 +45,7 @@ from .context import JobCancelled, JobContext, json_safe
 from .handlers import HANDLERS
 from .params import SCHEMAS, check_budget, describe
 from .queues import PRIORITY_DEFERRED
-from .records import TERMINAL, JobEventRecord, JobRecord, utcnow
+from .records import DELIVERED, TERMINAL, JobEventRecord, JobRecord, utcnow
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def _end_values(state: str, *, error: str | None = None, metrics: dict[str, Any]
     now = utcnow()
     values: dict[str, Any] = {"state": state, "stage": state, "error": error, "finished_at": now,
                               "updated_at": now, "run_token": None, "heartbeat_at": None}
-    if state == "succeeded":
+    if state in DELIVERED:
         values["progress"] = 1.0
     if metrics is not None:
         values["metrics"] = json_safe(metrics)
@@ -307,7 +307,7 @@ def finish(job_id: str, token: str, state: str, message: str, *, error: str | No
         ).values(**values))
         if done.rowcount != 1:
             return False
-        add_event(s, job_id, message, state, 1.0 if state == "succeeded" else progress,
+        add_event(s, job_id, message, state, 1.0 if state in DELIVERED else progress,
                   "error" if state == "failed" else "info")
     return True
 
@@ -324,7 +324,7 @@ def adopt(s, job_id: str, guard, kept: dict[str, Any]) -> bool:
     add_event(s, job_id, "its run had finished before its worker stopped; its outcome recorded, "
               "nothing re-run", "finishing", level="warning")
     add_event(s, job_id, kept.get("message") or state, state,
-              1.0 if state == "succeeded" else kept.get("progress"), "error" if state == "failed" else "info")
+              1.0 if state in DELIVERED else kept.get("progress"), "error" if state == "failed" else "info")
     log.warning("job %s: recorded the %s outcome its dead run had kept", job_id, state)
     return True
 
@@ -388,7 +388,7 @@ def execute(task, job_id: str, kind: str) -> str:
         # fails here with the gateway's message instead of running.
         check_budget(params, settings)
         outcome = HANDLERS[kind](ctx, params)
-        return end(ctx, "succeeded", outcome.message, metrics={**ctx.metrics, **outcome.metrics},
+        return end(ctx, outcome.state, outcome.message, metrics={**ctx.metrics, **outcome.metrics},
                    artifacts=outcome.artifacts, obsolete=outcome.obsolete)
     except JobCancelled as stop:
         if ctx.lost.is_set():

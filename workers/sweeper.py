@@ -33,7 +33,7 @@ from sqlalchemy import select
 
 from . import db, outcomes
 from .artifacts import ArtifactNotFound, ArtifactStore, run_of
-from .records import TERMINAL, JobRecord, utcnow
+from .records import DELIVERED, TERMINAL, JobRecord, utcnow
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def sweep_checkpoints(store: ArtifactStore, settings: Settings) -> list[str]:
     removed = []
     for artifact_id in ids:
         state, finished = jobs.get(artifact_id[prefix:prefix + JOB_ID_LENGTH], (None, None))
-        if state is None or state == "succeeded":
+        if state is None or state in DELIVERED:
             dead = True  # nobody can resume it; a model supersedes it
         elif state in TERMINAL:
             dead = finished is None or finished < keep_after

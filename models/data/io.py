@@ -17,6 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from .advice import setting
 from .errors import ScanError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -121,7 +122,7 @@ def load_scan(
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
     elif bad:
         raise ScanError(path, f"{bad} voxels are NaN or infinite "
-                              "(if they are background, --nan-to-zero reads them as 0)")
+                              f"(if they are background, {setting('nan_to_zero')} to read them as 0)")
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, : data.ndim] ** 2).sum(axis=0)))
     meta = {
         "format": fmt,

@@ -100,6 +100,9 @@ def test_server_paths_are_scrubbed_from_messages(tmp_path):
     store = ArtifactStore(tmp_path)
     message = f"{tmp_path}/.staging/dataset-x.ab12/data/AD/sub-3.nii.gz: not a NIfTI file"
     assert public_text(message, store) == "AD/sub-3.nii.gz: not a NIfTI file"
+    # the upload's own folder (issue 25: "<store>/datasets/dataset-upload-.../data: no scans found")
+    empty = f"{tmp_path}/datasets/dataset-upload-1f2e/data: no scans found (expected class sub-folders)"
+    assert public_text(empty, store) == "the upload: no scans found (expected class sub-folders)"
     assert str(tmp_path) not in public_text(f"cannot write {tmp_path}/outputs", store)
     leaky = ("gave up: Error 111 connecting to redis://:pw@10.0.0.7:6379/0 (redis:6379); "
              "[Errno 28] No space left: '/srv/cache/x.pt'")

@@ -10,11 +10,13 @@ cohort: preprocessed real scans, synthetic scans with sidecars, a manifest relat
 from __future__ import annotations
 
 import logging
-import math
 
 from fastapi import APIRouter, Query
 
 import workers
+from models.data.advice import setting
+from models.data.errors import CohortError
+from models.targets import synthetic_counts
 from workers.params import validate
 
 from ... import resources, views
@@ -29,29 +31,13 @@ router = APIRouter(prefix="/v1/augmentations", tags=["augmentations"], responses
 
 
 def check_target(target, counts: dict[str, int], limit: int) -> None:
-    """The checks of models.targets that need only the class counts, so that a bad target is a
-    422 now rather than a failed job later (the worker checks again, authoritatively)."""
-    if len(counts) < 2:
-        raise ApiError(422, f"target: the dataset has {len(counts)} class(es); nothing to balance against")
-    majority = max(counts.values())
-    if isinstance(target, dict):
-        unknown = sorted(set(target) - set(counts))
-        if unknown:
-            raise ApiError(422, f"target: unknown class {', '.join(map(repr, unknown))} "
-                                f"(classes: {', '.join(sorted(counts))})")
-        wanted = {c: target.get(c, 0) for c in counts}
-    else:
-        ratio = 1.0 if target == "balance" else float(target)
-        if not 0 < ratio <= 100:
-            raise ApiError(422, f"target: ratio must be in (0, 100], got {ratio}")
-        wanted = {c: max(0, math.ceil(ratio * majority) - n) for c, n in counts.items()}
-    for label, n in wanted.items():
-        if n > limit:
-            raise ApiError(422, f"target: {n} synthetic scans of class {label!r} exceeds the limit of "
-                                f"{limit} per class")
-        if n > 0 and counts[label] < 2:
-            raise ApiError(422, f"target: class {label!r} has {counts[label]} scan(s); at least 2 are "
-                                "needed to fit a model")
+    """models.targets' rule on the dataset's class counts, so that a bad target is a 422 now,
+    worded as the CLI words it (a typo of a class gets "did you mean"), rather than a failed job
+    later (the worker checks again, authoritatively)."""
+    try:
+        synthetic_counts(counts, target, limit)
+    except CohortError as err:
+        raise ApiError(422, str(err)) from None
 
 
 def train_counts(summary: dict) -> dict[str, int]:
@@ -72,7 +58,7 @@ def check_quality(summary: dict, qc: dict | None = None) -> None:
         first = refused[0]
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         raise ApiError(422, f"dataset: {first['path']}: {first['problem']}{more}; to leave such scans out of "
-                            "training instead, set config qc: {skip_bad_scans: true}, or change the qc thresholds")
+                            f"training instead, {setting('skip_bad_scans')}, or change the qc thresholds")
 
 
 def _owned_augment(lab: str, job_id: str) -> workers.Job:

@@ -13,6 +13,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 import workers
+from workers.records import DELIVERED
 
 from ...deps import IdPath, LabDep, SettingsDep, StoreDep
 from ...errors import ApiError
@@ -62,7 +63,7 @@ def job_result(job: Annotated[workers.Job, Depends(owned_job)], store: StoreDep)
     if job.kind not in DOWNLOADABLE:
         where = "a dataset: see /v1/datasets" if job.kind == "ingest" else "a model: see /v1/models"
         raise ApiError(409, f"a {job.kind} job's result is {where}", job_id=job.id)
-    if job.state != "succeeded":
+    if job.state not in DELIVERED:  # "partial": delivered, short of synthetic scans
         raise ApiError(409, f"job is {job.state}; a result exists once it has succeeded", job_id=job.id)
     if not job.artifacts or not store.exists(job.artifacts[0]):
         raise ApiError(404, "the job's result is no longer in the artifact store", job_id=job.id)
