@@ -150,6 +150,12 @@ def check(est: Estimate, limits: Limits, fields: dict[str, str]) -> None:
                    f"{limits.max_activation_bytes / GiB:g} GiB", "MCVAE_MAX_ACTIVATION_GIB")
 
 
+def model_bytes(est: Estimate) -> int:
+    """What one trained model's weights take on disk (float32): the part of a job's output the
+    estimate knows before any scan is read (a per-lab storage quota's submit-time check)."""
+    return est.parameters * FLOAT_BYTES
+
+
 def steps_per_epoch(n_scans: int | None, batch_size: int) -> int:
     """Minibatches in one pass over ``n_scans`` (1 while the count is unknown: a lower bound)."""
     if not n_scans:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import ByteSize, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from workers.sources import MAX_COMPRESSION_RATIO
@@ -39,6 +39,15 @@ class ServiceSettings(BaseSettings):
     metrics_public: bool = Field(False, description="serve /metrics without a key (scrape network)")
     # /metrics counts every lab's jobs: with this set, only this token reads it (lab keys: 403).
     metrics_key: SecretStr | None = Field(None, description="operator's bearer token for /metrics")
+
+    # -- per-lab quotas (service/quota.py): off unless set -----------------------------------------
+    # Bytes one lab's datasets, upload copies, models, outputs, reports and checkpoints may hold
+    # together (an int, or with units: '50GiB', '500MB'). Past it: an upload 413, a job 422.
+    lab_storage_quota: ByteSize | None = Field(None, ge=1, description="bytes one lab may hold (off: unset)")
+    # Queued plus running jobs of one lab: past it a new job is 429 with Retry-After, so one lab
+    # cannot fill the queue ahead of the others.
+    lab_max_active_jobs: int | None = Field(None, ge=1, description="queued+running jobs per lab (off: unset)")
+    quota_retry_seconds: int = Field(30, ge=1, description="Retry-After of a 429 past MCVAE_LAB_MAX_ACTIVE_JOBS")
 
     # -- jobs -----------------------------------------------------------------------------------
     sync_sample_max: int = Field(16, ge=1, description="largest n answered with scans, not a job")

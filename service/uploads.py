@@ -14,6 +14,8 @@ Order of defences:
    compressed size; for a tar.gz, the sizes declared so far over the archive's size), so a bomb
    is refused from its headers before a byte is inflated; headers can lie, so:
 5. while writing, bytes are counted against both the member's declared size and the total.
+With a per-lab storage quota (service/quota.py), the lab's room under it lowers the limits of 1,
+2 and 4-5: the archive may stream in, and unpack, only to what the lab may still hold (413).
 Everything is unpacked into a scratch folder; the caller moves it into the artifact store only
 when all of it passed. Member names appear in error messages (the client sent them) but never
 in logs: they may be patient identifiers.
@@ -28,6 +30,7 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,10 @@ class Limits:
     max_files: int
     max_unpacked_bytes: int
     max_compression_ratio: float = sources.MAX_COMPRESSION_RATIO
+    # The lab's room under its storage quota (service/quota.py), and its refusal: the unpacked
+    # tree is what the lab will hold, so it must fit.
+    quota_room: int | None = None
+    over_quota: Callable[[], ApiError] | None = None
 
 
 @dataclass
@@ -77,16 +84,20 @@ def _too_large(limit: int) -> ApiError:
 
 
 # -- 1-2: the request body -------------------------------------------------------------------------
-async def receive(request: Request, dest: Path, max_bytes: int) -> Received:
+async def receive(request: Request, dest: Path, max_bytes: int,
+                  too_large: Callable[[], ApiError] | None = None) -> Received:
     """Write the uploaded archive to ``dest``: the ``file`` part of a multipart/form-data body, or
-    the whole body when it is sent raw (Content-Type application/zip, application/gzip, ...)."""
+    the whole body when it is sent raw (Content-Type application/zip, application/gzip, ...).
+    ``too_large``: the refusal past ``max_bytes`` when it is not MCVAE_MAX_UPLOAD_BYTES (a lab's
+    room under its storage quota)."""
+    refuse = too_large or (lambda: _too_large(max_bytes))
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(max_bytes)
+        raise refuse()
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     content_type = content_type.decode("latin-1").lower()
     if content_type == "multipart/form-data":
-        return await _receive_multipart(request, dest, max_bytes, options.get(b"boundary"))
+        return await _receive_multipart(request, dest, max_bytes, options.get(b"boundary"), refuse)
     if content_type in RAW_TYPES or not content_type:
         size, head = 0, Head()
         with _writing():
@@ -94,7 +105,7 @@ async def receive(request: Request, dest: Path, max_bytes: int) -> Received:
                 async for chunk in _stream(request):
                     size += len(chunk)
                     if size > max_bytes:
-                        raise _too_large(max_bytes)
+                        raise refuse()
                     if data := head.feed(chunk):
                         await out.write(data)
                 if data := head.finish():
@@ -116,7 +127,7 @@ async def _stream(request: Request):
 
 
 async def _receive_multipart(request: Request, dest: Path, max_bytes: int,
-                             boundary: bytes | None) -> Received:
+                             boundary: bytes | None, refuse: Callable[[], ApiError]) -> Received:
     if not boundary:
         raise ApiError(400, "multipart/form-data without a boundary")
     state = {"name": b"", "value": b"", "headers": {}, "is_file": False, "files": 0,
@@ -152,7 +163,7 @@ async def _receive_multipart(request: Request, dest: Path, max_bytes: int,
         if state["is_file"]:
             state["size"] += end - start
             if state["size"] > max_bytes:
-                raise _too_large(max_bytes)
+                raise refuse()
             pending.append(data[start:end])
         else:
             state["field"] += data[start:end]
@@ -178,7 +189,7 @@ async def _receive_multipart(request: Request, dest: Path, max_bytes: int,
             async for chunk in _stream(request):
                 body += len(chunk)  # the whole body, headers and other fields included
                 if body > max_bytes + (1 << 16):
-                    raise _too_large(max_bytes)
+                    raise refuse()
                 parser.write(chunk)
                 with _writing():
                     for block in pending:
@@ -336,6 +347,9 @@ class _Budget:
         if size < 0 or self.bytes + size > self.limits.max_unpacked_bytes:
             raise ApiError(413, f"archive unpacks to more than {self.limits.max_unpacked_bytes} bytes "
                                 "(MCVAE_MAX_UNPACKED_BYTES)")
+        room = self.limits.quota_room
+        if room is not None and self.bytes + size > room and self.limits.over_quota is not None:
+            raise self.limits.over_quota()
 
     def copy(self, src, target: Path, declared: int, name: str) -> None:
         written = 0

@@ -15,7 +15,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.budget import AUGMENT_FIELDS, TRAIN_FIELDS, augment_estimate, check, train_estimate
+from models.budget import (
+    AUGMENT_FIELDS,
+    TRAIN_FIELDS,
+    augment_estimate,
+    check,
+    model_bytes,
+    train_estimate,
+)
 from models.options import AugmentConfig
 from models.profiles import PROFILE_NAMES, config_with_profile
 from models.targets import parse_target
@@ -226,6 +233,18 @@ def check_budget(params: _Params, settings: Settings, n_scans: int | None = None
             check(est, settings.job_limits, fields)
         except ValueError as err:
             raise InvalidParams(str(err)) from None
+
+
+def estimated_output_bytes(params: _Params) -> int:
+    """A lower bound on what a job will store: one model's weights for a train or augment job
+    (an augmentation trains one per class, and writes scans too); 0 where unknown before it runs."""
+    if isinstance(params, TrainParams):
+        est = train_estimate(params.preprocess, params.model, params.train)
+    elif isinstance(params, AugmentParams):
+        est = augment_estimate(params.augment_config())
+    else:
+        return 0
+    return model_bytes(est) if est is not None else 0
 
 
 def queue_for(kind: str, params: _Params, settings: Settings) -> str:

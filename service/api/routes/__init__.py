@@ -10,10 +10,10 @@ def errors(*codes: int) -> dict[int | str, dict]:
         404: "No such resource for this lab (another lab's resources are not found either)",
         403: "A lab's key where the operator's is needed (/metrics with MCVAE_METRICS_KEY set)",
         409: "The resource is not in a state that allows this",
-        413: "Upload, archive member count or unpacked size over the limit",
+        413: "Upload, archive member count or unpacked size over the limit, or past the lab's storage quota",
         415: "Not a .zip or .tar.gz archive, or an unsupported Content-Type",
         422: "Invalid input: the message names the field, file or limit",
-        429: "Rate limit of this key, or of failed key checks from this address, exceeded; see Retry-After",
+        429: "Rate limit of this key, failed key checks from this address, or the lab's active jobs exceeded; see Retry-After",
         500: "The job failed on the worker for a reason of its own (a bug); quote the request id",
         503: "The job queue, the database or the storage is unavailable; see Retry-After",
     }

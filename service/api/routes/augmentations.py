@@ -17,9 +17,9 @@ import workers
 from models.data.advice import setting
 from models.data.errors import CohortError
 from models.targets import synthetic_counts
-from workers.params import validate
+from workers.params import estimated_output_bytes, validate
 
-from ... import resources, views
+from ... import quota, resources, views
 from ...deps import IdPath, LabDep, SettingsDep, StoreDep
 from ...errors import ApiError
 from ...schemas import Augmentation, AugmentationList, AugmentRequest
@@ -80,6 +80,7 @@ def start_augmentation(body: AugmentRequest, lab: LabDep, settings: SettingsDep,
                       workers.get_settings())  # the deployment's job limits are the workers' settings
     check_quality(summary, params.augment_config().get("qc"))
     check_target(params.target, train_counts(summary), settings.max_synthetic_per_class)
+    quota.check_new_job(settings, lab.name, "augment", estimated_output_bytes(params))
     job = workers.submit("augment", params.model_dump(mode="json"), owner=lab.name)
     resources.add(lab.name, f"augmentation-{job.id}", "augmentation", job.id, name=body.name,
                   dataset=body.dataset)

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 import workers
 from workers import sources
 
-from ... import resources, uploads, views
+from ... import quota, resources, uploads, views
 from ...deps import IdPath, LabDep, SettingsDep, StoreDep
 from ...errors import ApiError
 from ...schemas import TEXT_PATTERN, Dataset, DatasetList
@@ -49,7 +49,7 @@ def _store_upload(archive, store: workers.ArtifactStore, limits: uploads.Limits)
              openapi_extra=UPLOAD_BODY,
              responses={201: {"model": Dataset, "description": "Ingested within ?wait= seconds"},
                         202: {"model": Dataset, "description": "Accepted; ingest is running"},
-                        **errors(413, 415, 500, 503)})
+                        **errors(413, 415, 429, 500, 503)})
 async def upload_dataset(request: Request, lab: LabDep, settings: SettingsDep, store: StoreDep,
                          name: str | None = Query(None, max_length=200, pattern=TEXT_PATTERN,
                                                  description="a label for people"),
@@ -57,8 +57,21 @@ async def upload_dataset(request: Request, lab: LabDep, settings: SettingsDep, s
                              "seconds to wait for the ingest: a bad scan is then a 422 naming the file"))):
     limits = uploads.Limits(settings.max_upload_bytes, settings.max_archive_files,
                             settings.max_unpacked_bytes, settings.max_compression_ratio)
+    max_bytes, too_large = settings.max_upload_bytes, None
+    await run_in_threadpool(quota.check_active_jobs, settings, lab.name)  # an upload starts an ingest job
+    standing = await run_in_threadpool(quota.storage_room, settings, lab.name)
+    if standing is not None:
+        # Neither the archive nor its unpacked tree may pass what the lab may still hold: the
+        # upload stops there, before its bytes reach the disk.
+        def over_quota():
+            return standing.refusal(413, "this upload")
+        limits.quota_room, limits.over_quota = standing.room, over_quota
+        if standing.room < max_bytes:
+            max_bytes, too_large = standing.room, over_quota
+        if standing.room == 0:
+            raise over_quota()
     with store.scratch() as scratch:
-        received = await uploads.receive(request, scratch / "upload", settings.max_upload_bytes)
+        received = await uploads.receive(request, scratch / "upload", max_bytes, too_large)
         name = name or received.fields.get("name") or None
         if name is not None and (len(name) > 200 or not re.match(TEXT_PATTERN, name)):
             raise ApiError(422, "name: at most 200 characters, and no control characters")

@@ -10,13 +10,14 @@ from starlette.concurrency import run_in_threadpool
 
 import workers
 from models.options import sample_class
-from workers.params import check_budget, validate
+from workers.params import check_budget, estimated_output_bytes, validate
 
-from ... import resources, views
+from ... import quota, resources, views
 from ...deps import IdPath, LabDep, SettingsDep, StoreDep
 from ...errors import ApiError
 from ...results import payload_files, zip_stream
 from ...schemas import ID_PATTERN, Job, Model, ModelList, SampleRequest, TrainRequest
+from ...settings import ServiceSettings
 from . import COMMON, errors
 
 log = logging.getLogger("service.models")
@@ -40,7 +41,7 @@ def ready_dataset(lab: str, dataset_id: str, store: workers.ArtifactStore,
 
 @router.post("", status_code=202, response_model=Model, responses=errors(404, 409, 503),
              summary="Train a model on a dataset (optionally one class of it)")
-def train_model(body: TrainRequest, lab: LabDep, store: StoreDep) -> Model:
+def train_model(body: TrainRequest, lab: LabDep, settings: SettingsDep, store: StoreDep) -> Model:
     summary = ready_dataset(lab.name, body.dataset, store, body.label)
     params = body.model_dump(exclude={"name"}, exclude_none=True)
     # The job-size limits with the scans it trains on (steps per epoch): submit checks them
@@ -48,7 +49,9 @@ def train_model(body: TrainRequest, lab: LabDep, store: StoreDep) -> Model:
     classes = summary.get("classes") or {}
     n_scans = classes.get(body.label, 0) if body.label is not None else sum(classes.values())
     limits = workers.get_settings()
-    check_budget(validate("train", params, limits), limits, n_scans=n_scans or None)  # 422: InvalidParams
+    parsed = validate("train", params, limits)
+    check_budget(parsed, limits, n_scans=n_scans or None)  # 422: InvalidParams
+    quota.check_new_job(settings, lab.name, "train", estimated_output_bytes(parsed))
     job = workers.submit("train", params, owner=lab.name)
     model_id = f"model-{job.id}"
     resources.add(lab.name, model_id, "model", job.id, pending=False, name=body.name,
@@ -84,7 +87,7 @@ def delete_model(model_id: IdPath, lab: LabDep, store: StoreDep) -> Response:
 
 # -- sampling ------------------------------------------------------------------------------------------
 def _submit_sample(lab: str, model_id: str, body: SampleRequest, store: workers.ArtifactStore,
-                   limit: int, interactive: bool = False) -> workers.Job:
+                   limit: int, settings: ServiceSettings, interactive: bool = False) -> workers.Job:
     rec = resources.owned(lab, model_id, "model", store)
     if body.n > limit:
         raise ApiError(422, f"n: at most {limit} scans per request (MCVAE_MAX_SAMPLE_N), got {body.n}")
@@ -98,6 +101,7 @@ def _submit_sample(lab: str, model_id: str, body: SampleRequest, store: workers.
                          body.label, "label")
         except ValueError as err:
             raise ApiError(422, str(err)) from None
+    quota.check_new_job(settings, lab, "sample")
     params = {"model": model_id, "n": body.n, "seed": body.seed}
     if body.label is not None:
         params["label"] = body.label
@@ -130,7 +134,7 @@ async def sample(model_id: IdPath, body: SampleRequest, request: Request, lab: L
                  settings: SettingsDep, store: StoreDep):
     limit = workers.get_settings().max_sample_n
     waits = body.wait and body.n <= settings.sync_sample_max
-    job = await run_in_threadpool(_submit_sample, lab.name, model_id, body, store, limit, waits)
+    job = await run_in_threadpool(_submit_sample, lab.name, model_id, body, store, limit, settings, waits)
     headers = {"X-Job-ID": job.id, "Location": f"/v1/jobs/{job.id}"}
     if not body.wait or body.n > settings.sync_sample_max:
         return JSONResponse(views.job(job, store).model_dump(mode="json"), 202, headers=headers)
