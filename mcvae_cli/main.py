@@ -75,7 +75,9 @@ def _augment_config(args) -> object:
 
 def _with_threads(config):
     """Use the torch threads of models/threads.py for this command (the config's own
-    ``train.threads`` wins), and train with them too."""
+    ``train.threads`` wins); training then runs with them. The config itself is left as the user
+    wrote it, so a command and a job with the same settings have the same config (a worker picks
+    its own threads per process the same way)."""
     from models.data.options import PreprocessConfig
     from models.threads import choose_threads, use_threads, work_voxels
 
@@ -84,7 +86,7 @@ def _with_threads(config):
     threads = config.train.threads or choose_threads(
         work_voxels=work_voxels(config.train.batch_size, pre.target_shape))
     use_threads(threads)
-    return config.model_copy(update={"train": config.train.model_copy(update={"threads": threads})})
+    return config
 
 
 def _section(data: dict, key: str) -> dict:

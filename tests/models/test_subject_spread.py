@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import glob
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -14,6 +13,7 @@ import torch
 from models import load
 from models.augment import augment, class_warnings
 from models.conditional import ClassView
+from models.data.io import load_scan
 from models.fine_detail import reconstruct
 from models.options import AugmentConfig
 from models.report import SUBJECT_SPREAD_WARNING, subject_spread
@@ -57,8 +57,10 @@ def test_augment_records_the_spread_of_the_model_that_drew_each_class(slices_coh
     model.eval()
     if scope == "shared":
         model = ClassView(model, meta["classes"].index("AD"))
-    real = torch.stack([torch.from_numpy(np.asarray(nib.load(p).dataobj, dtype=np.float32))[None]
-                        for p in sorted(glob.glob(str(out / "real" / "AD" / "*.nii.gz")))])
+    # 8-bit PNG slices come back as they went in; the model saw them on the cohort's one scale (0-255)
+    real = torch.stack([torch.from_numpy(load_scan(p)[0].astype(np.float32) / 255.0)[None]
+                        for p in sorted(glob.glob(str(out / "real" / "AD" / "*.png")))])
+    assert len(real) == 3
     again = subject_spread(real, reconstruct(model, real))
     assert spread["ratio"] == pytest.approx(again["ratio"], rel=1e-4)
     assert spread["warning"] == (spread["ratio"] < SUBJECT_SPREAD_WARNING)

@@ -47,7 +47,10 @@ def test_ingest_train_and_augment_jobs_succeed_with_rising_progress(redis_deploy
     train = workers.submit("train", tiny_train_params(dataset, epochs=15, checkpoint_every=10))
     augment = workers.submit("augment", {"dataset": dataset, "target": "balance", "config": {
         "preprocess": TINY_PREPROCESS, "model": TINY_MODEL, "sampler": {"kind": "mala", "n_steps": 2},
-        "train": {"batch_size": 4}, "pretrain_steps": 20, "mcmc_steps": 10, "check_steps": 10}})
+        "train": {"batch_size": 4}, "pretrain_steps": 20, "mcmc_steps": 10, "check_steps": 10,
+        # a 20-step model of 3 AD slices draws near-copies past every redraw; left out, they would make
+        # the job 'partial' (tests/workers/test_partial_state.py): here the whole path must succeed
+        "near_copies": "keep"}})
 
     trained, seen = watch(train.id, 120)
     assert trained.state == "succeeded", trained.error
