@@ -74,18 +74,13 @@ def _augment_config(args) -> object:
 
 
 def _with_threads(config):
-    """Use the torch threads of models/threads.py for this command (the config's own
-    ``train.threads`` wins); training then runs with them. The config itself is left as the user
-    wrote it, so a command and a job with the same settings have the same config (a worker picks
-    its own threads per process the same way)."""
-    from models.data.options import PreprocessConfig
-    from models.threads import choose_threads, use_threads, work_voxels
+    """Use the torch threads of models/threads.py for this command: the CPUs it may use, or the
+    config's own ``train.threads``. A VAE training caps them further by its minibatch's size
+    (``Trainer.fit``). The config itself is left as the user wrote it, so a command and a job with
+    the same settings have the same config (a worker picks its own threads per process alike)."""
+    from models.threads import choose_threads, use_threads
 
-    # Unset preprocessing takes the defaults' grid once the cohort is read (models.augment).
-    pre = config.preprocess or PreprocessConfig()
-    threads = config.train.threads or choose_threads(
-        work_voxels=work_voxels(config.train.batch_size, pre.target_shape))
-    use_threads(threads)
+    use_threads(config.train.threads or choose_threads())
     return config
 
 

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset, WeightedRandomSampler
 
 from .config import TrainConfig
+from .threads import training_threads
 
 
 class TrainingCancelled(Exception):
@@ -350,8 +351,9 @@ class Trainer:
         when it returns or raises.
         """
         previous_threads = torch.get_num_threads()
-        if self.cfg.threads is not None:
-            torch.set_num_threads(self.cfg.threads)
+        # the config's own count, else the process's capped by this training's size (models/threads.py)
+        torch.set_num_threads(self.cfg.threads if self.cfg.threads is not None else training_threads(
+            previous_threads, self.cfg.batch_size * math.prod(self.model.cfg.data_shape[1:])))
         try:
             self._set_layout(True)
             return self._fit(callback, on_step, checkpoint_every, on_checkpoint)

@@ -49,19 +49,6 @@ def library_config(cls: type[BaseModel], values: dict[str, Any], field: str):
         raise InvalidParams(f"{field}: {err}") from None
 
 
-def _training_threads(config) -> int:
-    """The job's own ``train.threads``, else this pool process's share (lifecycle._child_init)
-    capped by the work's size: small scans gain nothing from more threads (models/threads.py)."""
-    import torch
-
-    from models.data.options import PreprocessConfig
-    from models.threads import cap_for_work, work_voxels
-
-    pre = config.preprocess or PreprocessConfig()  # unset: the defaults' grid (models.augment)
-    return config.train.threads or cap_for_work(
-        torch.get_num_threads(), work_voxels(config.train.batch_size, pre.target_shape))
-
-
 def _dataset_path(ctx: JobContext, dataset_id: str) -> Path:
     try:
         return ctx.store.path(dataset_id)
@@ -404,8 +391,9 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
     from models.checks import utility_sentence
 
     config = library_config(AugmentConfig, p.augment_config(), "config")  # with p.profile's settings
-    config = config.model_copy(update={"train": config.train.model_copy(
-        update={"device": ctx.device, "threads": _training_threads(config)})})
+    # threads: this pool process's share (lifecycle._child_init); a training caps its own by its
+    # minibatch's size (models/threads.py, Trainer.fit)
+    config = config.model_copy(update={"train": config.train.model_copy(update={"device": ctx.device})})
     source = _dataset_path(ctx, p.dataset)
     output_id = f"output-{ctx.job_id}"
     meta: dict[str, Any] = {"job": ctx.job_id, "dataset": p.dataset, "target": p.target, "profile": p.profile}

@@ -15,6 +15,7 @@ from models.threads import (
     available_cpus,
     choose_threads,
     prefer_passive_waiting,
+    training_threads,
     work_voxels,
 )
 
@@ -100,7 +101,7 @@ def test_passive_waiting_unless_the_user_chose():
     assert environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
-def test_the_cli_trains_with_the_chosen_threads(monkeypatch):
+def test_the_cli_uses_the_available_cpus_and_leaves_the_config_as_written(monkeypatch):
     import torch
 
     from mcvae_cli.main import _augment_config as augment_config
@@ -110,14 +111,43 @@ def test_the_cli_trains_with_the_chosen_threads(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(2)
+        torch.set_num_threads(1)
         config = augment_config(build_parser().parse_args(["demo", "--out", "unused"]))
-        # The demo's 32^3 x 8 minibatch is small work: one thread, which training then uses (it
-        # keeps torch's count unless the config names one); the config stays as the user wrote it
-        assert torch.get_num_threads() == 1 and config.train.threads is None
-        monkeypatch.setenv("MCVAE_TORCH_THREADS", "2")
+        # every CPU it may use, for the report's classifiers; a training caps its own (below)
+        assert torch.get_num_threads() == available_cpus() and config.train.threads is None
+        monkeypatch.setenv("MCVAE_TORCH_THREADS", "3")
         config = augment_config(build_parser().parse_args(["demo", "--out", "unused"]))
-        assert torch.get_num_threads() == 2 and config.train.threads is None
+        assert torch.get_num_threads() == 3 and config.train.threads is None
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_training_caps_its_threads_by_its_minibatch_and_gives_them_back(monkeypatch):
+    import torch
+
+    from models import ModelConfig, SamplerConfig, TrainConfig, Trainer, build_model, build_sampler
+
+    monkeypatch.delenv("MCVAE_TORCH_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    model = build_model(ModelConfig(data_shape=(1, 8, 8), arch="mlp", latent_dims=[2], hidden=(8,)))
+    x = torch.rand(8, 1, 8, 8)
+
+    def threads_while_training(**train) -> int:
+        seen: list[int] = []
+        trainer = Trainer(model, build_sampler(SamplerConfig(kind="none"), 2), x,
+                          TrainConfig(pretrain_epochs=0, epochs=1, batch_size=4, **train))
+        trainer.fit(on_step=lambda done, total: seen.append(torch.get_num_threads()))
+        return seen[0]
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        assert threads_while_training() == 1  # 4 x 64 voxels per minibatch: small work
+        assert torch.get_num_threads() == 4  # given back for what follows (the classifiers)
+        assert threads_while_training(threads=2) == 2  # the config's own count
+        monkeypatch.setenv("MCVAE_TORCH_THREADS", "3")
+        assert threads_while_training() == 3  # the user's setting wins over the cap
+        assert training_threads(4, 100 * VOXELS_PER_THREAD, environ={}) == 4
     finally:
         torch.set_num_threads(before)
 
