@@ -16,18 +16,11 @@ import pytest
 
 from mcvae_cli.main import main
 from models.data import make_demo_cohort, write_scan
-from tests.cli.test_cli import TINY, _fails_with
+from tests.cli.test_cli import _fails_with
 from tests.models.dicom_series import write_dicom_series
 
 GRID = np.diag([12.0, 12.0, 12.0, 1.0])
 GRID[:3, 3] = -12.0 * 15 / 2  # the 16^3, 12 mm preprocessing grid, centred on the origin
-
-
-@pytest.fixture(scope="module")
-def config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(TINY)
-    return path
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:

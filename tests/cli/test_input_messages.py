@@ -24,13 +24,6 @@ def cohort(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(TINY)
-    return path
-
-
 def _manifest(tmp_path: Path, cohort: Path, rows: list[tuple[str, str, str]], header="path,label,split") -> Path:
     """A manifest of the cohort's scans: (relative path, label, split) per row."""
     path = tmp_path / "cohort.csv"

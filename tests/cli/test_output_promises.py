@@ -15,7 +15,7 @@ import torch
 from mcvae_cli.main import EXIT_PARTIAL, main
 from models.data import make_demo_cohort
 from models.report import synthetic_diversity
-from tests.cli.test_cli import PROGRESS_LINE, TINY, _fails_with
+from tests.cli.test_cli import PROGRESS_LINE, _fails_with
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +23,6 @@ def cohort(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cohort")
     make_demo_cohort(root, n_control=6, n_ad=3, shape=(16, 16, 16), seed=2)
     return root
-
-
-@pytest.fixture(scope="module")
-def config(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
-    path.write_text(TINY)
-    return path
 
 
 def test_a_run_short_of_synthetic_scans_exits_3_with_the_counts(cohort, config, tmp_path, capsys):
