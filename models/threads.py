@@ -18,7 +18,6 @@ Torch-free at import time: the choice is plain arithmetic; only ``use_threads`` 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, MutableMapping
 from pathlib import Path
@@ -75,18 +74,16 @@ def user_threads(environ: MutableMapping[str, str] | None = None) -> int | None:
     return None
 
 
-def choose_threads(processes: int = 1, work_voxels: int | None = None,
-                   environ: MutableMapping[str, str] | None = None,
+def choose_threads(processes: int = 1, environ: MutableMapping[str, str] | None = None,
                    affinity: Iterable[int] | None = None, cgroup: Path = CGROUP) -> int:
     """Torch threads for each of ``processes`` processes sharing this machine's CPUs (a worker's
-    pool), for work of ``work_voxels`` voxels per minibatch (None: no cap). The user's setting
-    wins (see user_threads)."""
+    pool). The user's setting wins (see user_threads); a training caps its own (training_threads)."""
     if processes < 1:
         raise ValueError(f"processes: expected >= 1, got {processes}")
     chosen = user_threads(environ)
     if chosen is not None:
         return chosen
-    return cap_for_work(max(1, available_cpus(affinity, cgroup) // processes), work_voxels)
+    return max(1, available_cpus(affinity, cgroup) // processes)
 
 
 def cap_for_work(threads: int, work_voxels: int | None) -> int:
@@ -96,11 +93,6 @@ def cap_for_work(threads: int, work_voxels: int | None) -> int:
     return max(1, min(threads, work_voxels // VOXELS_PER_THREAD))
 
 
-def work_voxels(batch_size: int, shape: Iterable[int] | None) -> int | None:
-    """Voxels in one minibatch of scans of ``shape`` (None when the shape is not fixed yet)."""
-    return batch_size * math.prod(shape) if shape else None
-
-
 def prefer_passive_waiting(environ: MutableMapping[str, str] | None = None) -> None:
     """Idle OpenMP threads sleep instead of spinning, unless the user chose a policy (on a
     machine of its own, OMP_WAIT_POLICY=ACTIVE runs 2+ threads faster: about 1.6x at 32^3). Only
@@ -108,15 +100,15 @@ def prefer_passive_waiting(environ: MutableMapping[str, str] | None = None) -> N
     (os.environ if environ is None else environ).setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def training_threads(current: int, work_voxels: int | None,
-                     environ: MutableMapping[str, str] | None = None) -> int:
+def training_threads(current: int, work_voxels: int | None) -> int:
     """Threads for a VAE training of ``work_voxels`` voxels per minibatch in a process that has
-    ``current``: the user's setting if any, else ``current`` capped by the work's size. The cap
-    is for training alone: the report's classifiers (larger batches of whole scans) gain from
-    every thread (30 steps on 80 scans of 32^3: 8.5 s on 1 thread, 4.7 s on 2, alone on the 2-core
-    machine), so the process keeps ``current`` for them."""
-    chosen = user_threads(environ)
-    return chosen if chosen is not None else cap_for_work(current, work_voxels)
+    ``current`` (the CPUs it may use, a worker pool process's share, or MCVAE_TORCH_THREADS /
+    OMP_NUM_THREADS): ``current`` capped by the work's size. Only the config's ``train.threads``
+    overrides the cap (Trainer.fit): the environment sets the process's count, which a worker also
+    passes its pool this way. The cap is for training alone: the report's classifiers (larger
+    batches of whole scans) gain from every thread (30 steps on 80 scans of 32^3: 8.5 s on 1
+    thread, 4.7 s on 2, alone on the 2-core machine), so the process keeps ``current`` for them."""
+    return cap_for_work(current, work_voxels)
 
 
 def use_threads(threads: int) -> int:

@@ -16,7 +16,6 @@ from models.threads import (
     choose_threads,
     prefer_passive_waiting,
     training_threads,
-    work_voxels,
 )
 
 EIGHT = range(8)
@@ -58,8 +57,7 @@ def test_a_quota_above_the_affinity_does_not_add_cpus(tmp_path):
 def test_the_users_setting_wins(tmp_path):
     quota = _quota_v2(tmp_path, "100000 100000")
     assert choose_threads(environ={"MCVAE_TORCH_THREADS": "3"}, affinity={0}, cgroup=quota) == 3
-    assert choose_threads(environ={"OMP_NUM_THREADS": "5"}, affinity={0}, cgroup=quota,
-                          work_voxels=10) == 5
+    assert choose_threads(environ={"OMP_NUM_THREADS": "5"}, affinity={0}, cgroup=quota) == 5
     assert choose_threads(environ={"OMP_NUM_THREADS": "4,2"}, affinity={0}, cgroup=quota) == 4
     both = {"MCVAE_TORCH_THREADS": "2", "OMP_NUM_THREADS": "6"}
     assert choose_threads(environ=both, affinity=EIGHT, cgroup=quota) == 2
@@ -82,14 +80,13 @@ def test_a_pool_divides_the_cpus_among_its_processes(tmp_path):
         choose_threads(processes=0, environ={}, affinity=EIGHT, cgroup=tmp_path)
 
 
-def test_small_work_gets_one_thread(tmp_path):
-    demo = work_voxels(8, (32, 32, 32))  # the demo profile's minibatch
-    standard = work_voxels(8, (64, 64, 64))
-    assert choose_threads(environ={}, affinity=EIGHT, cgroup=tmp_path, work_voxels=demo) == 1
-    assert choose_threads(environ={}, affinity=EIGHT, cgroup=tmp_path, work_voxels=standard) == 2
-    huge = 100 * VOXELS_PER_THREAD
-    assert choose_threads(environ={}, affinity=EIGHT, cgroup=tmp_path, work_voxels=huge) == 8
-    assert work_voxels(8, None) is None
+def test_small_work_gets_one_thread():
+    demo = 8 * 32**3  # the demo profile's minibatch, in voxels
+    standard = 8 * 64**3
+    assert training_threads(8, demo) == 1
+    assert training_threads(8, standard) == 2
+    assert training_threads(8, 100 * VOXELS_PER_THREAD) == 8
+    assert training_threads(8, None) == 8  # no cap without a size
 
 
 def test_passive_waiting_unless_the_user_chose():
@@ -145,9 +142,11 @@ def test_a_training_caps_its_threads_by_its_minibatch_and_gives_them_back(monkey
         assert threads_while_training() == 1  # 4 x 64 voxels per minibatch: small work
         assert torch.get_num_threads() == 4  # given back for what follows (the classifiers)
         assert threads_while_training(threads=2) == 2  # the config's own count
+        # the environment sets the process's count (a worker passes its pool's share so), not the
+        # training's: the cap still applies
         monkeypatch.setenv("MCVAE_TORCH_THREADS", "3")
-        assert threads_while_training() == 3  # the user's setting wins over the cap
-        assert training_threads(4, 100 * VOXELS_PER_THREAD, environ={}) == 4
+        assert threads_while_training() == 1
+        assert training_threads(4, 100 * VOXELS_PER_THREAD) == 4
     finally:
         torch.set_num_threads(before)
 
