@@ -26,8 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import RESULTS, budget, machine, parse_args, write_result
-from models.augment import AugmentConfig, ModelConfig, fit_class_model, fit_transfer_model
+from models.augment import AugmentConfig
+from models.config import ModelConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
+from models.fitting import fit_class_model, fit_transfer_model
 from models.shared_model import fit_shared_model
 
 FIGURE = Path(__file__).resolve().parent.parent / "docs" / "figures" / "adaptation_demo.png"

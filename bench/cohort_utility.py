@@ -59,16 +59,16 @@ from bench.metrics import (
     score,
 )
 from bench.plots import plot_montage
-from models.augment import (
-    AugmentConfig,
+from models.augment import AugmentConfig
+from models.classifier import RECIPES, train_classifier
+from models.config import ModelConfig, SamplerConfig
+from models.data import PreprocessConfig
+from models.fitting import (
     fit_class_model,
     fit_learning_subjects,
     fit_transfer_model,
     learned_spread,
 )
-from models.classifier import RECIPES, train_classifier
-from models.config import ModelConfig, SamplerConfig
-from models.data import PreprocessConfig
 from models.generators import draw_synthetic
 from models.options import FineDetailPolicy, ModelChoice
 from models.report import memorisation_audit

@@ -41,10 +41,11 @@ from bench.cohorts import build_data, classical_copies, duplicate_copies, held_o
 from bench.common import RESULTS, machine, parse_args, write_result
 from bench.metrics import METRICS, mean_sd, real_nn, score
 from bench.plots import plot_montage
-from models.augment import AugmentConfig, fit_class_model, write_synthetic
+from models.augment import AugmentConfig, write_synthetic
 from models.classifier import train_classifier
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig, target_affine
+from models.fitting import fit_class_model
 from models.report import memorisation_audit
 
 METHODS = ["classical", "duplicates", "plain-VAE prior", "MCMC-VAE prior", "plain-VAE", "MCMC-VAE"]

@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.cohorts import duplicate_copies
 from bench.common import budget, machine, parse_args, write_result
 from bench.generators import GENERATORS, draw_every_generator, report, score_quality, score_rows
-from models.augment import AugmentConfig, fit_learning_subjects, learned_spread
+from models.augment import AugmentConfig
 from models.classifier import STEPS
 from models.config import ModelConfig
+from models.fitting import fit_learning_subjects, learned_spread
 from models.shared_model import class_view, fit_shared_model
 
 DATA = Path("/usr/share/datasets/fashion-mnist")

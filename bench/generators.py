@@ -42,11 +42,12 @@ from bench.cohorts import build_data, duplicate_copies, held_out, labelled
 from bench.common import RESULTS, budget, machine, parse_args, write_result
 from bench.metrics import mean_sd, rms, score
 from bench.plots import plot_montage
-from models.augment import AugmentConfig, fit_learning_subjects, learned_spread
+from models.augment import AugmentConfig
 from models.classifier import STEPS, train_classifier, two_sample_auroc
 from models.config import ModelConfig
 from models.counterfactual import counterfactuals, interpolations
 from models.data import PreprocessConfig, load_tensors, make_demo_counterfactuals
+from models.fitting import fit_learning_subjects, learned_spread
 from models.generators import draw_synthetic
 from models.report import gradient_energy
 from models.shared_model import class_view, fit_shared_model

@@ -39,9 +39,10 @@ from bench.cohorts import build_data
 from bench.common import RESULTS, budget, machine, parse_args, write_result
 from bench.metrics import FeatureNet, gradient_magnitude, high_frequency_fraction, kid, mean_sd
 from bench.plots import plot_montage
-from models.augment import AugmentConfig, fit_class_model
+from models.augment import AugmentConfig
 from models.config import ModelConfig
 from models.data import PreprocessConfig
+from models.fitting import fit_class_model
 from models.report import memorisation_audit
 from models.shared_model import fit_shared_model, sample_class
 

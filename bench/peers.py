@@ -54,11 +54,12 @@ from bench.cohorts import build_data, held_out, labelled
 from bench.common import RESULTS, machine, parse_args, write_result
 from bench.metrics import FeatureNet, kid, mean_sd, score
 from bench.plots import plot_montage
-from models.augment import AugmentConfig, fit_class_model
+from models.augment import AugmentConfig
 from models.classifier import train_classifier
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig
 from models.evaluation import log_likelihood
+from models.fitting import fit_class_model
 from models.report import memorisation_audit
 
 SOURCES = ["plain-VAE", "MCMC-VAE", "pythae-VAE", "MONAI-VAE"]

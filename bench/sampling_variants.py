@@ -52,11 +52,12 @@ from bench.metrics import (
     score,
 )
 from bench.plots import plot_montage
-from models.augment import AugmentConfig, fit_class_model, fit_transfer_model
+from models.augment import AugmentConfig
 from models.classifier import train_classifier
 from models.config import ModelConfig
 from models.data import PreprocessConfig
 from models.fine_detail import FineDetail
+from models.fitting import fit_class_model, fit_transfer_model
 from models.generators import draw_synthetic
 
 VARIANTS = ["gaussian", "mixture", "mixture+detail", "gaussian+detail", "between", "between+detail", "fine_detail",

@@ -30,12 +30,13 @@ from bench.cohorts import build_data, duplicate_copies, held_out, labelled
 from bench.common import RESULTS, budget, machine, parse_args, write_result
 from bench.metrics import FeatureNet, gradient_magnitude, high_frequency_fraction, kid, score
 from bench.plots import plot_montage
-from models.augment import AugmentConfig, fit_class_model, fit_transfer_model
+from models.augment import AugmentConfig
 from models.classifier import predict, train_classifier
 from models.conditional import ClassView
 from models.config import ModelConfig, SamplerConfig
 from models.data import PreprocessConfig, load_tensors, make_demo_cohort
 from models.factory import build_model
+from models.fitting import fit_class_model, fit_transfer_model
 from models.generators import draw_synthetic
 from models.shared_model import class_view, fit_shared_model, stack_classes
 

@@ -244,9 +244,11 @@ def cmd_train(args) -> int:
     import math
 
     from models import save
-    from models.augment import ModelConfig, fit_class_model, resolve_preprocess, training_rows
+    from models.augment import resolve_preprocess, training_rows
+    from models.config import ModelConfig
     from models.data import Cohort, CohortError, load_tensors, read_cohort, settle_preprocess
     from models.data.io import share_like_umask
+    from models.fitting import fit_class_model
     from models.report import training_curves
 
     from .progress import StageBar

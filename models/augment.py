@@ -10,11 +10,15 @@ The output is one cohort in one space, self-contained (every manifest row resolv
     synthetic/<class>/       syn_<class>_00000.nii.gz (.png likewise) + .json sidecar (model, seed, ...)
     report/                  summary.txt, metrics.json, montage_<class>.png, curves_<class>.png
     models/<class>/          the trained model of each class that got synthetic scans
+                             (``model_scope: shared``: models/shared/, the one model of every class)
 
 Steps: read the cohort (an mcvae output manifest too: its synthetic rows are left out); check
-every scan (quality control, ``models.data.quality``) before anything is trained; per class that
-needs synthetic scans, train an MCMC-refined VAE on that class's ``train`` rows only (every row
-when the cohort has no split), draw scans, and redraw near-copies of training scans.
+every scan (quality control, ``models.data.quality``) before anything is trained; write the real
+scans; fit the model(s) the classes that need synthetic scans are drawn from, on the ``train``
+rows only (every row when the cohort has no split): one fitter per ``model_scope``, in
+``models/fitting.py``; per class, draw scans (one strategy per ``generator``, in
+``models/generators.py``, near-copies of training scans redrawn), audit them, write them and
+report; then the classifier checks (``models/checks.py``), the manifest and report/.
 
 Everything is written into a staging folder beside ``out_dir`` that is renamed into place only
 when complete, so a failure (bad scan, cancellation, crash) leaves no partial output behind.
@@ -27,7 +31,6 @@ import errno
 import json
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,9 +39,8 @@ from typing import Any, Literal
 
 import torch
 
-from .checkpoint import save
 from .checks import ClassifierChecks, utility_sentence
-from .config import ModelConfig, SamplerConfig
+from .config import SamplerConfig
 from .data import (
     Cohort,
     CohortError,
@@ -52,9 +54,8 @@ from .data.advice import setting
 from .data.io import share_like_umask
 from .data.quality import preprocessed_problem, raw_problem, refuse
 from .data.settle import OutputFormat, output_format, settle_preprocess
-from .factory import build_model
-from .fine_detail import reconstruct
-from .generators import VALUE_RANGE, DrawRequest, Draws, draw
+from .fitting import ClassCheckpoints, FitRequest, Progress, fit_models
+from .generators import VALUE_RANGE, DrawRequest, draw
 from .options import AugmentConfig, ModelChoice
 from .report import (
     DUPLICATE_FRACTION,
@@ -62,39 +63,18 @@ from .report import (
     memorisation_audit,
     real_nearest,
     slice_montage,
-    subject_spread,
     synthetic_diversity,
     training_curves,
 )
-from .samplers import build_sampler
-from .shared_model import class_view, fit_shared_model
 from .targets import synthetic_counts
-from .training import Trainer, TrainingCancelled
+from .training import TrainingCancelled
 
-__all__ = ["AugmentConfig", "AugmentResult", "Cancelled", "ClassCheckpoints", "ModelChoice", "augment",
-           "fit_class_model", "write_synthetic"]
+__all__ = ["AugmentConfig", "AugmentResult", "Cancelled", "ClassCheckpoints", "ModelChoice", "Progress", "augment",
+           "write_synthetic"]
 
-Progress = Callable[[str, float], None]  # (stage, fraction of the whole job done)
 MANIFEST_COLUMNS = ["path", "label", "split", "synthetic", "source_path"]
 TRAIN = "train"
 SCAN_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", ".png", ".jpg", ".jpeg", ".dcm", ".ima")
-
-
-@dataclass
-class ClassCheckpoints:
-    """Where a caller keeps training state per class, so that a rerun of a stopped augmentation
-    resumes each class model from its last checkpoint instead of from scratch (the workers store
-    them as artifacts). ``load(label)`` returns the last saved Trainer state or None. With
-    ``model_scope: shared`` the one shared model is saved and loaded under the key ``"shared"``
-    (``models.shared_model.SHARED_KEY``)."""
-
-    every: int
-    save: Callable[[str, dict[str, Any]], None]
-    load: Callable[[str], dict[str, Any] | None]
-
-    def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError(f"checkpoints.every: must be a positive number of steps, got {self.every}")
 
 
 @dataclass
@@ -223,8 +203,10 @@ def augment(
         notes = list(given.notes) + (
             [f"left out {sum(i.synthetic for i in given)} synthetic row(s) of the input"]
             if any(i.synthetic for i in given) else [])
-        result = _generate(real, x, train_idx, rows, wanted, pre, config, staging, report, should_stop,
-                           job_id, checkpoints, notes)
+        fitting = FitRequest(x, [item.label for item in real], train_idx, [r["source_path"] for r in rows],
+                             [c for c, n in wanted.items() if n > 0], config, pre, staging, job_id, report,
+                             should_stop, checkpoints, notes)
+        result = _generate(real, rows, wanted, fitting)
         if cache_dir is None:
             shutil.rmtree(cache, ignore_errors=True)
         report("packaging", 0.97)
@@ -318,98 +300,6 @@ def sampler_label(cfg: SamplerConfig) -> str:
     return "none" if cfg.kind == "none" else f"{cfg.kind}-{cfg.adaptation}-{cfg.preconditioner}"
 
 
-def fit_class_model(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConfig, seed: int,
-                    on_step: Callable[[int, int], None] | None = None,
-                    checkpoints: ClassCheckpoints | None = None, label: str = "",
-                    init: dict[str, torch.Tensor] | None = None):
-    """Train one model on one class's scans with the step budget of ``config``; with
-    ``checkpoints``, resume from the class's last saved state and save as it goes (and at the end).
-    ``init``: starting weights (a base model's state dict, model_scope "transfer"); the decoder's
-    output offset still restarts at this class's mean scan.
-
-    Returns (model, sampler, history, the TrainConfig used).
-    """
-    torch.manual_seed(seed)
-    model = build_model(model_cfg)
-    if init is not None:
-        model.load_state_dict(init)
-    sampler = build_sampler(config.sampler, model.latent_dim)
-    train_cfg = config.train_config(len(x), seed)
-    trainer = Trainer(model, sampler, x, train_cfg)
-    if checkpoints is None:
-        return model, sampler, trainer.fit(on_step=on_step), train_cfg
-    state = checkpoints.load(label)
-    if state is not None:
-        trainer.load_state_dict(state)
-    history = trainer.fit(on_step=on_step, checkpoint_every=checkpoints.every,
-                          on_checkpoint=lambda snapshot: checkpoints.save(label, snapshot))
-    if trainer.global_step % checkpoints.every:  # the final state, so a rerun skips this class
-        checkpoints.save(label, trainer.state_dict())
-    return model, sampler, history, train_cfg
-
-
-BASE_KEY = "(base)"  # the checkpoint key of model_scope "transfer"'s base model (not a likely label)
-
-
-def fit_base_model(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConfig, seed: int,
-                   on_step: Callable[[int, int], None] | None = None,
-                   checkpoints: ClassCheckpoints | None = None) -> dict[str, torch.Tensor]:
-    """model_scope "transfer": an unconditional model trained on the train scans of every class
-    (``x``) for the plain-ELBO part of the budget (``pretrain_steps``, no chains), so that the
-    majority teaches anatomy; each minority class's model then starts from its weights
-    (``fit_class_model(..., init=...)``). Returns its state dict."""
-    plain = config.model_copy(update={"mcmc_steps": 0, "sampler": SamplerConfig(kind="none")})
-    model, *_ = fit_class_model(x, model_cfg, plain, seed, on_step, checkpoints, BASE_KEY)
-    return model.state_dict()
-
-
-def fit_transfer_model(x_every: torch.Tensor, x_class: torch.Tensor, model_cfg: ModelConfig,
-                       config: AugmentConfig, seed: int):
-    """model_scope "transfer" for one class, without checkpoints: the base model on ``x_every``,
-    then the class model on ``x_class`` from its weights. Returns what ``fit_class_model`` does.
-    (``augment`` calls the two steps itself: one base model serves every minority class.)"""
-    base = fit_base_model(x_every, model_cfg, config, seed)
-    return fit_class_model(x_class, model_cfg, config, seed, init=base)
-
-
-RETRAIN_SEED_STEP = 7919  # a retrained model's seed: the first one's plus this per retrain
-RETRAIN_KEY = "~retrain"  # a retrained model's checkpoint key: the model's own, this, and the retrain number
-
-
-def _retrain_checkpoints(checkpoints: ClassCheckpoints | None, attempt: int) -> ClassCheckpoints | None:
-    """Checkpoints of a retrained model: a series of its own per attempt (key ``label~retrainK``),
-    so a resumed job finds the failed attempt complete and the retrain where it stopped."""
-    if checkpoints is None or attempt == 0:
-        return checkpoints
-    suffix = f"{RETRAIN_KEY}{attempt}"
-    return ClassCheckpoints(checkpoints.every, save=lambda key, state: checkpoints.save(key + suffix, state),
-                            load=lambda key: checkpoints.load(key + suffix))
-
-
-def learned_spread(model, x: torch.Tensor) -> dict[str, Any] | None:
-    """``report.subject_spread`` of ``model`` on a class's training scans ``x``: its
-    reconstructions of them against the scans themselves."""
-    return subject_spread(x, reconstruct(model, x))
-
-
-def fit_learning_subjects(fit: Callable[[int, int], Any], spreads: Callable[[Any], dict[str, dict | None]],
-                          retrains: int, seed: int, on_retrain: Callable[[int, dict[str, dict]], None]):
-    """Train with ``fit(seed, attempt)``; while ``spreads(trained)`` (label -> report.subject_spread)
-    warns for a class and retrains are left, train again from seed + attempt x RETRAIN_SEED_STEP
-    (``on_retrain(attempt, warned)`` first). Returns (trained, attempts made after the first,
-    the last spreads). A model stuck on the class-mean plateau draws near-identical scans; a fresh
-    seed usually leaves it (docs/RESULTS.md, session 8)."""
-    attempt = 0
-    while True:
-        trained = fit(seed + attempt * RETRAIN_SEED_STEP, attempt)
-        found = spreads(trained)
-        warned = {label: s for label, s in found.items() if s is not None and s["warning"]}
-        if not warned or attempt == retrains:
-            return trained, attempt, found
-        attempt += 1
-        on_retrain(attempt, warned)
-
-
 def write_scans(scans: torch.Tensor, out_dir: Path, label: str, affine, sidecar: dict[str, Any],
                 per_scan: list[dict[str, Any]] | None = None) -> list[str]:
     """Write scans as ``syn_<label>_<i>.nii.gz`` (``affine``: a 4x4 array) or in the cohort's own
@@ -479,182 +369,71 @@ def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted
     }
 
 
-def _fit_shared(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[dict[str, str]],
-                model_cfg: ModelConfig, config: AugmentConfig, staging: Path, report: Progress, should_stop,
-                job_id: str, pre: PreprocessConfig, checkpoints: ClassCheckpoints | None,
-                drawn: list[str], notes: list[str]):
-    """``model_scope: shared``: one class-conditional model on the train scans of every class
-    (models/shared_model.py), resumed from and checkpointed under ``"shared"`` with
-    ``checkpoints``, trained again (``config.retrains``) while it reconstructs the scans of a
-    ``drawn`` class nearly alike; returns it, its training seconds (every attempt), where it was
-    saved, how many retrains it took and the kept model's subject spread per drawn class."""
-    scans = {c: x[[i for i in train_idx if real.items[i].label == c]] for c in real.classes}
-    scans = {c: v for c, v in scans.items() if len(v)}
-
-    def fit(seed: int, attempt: int):
-        on_step = _training_steps(report, should_stop, "training shared model", "the shared model", 0.05, 0.55,
-                                  attempt)
-        return fit_shared_model(scans, model_cfg, config, seed, on_step, _retrain_checkpoints(checkpoints, attempt))
-
-    def spreads(shared) -> dict[str, dict | None]:
-        return {c: learned_spread(class_view(shared, c), scans[c]) for c in drawn if c in scans}
-
-    started = time.perf_counter()
+def _generate(real: Cohort, rows: list[dict[str, str]], wanted: dict[str, int], req: FitRequest) -> AugmentResult:
+    """Fit the model(s) (models/fitting.py), then per class: draw (models/generators.py), write,
+    report; then the classifier checks, the manifest and report/metrics.json."""
+    config, staging = req.config, req.staging
+    affine = output_format(req.pre, target_affine(req.pre))  # PNG for a PNG cohort (models/data/settle.py)
+    train_counts = {c: sum(1 for i in req.train_idx if real.items[i].label == c) for c in real.classes}
+    metrics = _start_metrics(real, train_counts, wanted, req)
+    paths = [r["path"] for r in rows]
+    manifest_rows, models, draws = list(rows), {}, {}
     try:
-        shared, retrained, spreads_found = fit_learning_subjects(
-            fit, spreads, config.retrains, config.seed * 1009,
-            lambda attempt, warned: notes.append(_retrain_note("the shared model", warned, attempt, config)))
-    except TrainingCancelled as stop:
-        raise Cancelled(str(stop)) from None
-    seconds = time.perf_counter() - started
-    model_dir = save(staging / "models" / "shared", shared.model, shared.sampler, {
-        "classes": shared.classes, "job_id": job_id, "seed": shared.train_cfg.seed,
-        "preprocess": pre.model_dump(mode="json"), "train": shared.train_cfg.model_dump(mode="json"),
-        "history": shared.history.as_dicts(), "trained_on": [rows[i]["source_path"] for i in train_idx]})
-    return shared, seconds, model_dir, retrained, spreads_found
-
-
-def _training_steps(report: Progress, should_stop, stage: str, stopped: str, start: float, end: float,
-                    attempt: int = 0) -> Callable[[int, int], None]:
-    """The ``on_step`` of one training: stop when asked (``stopped`` names what was cancelled) and
-    move the job's progress from ``start`` to ``end`` under ``stage``. A retrain (``attempt`` > 0)
-    holds the progress at ``end``, where the first training left it, and counts in its stage in
-    whole tens of percent, so a log gets about ten lines, not one per step."""
-    def on_step(done: int, total: int) -> None:
-        if should_stop is not None and should_stop():
-            raise TrainingCancelled(f"cancelled while training {stopped}")
-        if attempt:
-            report(f"re{stage} ({10 * (10 * done // max(total, 1))}%)", end)
-        else:
-            report(stage, start + (end - start) * done / max(total, 1))
-    return on_step
-
-
-def _retrain_note(what: str, warned: dict[str, dict], attempt: int, config: AugmentConfig) -> str:
-    spread = ", ".join(f"{label} {s['ratio']:.2f}" for label, s in warned.items())
-    return (f"{what} reconstructed the training scans of {', '.join(warned)} nearly alike (subject spread {spread}): "
-            f"it had learned the class mean, not the subjects; trained again from a fresh seed "
-            f"(retrain {attempt} of {config.retrains})")
-
-
-def _fit_base(x: torch.Tensor, model_cfg: ModelConfig, config: AugmentConfig, report: Progress, should_stop,
-              checkpoints: ClassCheckpoints | None = None) -> dict[str, torch.Tensor]:
-    """``model_scope: transfer``: the base model on the train scans of every class (``x``),
-    resumed from and checkpointed under ``BASE_KEY``; returns its weights. It is not delivered:
-    it learned every class, so its own draws would mix them."""
-    on_step = _training_steps(report, should_stop, "training base model", "the base model", 0.05, 0.55)
-    try:
-        return fit_base_model(x, model_cfg, config, config.seed * 1009, on_step, checkpoints)
-    except TrainingCancelled as stop:
-        raise Cancelled(str(stop)) from None
-
-
-def _generate(real: Cohort, x: torch.Tensor, train_idx: list[int], rows: list[dict[str, str]],
-              wanted: dict[str, int], pre: PreprocessConfig, config: AugmentConfig, staging: Path,
-              report: Progress, should_stop, job_id: str, checkpoints: ClassCheckpoints | None,
-              notes: list[str]) -> AugmentResult:
-    affine = output_format(pre, target_affine(pre))  # PNG for a PNG cohort (models/data/settle.py)
-    classes = [c for c, n in wanted.items() if n > 0]
-    model_cfg = ModelConfig(data_shape=(1, *pre.target_shape), **config.model.model_dump())
-    manifest_rows = list(rows)
-    train_counts = {c: sum(1 for i in train_idx if real.items[i].label == c) for c in real.classes}
-    split_counts: dict[str, dict[str, int]] = {}
-    for item in real:
-        per = split_counts.setdefault(item.split or "(none)", {})
-        per[item.label] = per.get(item.label, 0) + 1
-    metrics: dict[str, Any] = {"job_id": job_id, "real_counts": real.counts, "train_counts": train_counts,
-                               "split_counts": split_counts, "requested": wanted, "real_scans": config.real_scans,
-                               "notes": notes, "classes": {}}
-    delivered = {c: 0 for c in real.classes}
-    delivered_draws: dict[str, Draws] = {}
-    labels = [item.label for item in real]
-    models: dict[str, Path] = {}
-    shared = base_state = None
-    if config.model_scope == "shared" and classes:
-        shared, shared_seconds, models["shared"], retrained, spreads = _fit_shared(
-            real, x, train_idx, rows, model_cfg, config, staging, report, should_stop, job_id, pre, checkpoints,
-            classes, notes)
-    elif config.model_scope == "transfer" and classes:
-        base_state = _fit_base(x[train_idx], model_cfg, config, report, should_stop, checkpoints)
-    first_model = shared is not None or base_state is not None  # took the first half of the progress
-    span = (0.4 if first_model else 0.9) / max(len(classes), 1)
-    for k, label in enumerate(classes):
-        base = (0.55 if first_model else 0.05) + k * span
-        picked = [i for i in train_idx if real.items[i].label == label]
-        train_x = x[picked]
-        seed = config.seed * 1009 + k
-        if shared is not None:
-            model, history, train_seconds, model_id = (class_view(shared, label), shared.history,
-                                                       shared_seconds, f"{job_id}/shared")
-        else:
-            def fit(seed: int, attempt: int, label=label, train_x=train_x, base=base):
-                step = _training_steps(report, should_stop, f"training {label}", f"class '{label}'",
-                                       base, base + 0.8 * span, attempt)
-                return fit_class_model(train_x, model_cfg, config, seed, step,
-                                       checkpoints=_retrain_checkpoints(checkpoints, attempt), label=label,
-                                       init=base_state)
-
-            started = time.perf_counter()
-            try:
-                (model, sampler, history, train_cfg), retrained, spreads = fit_learning_subjects(
-                    fit, lambda fitted, label=label, train_x=train_x: {label: learned_spread(fitted[0], train_x)},
-                    config.retrains, seed,
-                    lambda attempt, warned, label=label: notes.append(
-                        _retrain_note(f"the model of class {label}", warned, attempt, config)))
-            except TrainingCancelled as stop:
-                raise Cancelled(str(stop)) from None
-            train_seconds = time.perf_counter() - started
-            seed = train_cfg.seed  # the seed of the model kept (a retrained one's own)
-            models[label] = save(staging / "models" / label, model, sampler, {
-                "class": label, "job_id": job_id, "seed": seed, "preprocess": pre.model_dump(mode="json"),
-                "train": train_cfg.model_dump(mode="json"), "history": history.as_dicts(),
-                "trained_on": [rows[i]["source_path"] for i in picked],
-                **({"base_trained_on": [rows[i]["source_path"] for i in train_idx]} if base_state is not None else {})})
-            model_id = f"{job_id}/{label}"
-
-        report(f"sampling {label}", base + 0.8 * span)
-        drawn = draw(DrawRequest(model, shared, label, wanted[label], x, labels, train_idx,
-                                 [r["path"] for r in rows], seed + 1, config))
-        synthetic, near = drawn.scans, drawn.near
-        names = write_scans(synthetic, staging / "synthetic" / label, label, affine,
-                            _sidecar(model, model_id, job_id, seed + 1, sampler_label(config.sampler)),
-                            drawn.per_scan)
-        delivered[label] = len(names)
-        delivered_draws[label] = drawn
-        manifest_rows += [{"path": f"synthetic/{label}/{name}", "label": label, "split": TRAIN,
-                           "synthetic": "true", "source_path": ""} for name in names]
-
-        report(f"report {label}", base + 0.9 * span)
-        # a shared model learned every class: this class's scans first, so the summary can list them
-        learned_from = (picked + [i for i in train_idx if real.items[i].label != label]) if shared is not None \
-            else picked
-        _class_report(metrics, label, picked, wanted, names, train_seconds, history,
-                      [rows[i]["path"] for i in learned_from], near, train_x, synthetic, staging, config,
-                      n_base=len(train_idx) if base_state is not None else None, spread=spreads.get(label))
-        metrics["classes"][label]["retrains"] = retrained
-        metrics["classes"][label]["generator"] = drawn.info
-
-    checks = ClassifierChecks(x, labels, train_idx, config, report, should_stop)
-    try:
-        for label, drawn in delivered_draws.items():
+        for fitted in fit_models(req):
+            label, (start, span) = fitted.label, fitted.progress
+            models[fitted.key] = fitted.model_dir
+            req.report(f"sampling {label}", start + 0.8 * span)
+            drawn = draws[label] = draw(DrawRequest(fitted.model, fitted.shared, label, wanted[label], req.x,
+                                                    req.labels, req.train_idx, paths, fitted.seed + 1, config))
+            sidecar = _sidecar(fitted.model, fitted.model_id, req.job_id, fitted.seed + 1, sampler_label(config.sampler))
+            names = write_scans(drawn.scans, staging / "synthetic" / label, label, affine, sidecar, drawn.per_scan)
+            manifest_rows += [{"path": f"synthetic/{label}/{name}", "label": label, "split": TRAIN,
+                               "synthetic": "true", "source_path": ""} for name in names]
+            req.report(f"report {label}", start + 0.9 * span)
+            picked = req.rows_of(label)
+            _class_report(metrics, label, picked, wanted, names, fitted.train_seconds, fitted.history,
+                          [paths[i] for i in fitted.learned_from], drawn.near, req.x[picked], drawn.scans, staging,
+                          config, n_base=fitted.n_base, spread=fitted.spread)
+            metrics["classes"][label].update(retrains=fitted.retrains, generator=drawn.info)
+        checks = ClassifierChecks(req.x, req.labels, req.train_idx, config, req.report, req.should_stop)
+        for label, drawn in draws.items():
             metrics["classes"][label].update(checks.class_metrics(label, drawn))
     except TrainingCancelled as stop:
         raise Cancelled(str(stop)) from None
-
+    delivered = {c: len(draws[c].scans) if c in draws else 0 for c in real.classes}
     manifest = staging / "manifest.csv"
     with manifest.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
         writer.writeheader()
         writer.writerows(manifest_rows)
-    (staging / "report").mkdir(exist_ok=True)
+    _finish_metrics(metrics, train_counts, delivered, staging / "report" / "metrics.json")
+    return AugmentResult(staging, manifest, train_counts, delivered, models, staging / "report", metrics)
+
+
+def _start_metrics(real: Cohort, train_counts: dict[str, int], wanted: dict[str, int],
+                   req: FitRequest) -> dict[str, Any]:
+    """report/metrics.json before any class is drawn (``notes`` is the request's own list, so the
+    notes the fitting adds show)."""
+    split_counts: dict[str, dict[str, int]] = {}
+    for item in real:
+        per = split_counts.setdefault(item.split or "(none)", {})
+        per[item.label] = per.get(item.label, 0) + 1
+    return {"job_id": req.job_id, "real_counts": real.counts, "train_counts": train_counts,
+            "split_counts": split_counts, "requested": wanted, "real_scans": req.config.real_scans,
+            "notes": req.notes, "classes": {}}
+
+
+def _finish_metrics(metrics: dict[str, Any], train_counts: dict[str, int], delivered: dict[str, int],
+                    path: Path) -> None:
+    """The cohort-wide totals of report/metrics.json, and write it."""
+    path.parent.mkdir(exist_ok=True)
     metrics["synthetic_counts"] = delivered
-    metrics["final_counts"] = {c: train_counts[c] + delivered[c] for c in real.classes}
+    metrics["final_counts"] = {c: train_counts[c] + delivered[c] for c in train_counts}
     metrics["near_copies_replaced"] = sum(c["near_copies"]["replaced"] for c in metrics["classes"].values())
     metrics["near_copies_left_out"] = sum(c["near_copies"]["left_out"] for c in metrics["classes"].values())
     metrics["delivery"] = delivery(metrics)
     metrics["partial"] = any(d["delivered"] < d["requested"] for d in metrics["delivery"].values())
-    (staging / "report" / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return AugmentResult(staging, manifest, train_counts, delivered, models, staging / "report", metrics)
+    path.write_text(json.dumps(metrics, indent=2))
 
 
 def delivery(metrics: dict[str, Any]) -> dict[str, dict[str, int]]:

@@ -10,7 +10,8 @@ folds), and its near-copy record. ``AugmentConfig.generator`` names one of ``STR
 - ``interpolation``: between two train subjects of the class in the refined latent space.
 
 Which model a strategy draws from (one per class, or one shared class-conditional model) is the
-fitting step's business (``model_scope``); counterfactual and interpolation need the shared one.
+fitting step's business (``model_scope``, ``models/fitting.py``: its ``ClassModel`` gives the
+request's model, shared model and seed); counterfactual and interpolation need the shared one.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ VALUE_RANGE = (0.0, 1.0)
 
 @dataclass
 class DrawRequest:
-    model: Any  # what draws this class: a per-class model or a ClassView of the shared one
-    shared: Any  # models.shared_model.SharedModel or None
+    model: Any  # what draws this class: a per-class model or a ClassView of the shared one (ClassModel.model)
+    shared: Any  # models.shared_model.SharedModel or None (ClassModel.shared)
     label: str
     n: int
     x: Tensor  # every real scan, preprocessed (N, *data_shape)

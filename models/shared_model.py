@@ -3,7 +3,7 @@
 Instead of one VAE per minority class trained on its few scans, one model learns the train split
 of *all* classes with the class as a label (the majority teaches anatomy, the minority its
 shift), and minority scans are drawn for the requested class. ``fit_shared_model`` trains it
-with the step budget of an ``AugmentConfig`` (as ``models.augment.fit_class_model`` does per
+with the step budget of an ``AugmentConfig`` (as ``models.fitting.fit_class_model`` does per
 class); ``sample_class`` draws scans of one class; ``class_view`` gives the label-bound view
 that ``models.augment.write_synthetic`` and ``models.evaluation.log_likelihood`` accept.
 """
@@ -58,7 +58,7 @@ def fit_shared_model(scans: dict[str, Tensor], model_cfg: ModelConfig, config, s
     ``model_cfg``: the per-class model's configuration (its ``n_classes`` is set here);
     ``config``: a ``models.augment.AugmentConfig`` (sampler, train settings, step budget).
     Every scan counts once per epoch; the budget in steps is the same as one class model's.
-    ``checkpoints``: a ``models.augment.ClassCheckpoints``; training resumes from the state saved
+    ``checkpoints``: a ``models.fitting.ClassCheckpoints``; training resumes from the state saved
     under ``SHARED_KEY`` and saves as it goes (and at the end), as ``fit_class_model`` does.
     """
     x, y, classes = stack_classes(scans)

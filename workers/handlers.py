@@ -379,8 +379,6 @@ def evaluate(ctx: JobContext, p: EvaluateParams) -> Outcome:
 # -- augment ---------------------------------------------------------------------------------------
 def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
     from models.augment import (
-        BASE_KEY,
-        RETRAIN_KEY,
         AugmentConfig,
         Cancelled,
         ClassCheckpoints,
@@ -389,6 +387,7 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
     )
     from models.augment import augment as run_augment
     from models.checks import utility_sentence
+    from models.fitting import BASE_KEY, RETRAIN_KEY
 
     config = library_config(AugmentConfig, p.augment_config(), "config")  # with p.profile's settings
     # threads: this pool process's share (lifecycle._child_init); a training caps its own by its
@@ -413,8 +412,8 @@ def augment(ctx: JobContext, p: AugmentParams) -> Outcome:
         state = checkpoints.load(latest, ctx.device)
         resumed[label] = int(state["global_step"])
         # model_scope shared: one series for the shared model, saved under "shared"; transfer: the
-        # base model's under models.augment.BASE_KEY, then one per class; a model trained again
-        # (config.retrains) has a series of its own, "<key>~retrainK" (models.augment.RETRAIN_KEY)
+        # base model's under models.fitting.BASE_KEY, then one per class; a model trained again
+        # (config.retrains) has a series of its own, "<key>~retrainK" (models.fitting.RETRAIN_KEY)
         key, _, retrain = label.partition(RETRAIN_KEY)
         what = ("shared model" if config.model_scope == "shared" else
                 "base model" if key == BASE_KEY else f"class {key}") + (f" (retrain {retrain})" if retrain else "")

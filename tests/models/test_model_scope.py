@@ -75,8 +75,9 @@ def test_transfer_starts_each_class_model_from_a_base_model_of_every_class(slice
     model starts from its weights; only class models are delivered, and the report says both."""
     import torch
 
-    from models.augment import BASE_KEY, ClassCheckpoints
+    from models.augment import ClassCheckpoints
     from models.checkpoint import load
+    from models.fitting import BASE_KEY
 
     saved: dict[str, dict] = {}
     checkpoints = ClassCheckpoints(every=1000, save=lambda key, state: saved.__setitem__(key, state),
