@@ -14,6 +14,8 @@ default model and budget, with its retrain rule) is trained per seed; from it:
   counterfactual mean   the same with the encoder's posterior mean as the abduction
   interpolation         between two AD training subjects in the refined latent space (t in
                         [0.25, 0.75]) plus their residuals mixed with variance-preserving weights
+  variation             each AD training subject moved 0.5 prior SDs along the difference of two
+                        CN subjects' refined latents, plus its own residual
 
 beside real only, duplicates of the 6 AD scans, and more real AD subjects (the ceiling). The
 classifier (models.classifier: small CNN, 100 steps, class-balanced mini-batches) learns AD vs CN
@@ -45,14 +47,14 @@ from bench.plots import plot_montage
 from models.augment import AugmentConfig
 from models.classifier import STEPS, train_classifier, two_sample_auroc
 from models.config import ModelConfig
-from models.counterfactual import counterfactuals, interpolations
+from models.counterfactual import counterfactuals, interpolations, variations
 from models.data import PreprocessConfig, load_tensors, make_demo_counterfactuals
 from models.fitting import fit_learning_subjects, learned_spread
 from models.generators import draw_synthetic
 from models.report import gradient_energy
 from models.shared_model import class_view, fit_shared_model
 
-GENERATORS = ["shared aggregate", "counterfactual MCMC", "counterfactual mean", "interpolation"]
+GENERATORS = ["shared aggregate", "counterfactual MCMC", "counterfactual mean", "interpolation", "variation"]
 SOURCES = ["duplicates", *GENERATORS, "more real AD"]
 METRICS = ["balanced_accuracy", "auroc"]
 
@@ -89,14 +91,16 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
     train_s = time.perf_counter() - t0
     print(f"seed {seed}: shared model {train_s:.0f} s, {retrained} retrains", flush=True)
 
-    extras, quality = draw_every_generator(shared, x_cn, x_ad, n_max, seed, "CN", "AD", truth, config.near_copies)
+    extras, quality = draw_every_generator(shared, x_cn, x_ad, n_max, seed, "CN", "AD", truth, config.near_copies,
+                                           args.generators)
     extras.update({"duplicates": duplicate_copies(x_ad, n_max, seed), "more real AD": more_real})
     if seed == args.seeds[0]:  # what the scans look like: counterfactuals beside their source and truth
-        plot_montage([("real AD (training)", x_ad), ("shared aggregate", extras["shared aggregate"]),
-                      ("CN source of each counterfactual", x_cn[order]),
-                      ("counterfactual MCMC", extras["counterfactual MCMC"]),
-                      ("true AD version of the source", truth[order]),
-                      ("interpolation", extras["interpolation"])],
+        panels = [("real AD (training)", x_ad), ("shared aggregate", extras.get("shared aggregate")),
+                  ("CN source of each counterfactual", x_cn[order] if "counterfactual MCMC" in extras else None),
+                  ("counterfactual MCMC", extras.get("counterfactual MCMC")),
+                  ("true AD version of the source", truth[order] if "counterfactual MCMC" in extras else None),
+                  ("interpolation", extras.get("interpolation")), ("variation", extras.get("variation"))]
+        plot_montage([(name, scans) for name, scans in panels if scans is not None],
                      RESULTS / f"generators_montage{args.tag}.png", seed)
     # the two-sample test's classifiers: the library's 100 steps (--quick: --clf-steps)
     score_quality(extras, quality, x_ad, seed, train_s, args.clf_steps if args.quick else STEPS)
@@ -111,16 +115,22 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
 
 
 def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n_max: int, seed: int,
-                         major: str, minor: str, truth: torch.Tensor | None = None, near_copies: str = "replace"):
-    """Every generator's n_max minority scans from one shared model; (extras, quality rows). With
-    ``truth`` (each majority scan's true minority version), the counterfactuals' effect recovery R."""
+                         major: str, minor: str, truth: torch.Tensor | None = None, near_copies: str = "replace",
+                         chosen: list[str] | None = None):
+    """Every generator's (or the ``chosen`` ones') n_max minority scans from one shared model;
+    (extras, quality rows). With ``truth`` (each majority scan's true minority version), the
+    counterfactuals' effect recovery R."""
+    chosen = chosen or GENERATORS
     cn, ad = shared.index(major), shared.index(minor)
     order = torch.randperm(len(x_major), generator=torch.Generator().manual_seed(seed))[:n_max]
     extras, quality = {}, []
     t0 = time.perf_counter()
-    extras["shared aggregate"], _ = draw_synthetic(class_view(shared, minor), n_max, x_minor, seed + 1,
-                                                   near_copies, fine_detail="nearest")
+    if "shared aggregate" in chosen:
+        extras["shared aggregate"], _ = draw_synthetic(class_view(shared, minor), n_max, x_minor, seed + 1,
+                                                       near_copies, fine_detail="nearest")
     for name, how in (("counterfactual MCMC", "mcmc"), ("counterfactual mean", "mean")):
+        if name not in chosen:
+            continue
         t1 = time.perf_counter()
         sources = x_major[order] if truth is None else x_major  # R needs every subject's truth
         cf, _, info = counterfactuals(shared.model, shared.sampler, sources, cn, ad, how, seed=seed + 2)
@@ -132,10 +142,15 @@ def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n
         extras[name] = cf
         quality.append(row)
     g = torch.Generator().manual_seed(seed + 3)
-    pairs = [tuple(torch.randperm(len(x_minor), generator=g)[:2].tolist()) for _ in range(n_max)]
-    weights = (0.25 + 0.5 * torch.rand(n_max, generator=g)).tolist()
-    extras["interpolation"], _ = interpolations(shared.model, shared.sampler, x_minor, ad, pairs, weights, "mcmc",
-                                                seed=seed + 4)
+    if "interpolation" in chosen:
+        pairs = [tuple(torch.randperm(len(x_minor), generator=g)[:2].tolist()) for _ in range(n_max)]
+        weights = (0.25 + 0.5 * torch.rand(n_max, generator=g)).tolist()
+        extras["interpolation"], _ = interpolations(shared.model, shared.sampler, x_minor, ad, pairs, weights, "mcmc",
+                                                    seed=seed + 4)
+    if "variation" in chosen:  # each minority subject in turn, moved along a random majority pair's difference
+        picks = [(k % len(x_minor), *torch.randperm(len(x_major), generator=g)[:2].tolist()) for k in range(n_max)]
+        extras["variation"], _ = variations(shared.model, shared.sampler, x_minor, ad, x_major, cn, picks, 0.5,
+                                            "mcmc", seed=seed + 5)
     print(f"drawn in {time.perf_counter() - t0:.0f} s", flush=True)
     return extras, quality
 
@@ -213,6 +228,8 @@ def main() -> None:
                     help="no classifier rows: effect recovery R, sharpness and two-sample AUROC (e.g. per difficulty)")
     ap.add_argument("--oracle-only", action="store_true",
                     help="no model: real only, duplicates, the true counterfactuals of the CN subjects, more real AD")
+    ap.add_argument("--generators", nargs="+", choices=GENERATORS, default=None,
+                    help="draw only these generators (default: every one)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG")
     args = parse_args(ap, {"seeds": [0], "counts": [1], "n_control": 4, "n_ad": 2, "n_test": 2, "clf_steps": 2})

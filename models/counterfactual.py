@@ -17,6 +17,11 @@ Abduction, action, prediction (Pearl's three steps) on a class-conditional VAE:
 
 The counterfactual carries no other person's data and is as sharp as the real scan it comes from;
 it is also derived from that subject: the sidecar says so (README, "Sharing synthetic scans").
+
+Two same-class uses of the refined latents sit beside it: ``interpolations`` (between two
+subjects of the class) and ``variations`` (a subject of the class moved along the difference
+between two subjects of another class: the variation that class shows, which holds no class
+effect, so the subject keeps its own; the same residual rule keeps it as sharp as its scan).
 """
 
 from __future__ import annotations
@@ -116,3 +121,48 @@ def interpolations(model, sampler, x: Tensor, y: int, pairs: list[tuple[int, int
     a, b = (1 - t).view(shape), t.view(shape)
     detail = (a * residual[i] + b * residual[j]) / torch.sqrt(a**2 + b**2)
     return (mixed + detail).cpu().clamp(*value_range), info
+
+
+@torch.no_grad()
+def variations(model, sampler, x: Tensor, y: int, x_other: Tensor, y_other: int, picks: list[tuple[int, int, int]],
+               scale: float = 0.5, how: Abduction = "mcmc", draws: int = 4, steps: int = 10, seed: int = 0,
+               value_range: tuple[float, float] = (0.0, 1.0), batch: int = 16) -> tuple[Tensor, AbductionInfo]:
+    """New scans of class ``y``: subject ``a`` of ``x`` moved in the model's exogenous space by
+    ``scale * (e_i - e_j) / sqrt(2)``, the difference between subjects ``i`` and ``j`` of ``x_other``
+    (class ``y_other``; the sqrt(2) makes the step ``scale`` prior standard deviations), decoded
+    under ``y``, plus subject ``a``'s own residual. ``picks[k] = (a, i, j)``. Latents: posterior
+    means of the abduction draws (``how``, as for counterfactuals). Only the difference of two
+    subjects of one class is used: it is the spread of pose, anatomy, contrast and ageing that class
+    shows, not its class effect, so the moved subject keeps what makes it class ``y``."""
+    device = _device(model)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    model.eval()
+
+    def exogenous(scans: Tensor, label: int) -> tuple[Tensor, Tensor, AbductionInfo]:
+        """Exogenous noise of each scan (posterior mean of the abduction draws) and its residual."""
+        noise, residuals, info, accepts = [], [], AbductionInfo(None, 0, 1), []
+        for start in range(0, len(scans), batch):
+            chunk = scans[start:start + batch].to(device).float()
+            with torch.enable_grad():
+                u, info = abduct(model, sampler, chunk, label, how, draws, steps, generator)
+            u = u.view(-1, len(chunk), u.shape[-1]).mean(0)
+            noise.append(model.exogenous(u, y=label))
+            residuals.append(chunk - model.decode(u, y=label))
+            if info.accept is not None:
+                accepts.append(info.accept)
+        if accepts:
+            info = AbductionInfo(sum(accepts) / len(accepts), info.steps, info.draws)
+        return torch.cat(noise), torch.cat(residuals), info
+
+    used_other = sorted({i for _, i, j in picks} | {j for _, i, j in picks})
+    e_class, residual, info = exogenous(x, y)
+    e_used, _, _ = exogenous(x_other[used_other], y_other)
+    e_other = torch.zeros(len(x_other), e_used.shape[-1], device=device, dtype=e_used.dtype)
+    e_other[used_other] = e_used
+    a = torch.tensor([p[0] for p in picks], device=device)
+    i = torch.tensor([p[1] for p in picks], device=device)
+    j = torch.tensor([p[2] for p in picks], device=device)
+    moved = e_class[a] + scale * (e_other[i] - e_other[j]) / 2 ** 0.5
+    out = [model.decode(model.from_exogenous(moved[k:k + batch], y=y), y=y) for k in range(0, len(picks), batch)]
+    scans = (torch.cat(out) + residual[a]) if out else torch.empty(0, *x.shape[1:], device=device)
+    return scans.cpu().clamp(*value_range), info

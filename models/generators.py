@@ -7,7 +7,9 @@ folds), and its near-copy record. ``AugmentConfig.generator`` names one of ``STR
 - ``aggregate``: new latents from the class's aggregate posterior, decoded; with ``fine_detail``
   "nearest", plus the nearest training scan's residual (``models.augment.draw_synthetic``);
 - ``counterfactual``: majority train subjects moved to the class (``models.counterfactual``);
-- ``interpolation``: between two train subjects of the class in the refined latent space.
+- ``interpolation``: between two train subjects of the class in the refined latent space;
+- ``variation``: a train subject of the class moved along the difference between two majority
+  subjects in the refined latent space (``models.counterfactual.variations``).
 
 Which model a strategy draws from (one per class, or one shared class-conditional model) is the
 fitting step's business (``model_scope``, ``models/fitting.py``: its ``ClassModel`` gives the
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .counterfactual import counterfactuals, interpolations
+from .counterfactual import counterfactuals, interpolations, variations
 from .fine_detail import FineDetail
 from .options import AugmentConfig, FineDetailPolicy
 from .report import near_copy_threshold, nearest_real
@@ -244,10 +246,64 @@ def draw_interpolations(req: DrawRequest) -> Draws:
                   "abduction_accept": sum(accepts) / len(accepts) if accepts else None})
 
 
+def draw_variations(req: DrawRequest) -> Draws:
+    """``n`` scans, each a train subject of the class (in turn, shuffled by the seed) moved by
+    ``variation_scale`` along the difference between two random train subjects of the largest other
+    class; a near-copy of a train scan of the class is replaced by a new pair, up to ``max_redraws``
+    rounds, then left out."""
+    c, shared = req.config, req.shared
+    rows = req.class_rows
+    others = sorted({req.labels[i] for i in req.train_idx} - {req.label},
+                    key=lambda lab: -sum(req.labels[i] == lab for i in req.train_idx))
+    other_rows = [i for i in req.train_idx if others and req.labels[i] == others[0]]
+    if not rows or len(other_rows) < 2:
+        raise ValueError(f"generator variation: needs a train scan of class '{req.label}' and two of another "
+                         f"class, has {len(rows)} and {len(other_rows)}")
+    g = torch.Generator().manual_seed(req.seed)
+    class_x, other_x = req.x[rows], req.x[other_rows]
+    order = torch.randperm(len(rows), generator=g).tolist()
+    kept, per_scan, sources, replaced, accepts, done = [], [], [], 0, [], 0
+    threshold = near_copy_threshold(class_x, c.near_copy_fraction)
+    for attempt in range(c.max_redraws + 1 if c.near_copies == "replace" else 1):
+        want = req.n - done
+        if want <= 0:
+            break
+        subjects = [order[(done + k) % len(order)] for k in range(want)]
+        pairs = [torch.randperm(len(other_rows), generator=g)[:2].tolist() for _ in range(want)]
+        picks = [(a, i, j) for a, (i, j) in zip(subjects, pairs)]
+        scans, info = variations(shared.model, shared.sampler, class_x, shared.index(req.label), other_x,
+                                 shared.index(others[0]), picks, c.variation_scale, c.abduction, c.abduction_draws,
+                                 c.abduction_steps, req.seed + attempt, VALUE_RANGE)
+        near, threshold = _drop_near_copies(scans, class_x, c)
+        replaced += int(near.sum()) if attempt < c.max_redraws else 0
+        if info.accept is not None:
+            accepts.append(info.accept)
+        kept.append(scans[~near])
+        for (a, i, j), is_near in zip(picks, near.tolist()):
+            if not is_near:
+                per_scan.append({"generator": "variation", "derived_from_real_subject": True,
+                                 "source": req.paths[rows[a]],
+                                 "variation_from": [req.paths[other_rows[i]], req.paths[other_rows[j]]],
+                                 "scale": c.variation_scale, "abduction": c.abduction})
+                sources.append([rows[a]])
+                done += 1
+    scans_t = torch.cat(kept) if kept else torch.empty(0, *req.x.shape[1:])
+    record = _near_record(c, threshold, req.n - len(scans_t))
+    record["replaced"] = replaced
+    dist = _rms(scans_t, req.x[[s[0] for s in sources]]) if sources else torch.empty(0)
+    for entry, d_source in zip(per_scan, dist.tolist()):
+        entry["rms_to_source"] = round(d_source, 6)
+    return Draws(scans_t, per_scan, sources, record,
+                 {"kind": "variation", "abduction": c.abduction, "scale": c.variation_scale,
+                  "abduction_accept": sum(accepts) / len(accepts) if accepts else None,
+                  "distance_to_source": _quantiles(dist)})
+
+
 STRATEGIES: dict[str, Callable[[DrawRequest], Draws]] = {
     "aggregate": draw_aggregate,
     "counterfactual": draw_counterfactuals,
     "interpolation": draw_interpolations,
+    "variation": draw_variations,
 }
 
 

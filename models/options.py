@@ -24,8 +24,8 @@ NEAR_COPY_FRACTION = 0.5
 FineDetailPolicy = Literal["nearest", "none"]
 
 # How new minority scans are made (AugmentConfig.generator, models/generators.py).
-GeneratorKind = Literal["aggregate", "counterfactual", "interpolation"]
-NEEDS_SHARED = ("counterfactual", "interpolation")  # both need one model of every class
+GeneratorKind = Literal["aggregate", "counterfactual", "interpolation", "variation"]
+NEEDS_SHARED = ("counterfactual", "interpolation", "variation")  # both need one model of every class
 
 
 # What an arch's unset ModelChoice fields default to. The default model is the hierarchy that
@@ -123,6 +123,9 @@ class AugmentConfig(BaseModel):
         "the refined latent space, plus their mixed residuals. On the hard demo cohort none of the three "
         "helped a classifier over the real scans alone; aggregate harmed it least (docs/RESULTS.md, "
         "issue 22); turn on check_utility to measure it on your own cohort"))
+    variation_scale: float = Field(0.5, gt=0, le=3, description=(
+        "variation: how far each subject moves, in prior standard deviations along the difference of two "
+        "majority subjects' refined latents (0.5 keeps the subject recognisable; 1 is a whole subject's spread)"))
     abduction: Literal["mcmc", "mean"] = Field("mcmc", description=(
         "counterfactual and interpolation: mcmc: the latents of each source scan are abduction_draws "
         "encoder draws moved abduction_steps transitions by the model's tuned kernel, its shift averaged "
