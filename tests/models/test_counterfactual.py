@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from models.augment import augment
 from models.config import ModelConfig, SamplerConfig
-from models.counterfactual import abduct, class_shift, counterfactuals, interpolations
+from models.counterfactual import abduct, class_shift, counterfactuals, interpolations, variations
 from models.factory import build_model
 from models.options import AugmentConfig
 from models.samplers import build_sampler
@@ -109,6 +109,25 @@ def test_interpolations_lie_between_their_two_subjects():
     assert not torch.allclose(mid[0], x[0]) and not torch.allclose(mid[0], x[1])
 
 
+def test_a_variation_is_its_subject_moved_by_the_other_class_difference():
+    model = conditional("mlp centered, 2 layers")
+    x, other = torch.rand(2, 1, 8, 8), torch.rand(4, 1, 8, 8)
+    wide = (-10.0, 10.0)
+    # two identical majority subjects: no difference, so the subject comes back as its own scan
+    same, _ = variations(model, None, x, 1, other[[0, 0]], 0, [(0, 0, 1), (1, 1, 0)], how="mean", value_range=wide)
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=1e-5)
+    # a real difference moves it: by the decoded move alone (its residual kept), growing with scale
+    picks = [(0, 2, 3), (1, 0, 1)]
+    small, _ = variations(model, None, x, 1, other, 0, picks, scale=0.25, how="mean", value_range=wide)
+    large, _ = variations(model, None, x, 1, other, 0, picks, scale=1.0, how="mean", value_range=wide)
+    moved_small, moved_large = (small - x).flatten(1).norm(dim=1), (large - x).flatten(1).norm(dim=1)
+    assert (moved_small > 1e-4).all() and (moved_large > moved_small).all()
+    # swapping the pair moves the subject the other way: to first order the opposite change
+    back, _ = variations(model, None, x, 1, other, 0, [(0, 3, 2), (1, 1, 0)], scale=0.25, how="mean",
+                         value_range=wide)
+    assert torch.nn.functional.cosine_similarity((small - x).flatten(1), (back - x).flatten(1)).max() < 0
+
+
 TINY = {"preprocess": {"spatial_dims": 2, "target_shape": [16, 16], "target_spacing": None},
         "model": {"arch": "mlp", "latent_dims": [4], "hidden": [32]},
         "sampler": {"kind": "mala", "n_steps": 2},
@@ -166,6 +185,26 @@ def test_augment_interpolations_name_both_subjects(slices_cohort, tmp_path):
         assert len(set(sidecar["sources"])) == 2 and set(sidecar["sources"]) <= real_ad
 
 
+def test_augment_variations_name_their_subject_and_the_majority_pair(slices_cohort, tmp_path):
+    out = tmp_path / "var"
+    result = augment(slices_cohort, out, target={"AD": 4},
+                     config=AugmentConfig(**TINY, generator="variation", abduction_steps=2, near_copies="keep"))
+    info = result.metrics["classes"]["AD"]["generator"]
+    assert info["kind"] == "variation" and info["scale"] == 0.5 and 0 <= info["abduction_accept"] <= 1
+    rows, synthetic = _synthetic_rows(out)
+    real = {lab: {r["path"] for r in rows if r["synthetic"] == "false" and r["label"] == lab} for lab in ("AD", "CN")}
+    assert len(synthetic) == 4
+    subjects = []
+    for row in synthetic:
+        sidecar = json.loads((out / row["path"].replace(".nii.gz", ".json").replace(".png", ".json")).read_text())
+        assert sidecar["generator"] == "variation" and sidecar["derived_from_real_subject"] is True
+        assert sidecar["source"] in real["AD"] and sidecar["rms_to_source"] > 0
+        assert len(set(sidecar["variation_from"])) == 2 and set(sidecar["variation_from"]) <= real["CN"]
+        subjects.append(sidecar["source"])
+    # the class's subjects in turn: 4 scans from 3 AD train subjects use every one of them
+    assert set(subjects) == real["AD"] and len(real["AD"]) == 3
+
+
 def test_every_report_has_sharpness_and_a_fidelity_gate(slices_cohort, tmp_path):
     result = augment(slices_cohort, tmp_path / "agg", target={"AD": 4}, config=AugmentConfig(**TINY))
     info = result.metrics["classes"]["AD"]
@@ -182,3 +221,5 @@ def test_counterfactual_and_interpolation_need_the_shared_model():
         AugmentConfig(generator="counterfactual", model_scope="per_class")
     with pytest.raises(ValidationError, match="generator: interpolation needs model_scope shared"):
         AugmentConfig(generator="interpolation", model_scope="transfer")
+    with pytest.raises(ValidationError, match="generator: variation needs model_scope shared"):
+        AugmentConfig(generator="variation", model_scope="per_class")
