@@ -6,7 +6,7 @@ a held-out balanced test set of 200 + 200 from the test set that no generator se
 [0, 1], padded from 28 x 28 to 32 x 32 (the default hierarchical model halves the grid three
 times). One shared class-conditional MCMC-HVAE (augment's default model and budget) per pair and
 seed, and from it the generators of bench/generators.py (aggregate draws with nearest fine detail,
-counterfactuals from the majority with MCMC or encoder-mean abduction, interpolation), beside
+counterfactuals from the majority with MCMC or encoder-mean abduction, interpolation, variation), beside
 real only and duplicates; the classifier is models.classifier's (2-D, class-balanced batches).
 
     python bench/fashion_utility.py --pairs 6,0 4,2 --seeds 0 1 2
@@ -77,14 +77,14 @@ def run_pair(minor: int, major: int, seed: int, data, args) -> tuple[list[dict],
     print(f"{tag}: shared model {train_s:.0f} s, {retrained} retrains", flush=True)
     n_max = max(args.counts) * args.n_minor
     extras, quality = draw_every_generator(shared, x_maj, x_min, n_max, seed, "major", "minor",
-                                           near_copies=config.near_copies)
+                                           near_copies=config.near_copies, chosen=args.generators)
     extras["duplicates"] = duplicate_copies(x_min, n_max, seed)
     # the two-sample test's classifiers: the library's 100 steps (--quick: --clf-steps)
     score_quality(extras, quality, x_min, seed, train_s, args.clf_steps if args.quick else STEPS)
     pair = f"{NAMES[minor]} vs {NAMES[major]}"
     for row in quality:
         row.update({"seed": seed, "pair": pair})
-    runs = score_rows(extras, ["duplicates", *GENERATORS], args.counts, x_maj, x_min, x_test, y_test, seed,
+    runs = score_rows(extras, ["duplicates", *[g for g in GENERATORS if g in extras]], args.counts, x_maj, x_min, x_test, y_test, seed,
                       args.clf_steps, tag)
     for row in runs:
         row["pair"] = pair
@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=200)
     ap.add_argument("--clf-steps", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--generators", nargs="+", choices=GENERATORS, default=None,
+                    help="draw only these generators (default: every one)")
     ap.add_argument("--tag", default="")
     args = parse_args(ap, {"pairs": ["6,0"], "seeds": [0], "counts": [1], "n_minor": 4, "n_major": 8,
                            "n_test": 4, "clf_steps": 2})
