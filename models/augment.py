@@ -588,7 +588,8 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
                          f"epochs (target {info['target_accept']:.3f})")
         lines.append(f"  near-copies (nearer a training scan than {near['copy_fraction']} x the smallest "
                      f"real-to-real distance, {near['threshold']:.4g} RMS per voxel): policy {near['policy']}, "
-                     f"{near['replaced']} redrawn, {near['left_out']} left out")
+                     f"{near['replaced']} redrawn, {near['left_out']} left out"
+                     + (f" (variations: {near['rule']})" if near.get("rule") else ""))
         if near.get("fine_detail", "none") != "none":
             lines.append(f"  fine detail ({near['fine_detail']}): the residual of the training scan whose "
                          f"reconstruction is nearest each scan; {len(near['without_detail'])} scan(s) delivered "
@@ -609,6 +610,12 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
         elif generator.get("kind") == "interpolation":
             lines.append(f"  generator interpolation ({generator['abduction']} abduction): each scan lies between two "
                          f"train subjects of class {label} (sidecar 'sources')")
+        elif generator.get("kind") == "variation":
+            dist = generator.get("distance_to_source") or {}
+            lines.append(f"  generator variation ({generator['abduction']} abduction): each scan is a train subject of "
+                         f"class {label} moved {generator['scale']:g} prior SDs along the difference of two majority "
+                         f"subjects, with its own detail (sidecar 'source', 'variation_from'); RMS change from its "
+                         f"source median {dist.get('median', 0):.4g}")
         sharpness = info.get("sharpness") or {}
         if sharpness.get("gradient_energy_ratio") is not None:
             lines.append(f"  sharpness: gradient energy synthetic / real {sharpness['gradient_energy_ratio']:.3f} "
@@ -629,7 +636,9 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
         lines += [f"  WARNING: {w}" for w in class_warnings(label, info)]
         lines.append(f"  final audit: {len(audit['flagged'])} delivered scan(s) below the threshold; nearest "
                      f"training scan at median {((audit['synthetic_to_real_nn'] or {}).get('median') or 0):.4g} "
-                     f"(real-to-real median {audit['real_to_real_nn']['median']:.4g})")
+                     f"(real-to-real median {audit['real_to_real_nn']['median']:.4g})"
+                     + ("; a variation is its own source subject altered, so it lies nearer that subject than any "
+                        "two subjects do" if (info.get("generator") or {}).get("kind") == "variation" else ""))
     for note in m.get("notes", []):
         lines.append(f"note: {note}")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -246,11 +246,32 @@ def draw_interpolations(req: DrawRequest) -> Draws:
                   "abduction_accept": sum(accepts) / len(accepts) if accepts else None})
 
 
+# A variation is its source subject altered, so it lies nearer that subject than any two real
+# subjects lie: the near-copy rule is applied against the class's *other* train scans (it must not
+# become someone else), and it must move at least this fraction of the smallest real-to-real
+# distance from its source (a model whose decoder ignores its latents would hand the source back).
+VARIATION_MIN_CHANGE = 0.1
+
+
+def _variation_near(scans: Tensor, class_x: Tensor, subjects: list[int], config: AugmentConfig) -> Tensor:
+    """Which variations fail the near-copy rule above (all pass with near_copies "keep")."""
+    if config.near_copies != "replace" or not len(scans):
+        return torch.zeros(len(scans), dtype=torch.bool)
+    flat = class_x.flatten(1).double()
+    dist = torch.cdist(scans.flatten(1).double(), flat) / flat.shape[1] ** 0.5
+    rows = torch.arange(len(scans))
+    own = dist[rows, subjects]
+    dist[rows, subjects] = float("inf")
+    threshold = near_copy_threshold(class_x, config.near_copy_fraction)
+    smallest = threshold / config.near_copy_fraction if threshold > 0 else 0.0
+    return (dist.min(1).values < threshold) | (own <= VARIATION_MIN_CHANGE * smallest)
+
+
 def draw_variations(req: DrawRequest) -> Draws:
     """``n`` scans, each a train subject of the class (in turn, shuffled by the seed) moved by
     ``variation_scale`` along the difference between two random train subjects of the largest other
-    class; a near-copy of a train scan of the class is replaced by a new pair, up to ``max_redraws``
-    rounds, then left out."""
+    class; one that fails the variation near-copy rule (``VARIATION_MIN_CHANGE``) is replaced by a
+    new pair, up to ``max_redraws`` rounds, then left out."""
     c, shared = req.config, req.shared
     rows = req.class_rows
     others = sorted({req.labels[i] for i in req.train_idx} - {req.label},
@@ -274,7 +295,7 @@ def draw_variations(req: DrawRequest) -> Draws:
         scans, info = variations(shared.model, shared.sampler, class_x, shared.index(req.label), other_x,
                                  shared.index(others[0]), picks, c.variation_scale, c.abduction, c.abduction_draws,
                                  c.abduction_steps, req.seed + attempt, VALUE_RANGE)
-        near, threshold = _drop_near_copies(scans, class_x, c)
+        near = _variation_near(scans, class_x, subjects, c)
         replaced += int(near.sum()) if attempt < c.max_redraws else 0
         if info.accept is not None:
             accepts.append(info.accept)
@@ -289,7 +310,8 @@ def draw_variations(req: DrawRequest) -> Draws:
                 done += 1
     scans_t = torch.cat(kept) if kept else torch.empty(0, *req.x.shape[1:])
     record = _near_record(c, threshold, req.n - len(scans_t))
-    record["replaced"] = replaced
+    record.update(replaced=replaced, rule=f"against the class's other train scans; at least {VARIATION_MIN_CHANGE} x "
+                                        "the smallest real-to-real distance from its own source")
     dist = _rms(scans_t, req.x[[s[0] for s in sources]]) if sources else torch.empty(0)
     for entry, d_source in zip(per_scan, dist.tolist()):
         entry["rms_to_source"] = round(d_source, 6)
