@@ -205,6 +205,21 @@ def test_augment_variations_name_their_subject_and_the_majority_pair(slices_coho
     assert set(subjects) == real["AD"] and len(real["AD"]) == 3
 
 
+def test_the_variation_near_copy_rule_refuses_its_source_back_and_other_subjects():
+    from models.generators import _variation_near
+
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    config = AugmentConfig()
+    # handed back unchanged: no change from its source
+    assert _variation_near(x.clone(), x, [0, 1, 2], config).all()
+    # another subject of the class: a near-copy of that one
+    assert _variation_near(x[[1, 2, 0]], x, [0, 1, 2], config).all()
+    # its source moved well away (a fifth of the way to another subject): kept
+    moved = x + 0.2 * (x[[1, 2, 0]] - x)
+    assert not _variation_near(moved, x, [0, 1, 2], config).any()
+    assert not _variation_near(x.clone(), x, [0, 1, 2], AugmentConfig(near_copies="keep")).any()
+
+
 def test_every_report_has_sharpness_and_a_fidelity_gate(slices_cohort, tmp_path):
     result = augment(slices_cohort, tmp_path / "agg", target={"AD": 4}, config=AugmentConfig(**TINY))
     info = result.metrics["classes"]["AD"]
