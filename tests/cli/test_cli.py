@@ -97,13 +97,17 @@ def test_augment_balances_a_3d_cohort_with_readable_outputs(cohort, tiny_config,
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["final_counts"] == {"AD": 6, "CN": 6}
     assert "flagged" in metrics["classes"]["AD"]["memorisation"]
-    # fine detail is the default; the sidecars say which scans went out as decoder means alone
-    near = metrics["classes"]["AD"]["near_copies"]
-    assert near["fine_detail"] == "nearest"
-    details = [json.loads(p.with_name(p.name.replace(".nii.gz", ".json")).read_text())["fine_detail"]
-               for p in synthetic]
-    assert [i for i, d in enumerate(details) if d == "none"] == near["without_detail"]
-    assert set(details) <= {"nearest", "none"}
+    # variations are the default: each sidecar names the real AD subject it alters and the CN pair
+    # whose difference moved it, and no other subject's detail is added (fine_detail off)
+    assert metrics["classes"]["AD"]["generator"]["kind"] == "variation"
+    assert metrics["classes"]["AD"]["near_copies"]["fine_detail"] == "none"
+    real_ad = {r["path"] for r in rows if r["label"] == "AD" and r["synthetic"] == "false"}
+    real_cn = {r["path"] for r in rows if r["label"] == "CN" and r["synthetic"] == "false"}
+    for path in synthetic:
+        sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["generator"] == "variation" and sidecar["derived_from_real_subject"] is True
+        assert sidecar["source"] in real_ad and set(sidecar["variation_from"]) <= real_cn
+    assert "generator variation" in (report / "summary.txt").read_text()
     assert (out / "models" / "shared" / "weights.safetensors").is_file()  # the default: one model
     assert not (out / "models" / "AD").exists()
     assert not list(tmp_path.glob(".balanced.partial-*")), "staging folder left behind"

@@ -221,7 +221,7 @@ def test_the_variation_near_copy_rule_refuses_its_source_back_and_other_subjects
 
 
 def test_every_report_has_sharpness_and_a_fidelity_gate(slices_cohort, tmp_path):
-    result = augment(slices_cohort, tmp_path / "agg", target={"AD": 4}, config=AugmentConfig(**TINY))
+    result = augment(slices_cohort, tmp_path / "agg", target={"AD": 4}, config=AugmentConfig(**TINY, generator="aggregate"))
     info = result.metrics["classes"]["AD"]
     assert info["generator"]["kind"] == "aggregate"
     assert info["sharpness"]["gradient_energy_ratio"] > 0 and info["sharpness"]["band"] == [0.9, 1.1]
@@ -229,6 +229,14 @@ def test_every_report_has_sharpness_and_a_fidelity_gate(slices_cohort, tmp_path)
     assert "utility" not in info  # only when asked
     summary = (tmp_path / "agg" / "report" / "summary.txt").read_text()
     assert "sharpness: gradient energy synthetic / real" in summary and "two-sample AUROC" in summary
+
+
+def test_the_default_generator_is_variation_with_the_shared_model_and_aggregate_without():
+    assert AugmentConfig().generator == "variation" and AugmentConfig().model_scope == "shared"
+    # choosing a per-class scope alone is valid: its default generator is the aggregate draws
+    assert AugmentConfig(model_scope="per_class").generator == "aggregate"
+    assert AugmentConfig(model_scope="transfer", generator=None).generator == "aggregate"
+    assert AugmentConfig(generator="interpolation").generator == "interpolation"
 
 
 def test_counterfactual_and_interpolation_need_the_shared_model():
