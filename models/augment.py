@@ -341,12 +341,14 @@ def _sidecar(model, model_id: str, job_id: str | None, seed: int, sampler_name: 
 def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted: dict[str, int],
                   names: list[str], train_seconds: float, history, trained_on: list[str], near: dict[str, Any],
                   train_x: torch.Tensor, synthetic: torch.Tensor, staging: Path, config: AugmentConfig,
-                  n_base: int | None = None, spread: dict[str, Any] | None = None) -> None:
+                  n_base: int | None = None, spread: dict[str, Any] | None = None,
+                  sources: list[int] | None = None) -> None:
     """One class's montage, curves and metrics entry (memorisation audit of what is delivered);
     ``n_base``: the scans the base model of model_scope "transfer" learned from; ``spread``: the
-    model's reconstructions of the class's scans against the scans (report.subject_spread)."""
+    model's reconstructions of the class's scans against the scans (report.subject_spread);
+    ``sources``: the real subject each scan alters (generator variation), for the diversity check."""
     audit = memorisation_audit(train_x, synthetic, config.near_copy_fraction)
-    diversity = synthetic_diversity(train_x, synthetic, audit["copy_threshold"])
+    diversity = synthetic_diversity(train_x, synthetic, audit["copy_threshold"], sources)
     if diversity is not None:  # this class's scans come first in trained_on
         diversity["that_real_scan"] = trained_on[diversity.pop("that_real_index")]
     slice_montage([s[0].numpy() for s in train_x], [s[0].numpy() for s in synthetic],
@@ -393,7 +395,8 @@ def _generate(real: Cohort, rows: list[dict[str, str]], wanted: dict[str, int], 
             picked = req.rows_of(label)
             _class_report(metrics, label, picked, wanted, names, fitted.train_seconds, fitted.history,
                           [paths[i] for i in fitted.learned_from], drawn.near, req.x[picked], drawn.scans, staging,
-                          config, n_base=fitted.n_base, spread=fitted.spread)
+                          config, n_base=fitted.n_base, spread=fitted.spread,
+                          sources=[s[0] for s in drawn.sources] if drawn.info.get("kind") == "variation" else None)
             metrics["classes"][label].update(retrains=fitted.retrains, generator=drawn.info)
         checks = ClassifierChecks(req.x, req.labels, req.train_idx, config, req.report, req.should_stop)
         for label, drawn in draws.items():
@@ -489,7 +492,8 @@ def spread_warning(label: str, spread: dict[str, Any]) -> str:
 
 def diversity_phrase(d: dict[str, Any]) -> str:
     """Synthetic-to-synthetic diversity in words (report.synthetic_diversity's record)."""
-    return (f"{d['close_pairs']} of {d['synthetic_pairs']} synthetic pairs lie closer than the near-copy threshold "
+    pairs = "synthetic pairs of different source subjects" if d.get("pairs_of_different_sources") else "synthetic pairs"
+    return (f"{d['close_pairs']} of {d['synthetic_pairs']} {pairs} lie closer than the near-copy threshold "
             f"({d['threshold']:.4g}), and {d['most_sharing_one_nearest_real']} of {d['n_synthetic']} share one "
             f"nearest real scan ({d['that_real_scan']})")
 

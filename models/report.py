@@ -211,25 +211,31 @@ CLOSE_PAIRS_WARNING = 0.1
 SHARED_NEAREST_WARNING = 1 / 3
 
 
-def synthetic_diversity(real: torch.Tensor, synthetic: torch.Tensor, threshold: float) -> dict[str, Any] | None:
+def synthetic_diversity(real: torch.Tensor, synthetic: torch.Tensor, threshold: float,
+                        sources: list[int] | None = None) -> dict[str, Any] | None:
     """How different the synthetic scans are from each other: the share of synthetic pairs closer
     than ``threshold`` (the near-copy threshold, RMS per voxel), and the most synthetic scans that
-    have one real scan as their nearest. None with fewer than 2 synthetic scans."""
+    have one real scan as their nearest. None with fewer than 2 synthetic scans. ``sources``: the
+    real subject each scan alters (generator variation): then only pairs of different subjects
+    count, and many scans sharing their nearest real scan (their source, by design) warn nothing."""
     k = len(synthetic)
     if k < 2 or not len(real):
         return None
     flat = synthetic.flatten(1).double()
     pairwise = torch.cdist(flat, flat) / math.sqrt(flat.shape[1])
     upper = torch.triu(torch.ones(k, k, dtype=torch.bool), diagonal=1)
-    n_pairs, close = k * (k - 1) // 2, int((pairwise[upper] < threshold).sum())
+    if sources is not None:
+        src = torch.tensor(sources)
+        upper &= src[:, None] != src[None, :]
+    n_pairs, close = int(upper.sum()), int((pairwise[upper] < threshold).sum())
     nearest = nearest_real(real, synthetic)[1]
     shared_counts = torch.bincount(nearest, minlength=len(real))
     most, index = int(shared_counts.max()), int(shared_counts.argmax())
-    close_share = close / n_pairs
-    crowded = most >= 3 and most / k > max(SHARED_NEAREST_WARNING, 2 / len(real))
+    close_share = close / n_pairs if n_pairs else 0.0
+    crowded = sources is None and most >= 3 and most / k > max(SHARED_NEAREST_WARNING, 2 / len(real))
     return {"synthetic_pairs": n_pairs, "close_pairs": close, "close_pair_share": close_share,
             "threshold": threshold, "most_sharing_one_nearest_real": most, "that_real_index": index,
-            "n_synthetic": k, "n_real": len(real),
+            "n_synthetic": k, "n_real": len(real), "pairs_of_different_sources": sources is not None,
             "warning": close_share > CLOSE_PAIRS_WARNING or crowded}
 
 

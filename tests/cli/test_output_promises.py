@@ -97,3 +97,10 @@ def test_synthetic_diversity_counts_close_pairs_and_a_crowded_nearest_real_scan(
     d = synthetic_diversity(real, spread, threshold=0.25)
     assert (d["close_pairs"], d["most_sharing_one_nearest_real"], d["warning"]) == (0, 1, False)
     assert synthetic_diversity(real, spread[:1], threshold=0.25) is None
+    # variations: two of each of two subjects; a subject's own pair lies close by design and is not
+    # counted, nor is the crowding on its source; two subjects' variations that meet still are
+    varied = torch.stack([torch.full((1, 4, 4), v) for v in (0.02, 0.03, 0.97, 0.98)])
+    d = synthetic_diversity(real, varied, threshold=0.25, sources=[0, 0, 2, 2])
+    assert (d["close_pairs"], d["synthetic_pairs"], d["warning"]) == (0, 4, False)
+    d = synthetic_diversity(real, alike, threshold=0.25, sources=[0, 0, 2, 2])
+    assert (d["close_pairs"], d["synthetic_pairs"], d["warning"]) == (4, 4, True)
