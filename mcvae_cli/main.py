@@ -374,15 +374,17 @@ def _add_generator_flags(p: argparse.ArgumentParser, utility_default: bool = Fal
     from models.options import AugmentConfig, FineDetailPolicy, GeneratorKind
 
     p.add_argument("--generator", choices=get_args(GeneratorKind),
-                   help="how new minority scans are made: aggregate (new latents of the class, decoded; the "
-                        "default), counterfactual (each majority train subject moved to the class, keeping its "
+                   help="how new minority scans are made: variation (the default: each train subject of the "
+                        "class moved along the difference of two majority subjects, keeping its own detail), "
+                        "aggregate (new latents of the class, decoded; the default with --model-scope per_class "
+                        "or transfer), counterfactual (each majority train subject moved to the class, keeping its "
                         "own detail), interpolation (between two train subjects of the class)")
     p.add_argument("--abduction", choices=get_args(AugmentConfig.model_fields["abduction"].annotation),
-                   help="counterfactual/interpolation: latents of each source scan from the tuned MCMC chain "
+                   help="counterfactual/interpolation/variation: latents of each source scan from the tuned MCMC chain "
                         "(mcmc, the default) or the encoder's mean (mean)")
     p.add_argument("--fine-detail", choices=get_args(FineDetailPolicy),
-                   help="aggregate: add the nearest training scan's residual to each new scan (nearest, the "
-                        "default) or deliver decoder means (none)")
+                   help="aggregate: deliver decoder means (none, the default) or add the nearest training "
+                        "scan's residual to each new scan (nearest: another subject's detail)")
     p.add_argument("--check-utility", action=argparse.BooleanOptionalAction, default=None,
                    help="k-fold self-check on the train split: does a small classifier do better on held-out real "
                         "scans with the synthetic scans than without? (default: "

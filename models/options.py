@@ -91,12 +91,13 @@ class AugmentConfig(BaseModel):
         "deliver it and only flag it in the report"))
     near_copy_fraction: float = Field(NEAR_COPY_FRACTION, gt=0, le=1)
     fine_detail: FineDetailPolicy = Field("none", description=(
-        "nearest: each new scan (a smooth decoder mean) gets the fine detail of the training scan whose "
-        "reconstruction lies nearest it, that scan minus its reconstruction (models/fine_detail.py); on "
-        "the harder demo cohort this gave real-like high-frequency energy (1.04x real against 0.68x) and "
-        "helped a classifier more (AUROC at 5x 0.78 against 0.67, 5 seeds; duplicates 0.88; "
-        "docs/RESULTS.md). A scan whose detail keeps it a near-copy goes out as its decoder mean. none: "
-        "decoder means only. Saved models never hold the detail: sample jobs draw decoder means"))
+        "generator aggregate only. none (the default): decoder means, which are smoother than real scans "
+        "(the report's sharpness check says by how much). nearest: each new scan also gets the fine detail "
+        "of the training scan whose reconstruction lies nearest it, that scan minus its reconstruction "
+        "(models/fine_detail.py): another subject's detail, so off unless asked; on the harder demo cohort "
+        "it lifted the aggregate draws' AUROC at 5x from 0.67 to 0.78 (duplicates 0.88; docs/RESULTS.md). "
+        "A scan whose detail keeps it a near-copy goes out as its decoder mean. Saved models never hold "
+        "the detail: sample jobs draw decoder means"))
     max_redraws: int = Field(10, ge=0, le=1000, description="redraw rounds per batch of scans")
     retrains: int = Field(1, ge=0, le=3, description=(
         "how many times a model that reconstructs a drawn class's training scans nearly alike (subject "
@@ -115,19 +116,22 @@ class AugmentConfig(BaseModel):
         "before session 8, kept for comparison); transfer: per_class, each model starting from a base "
         "model trained (plain ELBO, pretrain_steps) on the train scans of every class"))
     generator: GeneratorKind = Field("variation", description=(
-        "how the minority's new scans are made (models/generators.py). aggregate: new latents from the "
-        "class's aggregate posterior, decoded (with fine_detail). counterfactual (model_scope shared): each "
-        "majority train subject moved to the class, abducting its latents with the tuned MCMC chain "
-        "(abduction) and adding the subject's own residual, so the scan keeps that subject's detail and is "
-        "derived from it. interpolation (model_scope shared): between two train subjects of the class in "
-        "the refined latent space, plus their mixed residuals. On the hard demo cohort none of the three "
-        "helped a classifier over the real scans alone; aggregate harmed it least (docs/RESULTS.md, "
-        "issue 22); turn on check_utility to measure it on your own cohort"))
+        "how the minority's new scans are made (models/generators.py). variation (the default with "
+        "model_scope shared): each train subject of the class in turn, its latents abducted with the tuned "
+        "MCMC chain, moved variation_scale prior SDs along the difference of two majority train subjects' "
+        "latents (the variation the majority shows, no class effect), decoded, plus the subject's own "
+        "residual: derived from that subject. aggregate (the default with per_class and transfer): new "
+        "latents from the class's aggregate posterior, decoded (with fine_detail). counterfactual: each "
+        "majority train subject moved to the class, plus its own residual. interpolation: between two train "
+        "subjects of the class. counterfactual, interpolation and variation need model_scope shared. On the "
+        "hard demo cohort (10 seeds) variation matched duplicating the real scans (AUROC 0.926 / 0.918 at "
+        "2x / 5x against 0.925 / 0.919) where aggregate lowered it (0.868 / 0.861); none beat duplicates "
+        "(docs/RESULTS.md, issue 22); turn on check_utility to measure it on your own cohort"))
     variation_scale: float = Field(0.5, gt=0, le=3, description=(
         "variation: how far each subject moves, in prior standard deviations along the difference of two "
         "majority subjects' refined latents (0.5 keeps the subject recognisable; 1 is a whole subject's spread)"))
     abduction: Literal["mcmc", "mean"] = Field("mcmc", description=(
-        "counterfactual and interpolation: mcmc: the latents of each source scan are abduction_draws "
+        "counterfactual, interpolation and variation: mcmc: the latents of each source scan are abduction_draws "
         "encoder draws moved abduction_steps transitions by the model's tuned kernel, its shift averaged "
         "over them; mean: the encoder's posterior mean"))
     abduction_draws: int = Field(4, ge=1, le=64)
