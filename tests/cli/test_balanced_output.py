@@ -98,11 +98,34 @@ def test_near_copies_are_replaced_by_default_and_the_count_reported(balanced):
     assert near["policy"] == "replace" and near["threshold"] > 0
     assert f"{near['replaced']} replaced by new draws, {near['left_out']} left out" in printed
     assert metrics["near_copies_replaced"] == near["replaced"]
-    # The final audit of what was delivered: nothing below the threshold.
-    assert metrics["classes"]["AD"]["memorisation"]["flagged"] == []
+    # The default generator alters real AD subjects (variations): recomputed from the delivered
+    # files, none is a near-copy of another AD subject, and each moved at least 0.1 x the smallest
+    # real-to-real distance from its own source, as the rule the summary states.
+    rows = _rows(out / "manifest.csv")
+    real = {r["path"]: _volume(out / r["path"]).ravel() for r in rows if r["label"] == "AD" and r["synthetic"] == "false"}
+    paths = sorted(real)
+    smallest = min(np.sqrt(np.mean((real[a] - real[b]) ** 2)) for a in paths for b in paths if a < b)
+    assert near["threshold"] == pytest.approx(0.5 * smallest, rel=1e-4)
+    for row in (r for r in rows if r["synthetic"] == "true"):
+        scan = _volume(out / row["path"]).ravel()
+        source = json.loads((out / row["path"].replace(".nii.gz", ".json")).read_text())["source"]
+        distance = {p: float(np.sqrt(np.mean((scan - real[p]) ** 2))) for p in paths}
+        assert distance[source] >= 0.1 * smallest - 1e-6, row
+        assert all(d >= near["threshold"] - 1e-6 for p, d in distance.items() if p != source), row
     assert metrics["classes"]["AD"]["memorisation"]["copy_threshold"] == pytest.approx(near["threshold"])
     summary = (out / "report" / "summary.txt").read_text()
-    assert f"{near['replaced']} redrawn" in summary and "final audit: 0 delivered scan(s) below" in summary
+    assert f"{near['replaced']} redrawn" in summary and "a variation is its own source subject altered" in summary
+
+
+def test_aggregate_draws_deliver_no_near_copy_at_all(cohort_with_identity, config, tmp_path):
+    out = tmp_path / "aggregate"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["augment", str(cohort_with_identity), "--out", str(out), "--config", str(config),
+                     "--generator", "aggregate"]) == 0
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    # new latents, not a subject altered: the final audit of what was delivered finds nothing below
+    assert metrics["classes"]["AD"]["memorisation"]["flagged"] == []
+    assert "final audit: 0 delivered scan(s) below" in (out / "report" / "summary.txt").read_text()
 
 
 def test_the_report_gives_the_mean_final_acceptance_against_its_target(balanced):

@@ -173,7 +173,7 @@ def test_model_scope_flag_takes_only_the_config_scopes(capsys):
 def test_augment_takes_a_2d_png_cohort(tmp_path, capsys):
     make_demo_slices(tmp_path / "slices", n_control=5, n_ad=2, shape=(32, 32), seed=0)
     config = tmp_path / "tiny2d.yaml"
-    config.write_text(TINY_2D)
+    config.write_text("generator: aggregate\n" + TINY_2D)  # the PNG format is the subject here
     out = tmp_path / "out"
     assert main(["augment", str(tmp_path / "slices"), "--out", str(out), "--config", str(config)]) == 0
     # PNG in, PNG out (issue 25); the given target_shape resizes the 32 x 32 slices to 16 x 16
