@@ -123,46 +123,73 @@ def interpolations(model, sampler, x: Tensor, y: int, pairs: list[tuple[int, int
     return (mixed + detail).cpu().clamp(*value_range), info
 
 
-@torch.no_grad()
+class Variations:
+    """Subjects ``x`` of class ``y``, abducted once, to be moved along differences of subjects of
+    ``x_other`` (class ``y_other``) by ``__call__(picks, scale)``; each ``x_other`` subject is
+    abducted when a pick first uses it, so redraws reuse every latent already found. Latents:
+    posterior means of the abduction draws (``how``, as for counterfactuals)."""
+
+    def __init__(self, model, sampler, x: Tensor, y: int, x_other: Tensor, y_other: int, how: Abduction = "mcmc",
+                 draws: int = 4, steps: int = 10, seed: int = 0, batch: int = 16):
+        self.model, self.sampler, self.how, self.draws, self.steps, self.batch = model, sampler, how, draws, steps, batch
+        self.y, self.x_other, self.y_other = y, x_other, y_other
+        self.device = _device(model)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._accepts: list[tuple[float, int]] = []
+        model.eval()
+        self.noise, self.residual = self._abduct(x, y)
+        self._other: dict[int, Tensor] = {}
+
+    @property
+    def info(self) -> AbductionInfo:
+        total = sum(n for _, n in self._accepts)
+        accept = sum(a * n for a, n in self._accepts) / total if total else None
+        return AbductionInfo(accept, self.steps if accept is not None else 0, self.draws if accept is not None else 1)
+
+    def _abduct(self, scans: Tensor, label: int) -> tuple[Tensor, Tensor]:
+        """Exogenous noise of each scan (posterior mean of the abduction draws) and its residual."""
+        noise, residuals = [], []
+        for start in range(0, len(scans), self.batch):
+            chunk = scans[start:start + self.batch].to(self.device).float()
+            u, info = abduct(self.model, self.sampler, chunk, label, self.how, self.draws, self.steps, self.generator)
+            if info.accept is not None:
+                self._accepts.append((info.accept, len(chunk)))
+            with torch.no_grad():
+                u = u.view(-1, len(chunk), u.shape[-1]).mean(0)
+                noise.append(self.model.exogenous(u, y=label))
+                residuals.append(chunk - self.model.decode(u, y=label))
+        return torch.cat(noise), torch.cat(residuals)
+
+    @torch.no_grad()
+    def __call__(self, picks: list[tuple[int, int, int]], scale: float = 0.5,
+                 value_range: tuple[float, float] = (0.0, 1.0)) -> Tensor:
+        """Subject ``a`` moved by ``scale * (e_i - e_j) / sqrt(2)`` for each ``(a, i, j)`` in ``picks``
+        (the sqrt(2) makes the step ``scale`` prior standard deviations), decoded under ``y``, plus
+        subject ``a``'s own residual; clipped to ``value_range``, on the CPU."""
+        if not picks:
+            return torch.empty(0, *self.residual.shape[1:])
+        new = sorted({k for _, i, j in picks for k in (i, j)} - set(self._other))
+        if new:
+            with torch.enable_grad():
+                noise, _ = self._abduct(self.x_other[new], self.y_other)
+            self._other.update(zip(new, noise))
+        a = torch.tensor([p[0] for p in picks], device=self.device)
+        e_i = torch.stack([self._other[p[1]] for p in picks])
+        e_j = torch.stack([self._other[p[2]] for p in picks])
+        moved = self.noise[a] + scale * (e_i - e_j) / 2 ** 0.5
+        out = torch.cat([self.model.decode(self.model.from_exogenous(moved[k:k + self.batch], y=self.y), y=self.y)
+                         for k in range(0, len(picks), self.batch)])
+        return (out + self.residual[a]).cpu().clamp(*value_range)
+
+
 def variations(model, sampler, x: Tensor, y: int, x_other: Tensor, y_other: int, picks: list[tuple[int, int, int]],
                scale: float = 0.5, how: Abduction = "mcmc", draws: int = 4, steps: int = 10, seed: int = 0,
                value_range: tuple[float, float] = (0.0, 1.0), batch: int = 16) -> tuple[Tensor, AbductionInfo]:
     """New scans of class ``y``: subject ``a`` of ``x`` moved in the model's exogenous space by
     ``scale * (e_i - e_j) / sqrt(2)``, the difference between subjects ``i`` and ``j`` of ``x_other``
-    (class ``y_other``; the sqrt(2) makes the step ``scale`` prior standard deviations), decoded
-    under ``y``, plus subject ``a``'s own residual. ``picks[k] = (a, i, j)``. Latents: posterior
-    means of the abduction draws (``how``, as for counterfactuals). Only the difference of two
-    subjects of one class is used: it is the spread of pose, anatomy, contrast and ageing that class
-    shows, not its class effect, so the moved subject keeps what makes it class ``y``."""
-    device = _device(model)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    model.eval()
-
-    def exogenous(scans: Tensor, label: int) -> tuple[Tensor, Tensor, AbductionInfo]:
-        """Exogenous noise of each scan (posterior mean of the abduction draws) and its residual."""
-        noise, residuals, info, accepts = [], [], AbductionInfo(None, 0, 1), []
-        for start in range(0, len(scans), batch):
-            chunk = scans[start:start + batch].to(device).float()
-            with torch.enable_grad():
-                u, info = abduct(model, sampler, chunk, label, how, draws, steps, generator)
-            u = u.view(-1, len(chunk), u.shape[-1]).mean(0)
-            noise.append(model.exogenous(u, y=label))
-            residuals.append(chunk - model.decode(u, y=label))
-            if info.accept is not None:
-                accepts.append(info.accept)
-        if accepts:
-            info = AbductionInfo(sum(accepts) / len(accepts), info.steps, info.draws)
-        return torch.cat(noise), torch.cat(residuals), info
-
-    used_other = sorted({i for _, i, j in picks} | {j for _, i, j in picks})
-    e_class, residual, info = exogenous(x, y)
-    e_used, _, _ = exogenous(x_other[used_other], y_other)
-    e_other = torch.zeros(len(x_other), e_used.shape[-1], device=device, dtype=e_used.dtype)
-    e_other[used_other] = e_used
-    a = torch.tensor([p[0] for p in picks], device=device)
-    i = torch.tensor([p[1] for p in picks], device=device)
-    j = torch.tensor([p[2] for p in picks], device=device)
-    moved = e_class[a] + scale * (e_other[i] - e_other[j]) / 2 ** 0.5
-    out = [model.decode(model.from_exogenous(moved[k:k + batch], y=y), y=y) for k in range(0, len(picks), batch)]
-    scans = (torch.cat(out) + residual[a]) if out else torch.empty(0, *x.shape[1:], device=device)
-    return scans.cpu().clamp(*value_range), info
+    (class ``y_other``), decoded under ``y``, plus subject ``a``'s own residual (``Variations``,
+    once). ``picks[k] = (a, i, j)``. Only the difference of two subjects of one class is used: it is
+    the spread of pose, anatomy, contrast and ageing that class shows, not its class effect, so the
+    moved subject keeps what makes it class ``y``."""
+    source = Variations(model, sampler, x, y, x_other, y_other, how, draws, steps, seed, batch)
+    return source(picks, scale, value_range), source.info

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .counterfactual import counterfactuals, interpolations, variations
+from .counterfactual import Variations, counterfactuals, interpolations
 from .fine_detail import FineDetail
 from .options import AugmentConfig, FineDetailPolicy
 from .report import near_copy_threshold, nearest_real
@@ -283,24 +283,22 @@ def draw_variations(req: DrawRequest) -> Draws:
     g = torch.Generator().manual_seed(req.seed)
     class_x, other_x = req.x[rows], req.x[other_rows]
     order = torch.randperm(len(rows), generator=g).tolist()
-    kept, per_scan, sources, replaced, accepts, done = [], [], [], 0, [], 0
+    kept, per_scan, sources, replaced, done = [], [], [], 0, 0
     threshold = near_copy_threshold(class_x, c.near_copy_fraction)
+    # every subject is abducted once, whatever the redraws (models.counterfactual.Variations)
+    moving = Variations(shared.model, shared.sampler, class_x, shared.index(req.label), other_x,
+                        shared.index(others[0]), c.abduction, c.abduction_draws, c.abduction_steps, req.seed)
     for attempt in range(c.max_redraws + 1 if c.near_copies == "replace" else 1):
         want = req.n - done
         if want <= 0:
             break
         subjects = [order[(done + k) % len(order)] for k in range(want)]
         pairs = [torch.randperm(len(other_rows), generator=g)[:2].tolist() for _ in range(want)]
-        picks = [(a, i, j) for a, (i, j) in zip(subjects, pairs)]
-        scans, info = variations(shared.model, shared.sampler, class_x, shared.index(req.label), other_x,
-                                 shared.index(others[0]), picks, c.variation_scale, c.abduction, c.abduction_draws,
-                                 c.abduction_steps, req.seed + attempt, VALUE_RANGE)
+        scans = moving([(a, i, j) for a, (i, j) in zip(subjects, pairs)], c.variation_scale, VALUE_RANGE)
         near = _variation_near(scans, class_x, subjects, c)
         replaced += int(near.sum()) if attempt < c.max_redraws else 0
-        if info.accept is not None:
-            accepts.append(info.accept)
         kept.append(scans[~near])
-        for (a, i, j), is_near in zip(picks, near.tolist()):
+        for a, (i, j), is_near in zip(subjects, pairs, near.tolist()):
             if not is_near:
                 per_scan.append({"generator": "variation", "derived_from_real_subject": True,
                                  "source": req.paths[rows[a]],
@@ -317,7 +315,7 @@ def draw_variations(req: DrawRequest) -> Draws:
         entry["rms_to_source"] = round(d_source, 6)
     return Draws(scans_t, per_scan, sources, record,
                  {"kind": "variation", "abduction": c.abduction, "scale": c.variation_scale,
-                  "abduction_accept": sum(accepts) / len(accepts) if accepts else None,
+                  "abduction_accept": moving.info.accept,
                   "distance_to_source": _quantiles(dist)})
 
 

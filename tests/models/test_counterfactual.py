@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from models.augment import augment
 from models.config import ModelConfig, SamplerConfig
-from models.counterfactual import abduct, class_shift, counterfactuals, interpolations, variations
+from models.counterfactual import Variations, abduct, class_shift, counterfactuals, interpolations, variations
 from models.factory import build_model
 from models.options import AugmentConfig
 from models.samplers import build_sampler
@@ -126,6 +126,18 @@ def test_a_variation_is_its_subject_moved_by_the_other_class_difference():
     back, _ = variations(model, None, x, 1, other, 0, [(0, 3, 2), (1, 1, 0)], scale=0.25, how="mean",
                          value_range=wide)
     assert torch.nn.functional.cosine_similarity((small - x).flatten(1), (back - x).flatten(1)).max() < 0
+
+
+def test_variations_abduct_each_subject_once_across_redraws():
+    model = conditional("mlp centered, 2 layers")
+    x, other = torch.rand(2, 1, 8, 8), torch.rand(5, 1, 8, 8)
+    moving = Variations(model, None, x, 1, other, 0, how="mean")
+    first = moving([(0, 0, 1), (1, 2, 3)], scale=0.5)
+    assert sorted(moving._other) == [0, 1, 2, 3]  # only the majority subjects a pick used
+    again = moving([(0, 0, 1), (1, 3, 4)], scale=0.5)
+    assert sorted(moving._other) == [0, 1, 2, 3, 4]
+    torch.testing.assert_close(again[0], first[0])  # the same latents, not a new abduction
+    assert moving([], scale=0.5).shape == (0, 1, 8, 8)
 
 
 TINY = {"preprocess": {"spatial_dims": 2, "target_shape": [16, 16], "target_spacing": None},
