@@ -17,7 +17,14 @@ from pydantic import ValidationError
 
 from models.augment import augment
 from models.config import ModelConfig, SamplerConfig
-from models.counterfactual import Variations, abduct, class_shift, counterfactuals, interpolations, variations
+from models.counterfactual import (
+    Variations,
+    abduct,
+    class_shift,
+    counterfactuals,
+    interpolations,
+    variations,
+)
 from models.factory import build_model
 from models.options import AugmentConfig
 from models.samplers import build_sampler
