@@ -13,7 +13,8 @@ folds), and its near-copy record. ``AugmentConfig.generator`` names one of ``STR
 
 Which model a strategy draws from (one per class, or one shared class-conditional model) is the
 fitting step's business (``model_scope``, ``models/fitting.py``: its ``ClassModel`` gives the
-request's model, shared model and seed); counterfactual and interpolation need the shared one.
+request's model, shared model and seed); counterfactual, interpolation and variation need the
+shared one.
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class DrawRequest:
     @property
     def class_rows(self) -> list[int]:
         return [i for i in self.train_idx if self.labels[i] == self.label]
+
+    @property
+    def other_classes(self) -> list[str]:
+        """The other classes with train scans, the largest first (the majority first)."""
+        return sorted({self.labels[i] for i in self.train_idx} - {self.label},
+                      key=lambda lab: -sum(self.labels[i] == lab for i in self.train_idx))
 
 
 @dataclass
@@ -162,8 +169,7 @@ def draw_counterfactuals(req: DrawRequest) -> Draws:
     """One counterfactual per majority train subject (the largest other class first, shuffled by
     the seed), at most as many as there are such subjects."""
     c, shared = req.config, req.shared
-    others = sorted({req.labels[i] for i in req.train_idx} - {req.label},
-                    key=lambda lab: -sum(req.labels[i] == lab for i in req.train_idx))
+    others = req.other_classes
     scans, per_scan, sources, distances, accepts = [], [], [], [], []
     remaining = req.n
     for k, other in enumerate(others):
@@ -253,8 +259,10 @@ def draw_interpolations(req: DrawRequest) -> Draws:
 VARIATION_MIN_CHANGE = 0.1
 
 
-def _variation_near(scans: Tensor, class_x: Tensor, subjects: list[int], config: AugmentConfig) -> Tensor:
-    """Which variations fail the near-copy rule above (all pass with near_copies "keep")."""
+def _variation_near(scans: Tensor, class_x: Tensor, subjects: list[int], config: AugmentConfig,
+                    threshold: float | None = None) -> Tensor:
+    """Which variations fail the near-copy rule above (all pass with near_copies "keep");
+    ``threshold``: the class's near-copy threshold, when the caller has it already."""
     if config.near_copies != "replace" or not len(scans):
         return torch.zeros(len(scans), dtype=torch.bool)
     flat = class_x.flatten(1).double()
@@ -262,7 +270,8 @@ def _variation_near(scans: Tensor, class_x: Tensor, subjects: list[int], config:
     rows = torch.arange(len(scans))
     own = dist[rows, subjects]
     dist[rows, subjects] = float("inf")
-    threshold = near_copy_threshold(class_x, config.near_copy_fraction)
+    if threshold is None:
+        threshold = near_copy_threshold(class_x, config.near_copy_fraction)
     smallest = threshold / config.near_copy_fraction if threshold > 0 else 0.0
     return (dist.min(1).values < threshold) | (own <= VARIATION_MIN_CHANGE * smallest)
 
@@ -274,8 +283,7 @@ def draw_variations(req: DrawRequest) -> Draws:
     new pair, up to ``max_redraws`` rounds, then left out."""
     c, shared = req.config, req.shared
     rows = req.class_rows
-    others = sorted({req.labels[i] for i in req.train_idx} - {req.label},
-                    key=lambda lab: -sum(req.labels[i] == lab for i in req.train_idx))
+    others = req.other_classes
     other_rows = [i for i in req.train_idx if others and req.labels[i] == others[0]]
     if not rows or len(other_rows) < 2:
         raise ValueError(f"generator variation: needs a train scan of class '{req.label}' and two of another "
@@ -295,7 +303,7 @@ def draw_variations(req: DrawRequest) -> Draws:
         subjects = [order[(done + k) % len(order)] for k in range(want)]
         pairs = [torch.randperm(len(other_rows), generator=g)[:2].tolist() for _ in range(want)]
         scans = moving([(a, i, j) for a, (i, j) in zip(subjects, pairs)], c.variation_scale, VALUE_RANGE)
-        near = _variation_near(scans, class_x, subjects, c)
+        near = _variation_near(scans, class_x, subjects, c, threshold)  # computed once, above
         replaced += int(near.sum()) if attempt < c.max_redraws else 0
         kept.append(scans[~near])
         for a, (i, j), is_near in zip(subjects, pairs, near.tolist()):
