@@ -47,7 +47,7 @@ from bench.plots import plot_montage
 from models.augment import AugmentConfig
 from models.classifier import STEPS, train_classifier, two_sample_auroc
 from models.config import ModelConfig
-from models.counterfactual import counterfactuals, interpolations, variations
+from models.counterfactual import Variations, counterfactuals, interpolations
 from models.data import PreprocessConfig, load_tensors, make_demo_counterfactuals
 from models.fitting import fit_learning_subjects, learned_spread
 from models.generators import draw_synthetic
@@ -92,7 +92,7 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
     print(f"seed {seed}: shared model {train_s:.0f} s, {retrained} retrains", flush=True)
 
     extras, quality = draw_every_generator(shared, x_cn, x_ad, n_max, seed, "CN", "AD", truth, config.near_copies,
-                                           args.generators)
+                                           args.generators, tuple(args.variation_scales))
     extras.update({"duplicates": duplicate_copies(x_ad, n_max, seed), "more real AD": more_real})
     if seed == args.seeds[0]:  # what the scans look like: counterfactuals beside their source and truth
         panels = [("real AD (training)", x_ad), ("shared aggregate", extras.get("shared aggregate")),
@@ -109,17 +109,18 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
 
     if args.recovery_only:  # effect recovery, sharpness and the two-sample test only
         return [], quality
-    runs = score_rows(extras, [n for n in SOURCES if n in extras], args.counts, x_cn, x_ad, x_test, y_test, seed,
+    names = [*SOURCES[:-1], *(variation_name(v, args.variation_scales) for v in args.variation_scales), SOURCES[-1]]
+    runs = score_rows(extras, [n for n in dict.fromkeys(names) if n in extras], args.counts, x_cn, x_ad, x_test, y_test, seed,
                       args.clf_steps, f"seed {seed}")
     return runs, quality
 
 
 def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n_max: int, seed: int,
                          major: str, minor: str, truth: torch.Tensor | None = None, near_copies: str = "replace",
-                         chosen: list[str] | None = None):
+                         chosen: list[str] | None = None, scales: tuple[float, ...] = (0.5,)):
     """Every generator's (or the ``chosen`` ones') n_max minority scans from one shared model;
     (extras, quality rows). With ``truth`` (each majority scan's true minority version), the
-    counterfactuals' effect recovery R."""
+    counterfactuals' effect recovery R. ``scales``: the variations' steps, one row each."""
     chosen = chosen or GENERATORS
     cn, ad = shared.index(major), shared.index(minor)
     order = torch.randperm(len(x_major), generator=torch.Generator().manual_seed(seed))[:n_max]
@@ -149,10 +150,16 @@ def draw_every_generator(shared, x_major: torch.Tensor, x_minor: torch.Tensor, n
                                                     seed=seed + 4)
     if "variation" in chosen:  # each minority subject in turn, moved along a random majority pair's difference
         picks = [(k % len(x_minor), *torch.randperm(len(x_major), generator=g)[:2].tolist()) for k in range(n_max)]
-        extras["variation"], _ = variations(shared.model, shared.sampler, x_minor, ad, x_major, cn, picks, 0.5,
-                                            "mcmc", seed=seed + 5)
+        moving = Variations(shared.model, shared.sampler, x_minor, ad, x_major, cn, "mcmc", seed=seed + 5)
+        for scale in scales:  # one abduction, every scale: the rows differ only in the step
+            extras[variation_name(scale, scales)] = moving(picks, scale)
     print(f"drawn in {time.perf_counter() - t0:.0f} s", flush=True)
     return extras, quality
+
+
+def variation_name(scale: float, scales) -> str:
+    """The row of variations at ``scale``: plain "variation" for augment's default scale alone."""
+    return "variation" if tuple(scales) == (0.5,) else f"variation x{scale:g}"
 
 
 def score_quality(extras: dict, quality: list[dict], x_minor: torch.Tensor, seed: int, train_s: float,
@@ -166,7 +173,7 @@ def score_quality(extras: dict, quality: list[dict], x_minor: torch.Tensor, seed
             row = {"source": name}
             quality.append(row)
         row["energy_ratio"] = gradient_energy(scans) / real_energy
-        if name in GENERATORS:
+        if name not in ("duplicates", "more real AD"):
             row["two_sample_auroc"] = two_sample_auroc(x_minor, scans, seed, steps=steps)
         row["train_seconds"] = round(train_s, 1)
 
@@ -230,6 +237,8 @@ def main() -> None:
                     help="no model: real only, duplicates, the true counterfactuals of the CN subjects, more real AD")
     ap.add_argument("--generators", nargs="+", choices=GENERATORS, default=None,
                     help="draw only these generators (default: every one)")
+    ap.add_argument("--variation-scales", type=float, nargs="+", default=[0.5],
+                    help="the variations' steps in prior SDs, one row each (augment's default: 0.5)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--merge", nargs="+", metavar="TAG")
     args = parse_args(ap, {"seeds": [0], "counts": [1], "n_control": 4, "n_ad": 2, "n_test": 2, "clf_steps": 2})

@@ -32,5 +32,6 @@ def plot_montage(rows: list[tuple[str, torch.Tensor]], path: Path, seed: int, pe
     title = f"AD scans, seed {seed}: real vs synthetic (axial / coronal / sagittal)"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # a fresh checkout has no results folder yet
     fig.savefig(path, dpi=100, metadata={"Title": title})  # the PNG's own title too
     plt.close(fig)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import math
 import shutil
 import tempfile
 import uuid
@@ -67,6 +68,7 @@ from .report import (
     training_curves,
 )
 from .targets import synthetic_counts
+from .threads import spare_threads
 from .training import TrainingCancelled
 
 __all__ = ["AugmentConfig", "AugmentResult", "Cancelled", "ClassCheckpoints", "ModelChoice", "Progress", "augment",
@@ -380,6 +382,11 @@ def _generate(real: Cohort, rows: list[dict[str, str]], wanted: dict[str, int], 
     metrics = _start_metrics(real, train_counts, wanted, req)
     paths = [r["path"] for r in rows]
     manifest_rows, models, draws = list(rows), {}, {}
+    checks = ClassifierChecks(req.x, req.labels, req.train_idx, config, req.report, req.should_stop)
+    spare = spare_threads(torch.get_num_threads(), config.train.threads,
+                          config.train_config(len(req.train_idx), 0).batch_size * math.prod(req.pre.target_shape))
+    if spare:  # the checks' real-only classifiers use the CPUs the model's training leaves idle
+        checks.start_real_only(spare)
     try:
         for fitted in fit_models(req):
             label, (start, span) = fitted.label, fitted.progress
@@ -398,11 +405,12 @@ def _generate(real: Cohort, rows: list[dict[str, str]], wanted: dict[str, int], 
                           config, n_base=fitted.n_base, spread=fitted.spread,
                           sources=[s[0] for s in drawn.sources] if drawn.info.get("kind") == "variation" else None)
             metrics["classes"][label].update(retrains=fitted.retrains, generator=drawn.info)
-        checks = ClassifierChecks(req.x, req.labels, req.train_idx, config, req.report, req.should_stop)
         for label, drawn in draws.items():
             metrics["classes"][label].update(checks.class_metrics(label, drawn))
     except TrainingCancelled as stop:
         raise Cancelled(str(stop)) from None
+    finally:
+        checks.close()
     delivered = {c: len(draws[c].scans) if c in draws else 0 for c in real.classes}
     manifest = staging / "manifest.csv"
     with manifest.open("w", newline="") as fh:

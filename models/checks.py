@@ -16,13 +16,21 @@ Per class that got synthetic scans:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .classifier import share_called, train_classifier, two_sample_auroc, utility_check
+from .classifier import (
+    share_called,
+    train_classifier,
+    train_without,
+    two_sample_auroc,
+    utility_check,
+    utility_folds,
+)
 from .options import AugmentConfig
 from .report import gradient_energy
 from .training import TrainingCancelled
@@ -32,7 +40,11 @@ TWO_SAMPLE_WARNING = 0.8
 
 
 class ClassifierChecks:
-    """``class_metrics(label, draws)`` for each class, sharing one reference classifier."""
+    """``class_metrics(label, draws)`` for each class, sharing one reference classifier and one
+    without-synthetic arm of the utility check. Those see only real scans, so
+    ``start_real_only(threads)`` can train them on a background thread while the generative model
+    fits (a VAE training of small minibatches leaves CPUs idle: ``models.threads``); ``close()``
+    tells that thread to stop after its current classifier."""
 
     def __init__(self, x: Tensor, labels: list[str], train_idx: list[int], config: AugmentConfig,
                  progress: Callable[[str, float], None], should_stop: Callable[[], bool] | None = None):
@@ -40,7 +52,51 @@ class ClassifierChecks:
         self.progress, self.should_stop = progress, should_stop
         self.classes = sorted({labels[i] for i in train_idx})
         self.y = torch.tensor([self.classes.index(labels[i]) for i in train_idx], dtype=torch.long)
+        smallest = min((int((self.y == k).sum()) for k in range(len(self.classes))), default=0)
+        self.n_folds = min(self.config.utility_folds, smallest)
         self._reference = None
+        self._folds = utility_folds(self.y, self.n_folds, self.config.seed) if self._utility_runs() else []
+        self._background: threading.Thread | None = None
+        self._background_error: Exception | None = None
+        self._closed = threading.Event()
+
+    def _utility_runs(self) -> bool:
+        return self.config.check_utility and len(self.classes) >= 2 and self.n_folds >= 2
+
+    def start_real_only(self, threads: int) -> None:
+        """Train the reference classifier and the utility check's without-arm on a background
+        thread with ``threads`` torch threads (OpenMP counts are per thread: the caller keeps its
+        own). The classifiers draw no global random numbers (``models.classifier``), so the model
+        fitting meanwhile is unchanged by them."""
+        if self._background is not None or len(self.classes) < 2:
+            return
+
+        def work() -> None:
+            torch.set_num_threads(threads)
+            try:
+                if not self._closed.is_set():
+                    self._reference_net()
+                train_without(self.x[self.train_idx], self.y, self._folds, self.config.check_steps,
+                              self._closed.is_set)
+            except Exception as error:  # noqa: BLE001 - handed to the caller when it needs the results
+                self._background_error = error
+
+        self._background = threading.Thread(target=work, name="real-only classifiers", daemon=True)
+        self._background.start()
+
+    def close(self) -> None:
+        """Stop the background classifiers after the one in progress (a cancelled or failed job)."""
+        self._closed.set()
+
+    def _await_background(self) -> None:
+        if self._background is None:
+            return
+        while self._background.is_alive():
+            self._stop()
+            self._background.join(timeout=0.5)
+        self._background = None
+        if self._background_error is not None:
+            raise self._background_error
 
     def _stop(self) -> None:
         if self.should_stop is not None and self.should_stop():
@@ -57,6 +113,7 @@ class ClassifierChecks:
         self._stop()
         auc = two_sample_auroc(real, synthetic, self.config.seed, steps=self.config.check_steps)
         self._stop()
+        self._await_background()
         share = None
         if len(self.classes) > 1 and len(synthetic):
             share = share_called(self._reference_net(), synthetic, self.classes.index(label))
@@ -79,16 +136,16 @@ class ClassifierChecks:
             return None
         position = {row: k for k, row in enumerate(self.train_idx)}
         sources = [[position[r] for r in rows if r in position] for rows in draws.sources]
-        folds = min(self.config.utility_folds, min(int((self.y == k).sum()) for k in range(len(self.classes))))
-        if folds < 2:
+        if self.n_folds < 2:
             return {"skipped": f"class '{label}' or another class has fewer than 2 train scans: no folds"}
 
         def on_fold(done: int, total: int) -> None:
             self._stop()
             self.progress(f"utility check {label} (fold {done} of {total})", 0.96)
 
+        # the without-arm's folds are every class's (trained once, perhaps in the background)
         result = utility_check(self.x[self.train_idx], self.y, draws.scans, self.classes.index(label), sources,
-                               k=folds, seed=self.config.seed, steps=self.config.check_steps, on_fold=on_fold)
+                               steps=self.config.check_steps, on_fold=on_fold, folds=self._folds)
         return result.as_dict()
 
 

@@ -32,22 +32,48 @@ LR = 3e-3
 
 class SmallCNN(nn.Module):
     """Three conv blocks (8, 16, 32 channels) + global average pool + linear (about 20k
-    parameters in 3-D); ``spatial_dims`` 2 or 3; ``n_classes`` outputs."""
+    parameters in 3-D); ``spatial_dims`` 2 or 3; ``n_classes`` outputs. Its initial weights and
+    its dropout draw from ``generator`` (default: a fresh one seeded 0), never from torch's global
+    generator: the report trains these beside a model fitting on another thread, and neither may
+    move the other's random numbers (``models.checks``)."""
 
-    def __init__(self, spatial_dims: int = 3, n_classes: int = 2, in_channels: int = 1):
+    def __init__(self, spatial_dims: int = 3, n_classes: int = 2, in_channels: int = 1,
+                 generator: torch.Generator | None = None):
         super().__init__()
         conv, norm, pool = ((nn.Conv3d, nn.InstanceNorm3d, nn.MaxPool3d) if spatial_dims == 3
                             else (nn.Conv2d, nn.InstanceNorm2d, nn.MaxPool2d))
-        layers, c_in = [], in_channels
-        for c in (8, 16, 32):
-            layers += [conv(c_in, c, 3, padding=1), norm(c, affine=True), nn.LeakyReLU(0.1), pool(2)]
-            c_in = c
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(c_in, n_classes))
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        with torch.device("meta"):  # shapes only: the weights are drawn below, from the generator
+            layers, c_in = [], in_channels
+            for c in (8, 16, 32):
+                layers += [conv(c_in, c, 3, padding=1), norm(c, affine=True), nn.LeakyReLU(0.1), pool(2)]
+                c_in = c
+            self.features = nn.Sequential(*layers)
+            self.linear = nn.Linear(c_in, n_classes)
+        self.to_empty(device="cpu")
+        self._initialise()
+        self.dropout = 0.2
         self.spatial_dims = spatial_dims
 
+    @torch.no_grad()
+    def _initialise(self) -> None:
+        """torch's default initialisation (kaiming-uniform weights with a = sqrt(5), biases uniform
+        in +-1/sqrt(fan_in); norms at 1 and 0), drawn from ``self.generator``."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.Linear)):
+                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=self.generator)
+                bound = 1 / math.sqrt(module.weight[0].numel())
+                nn.init.uniform_(module.bias, -bound, bound, generator=self.generator)
+            elif isinstance(module, (nn.InstanceNorm2d, nn.InstanceNorm3d)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x).mean(dim=tuple(range(2, 2 + self.spatial_dims))))
+        h = self.features(x).mean(dim=tuple(range(2, 2 + self.spatial_dims)))
+        if self.training and self.dropout:  # dropout from the net's own generator
+            keep = torch.rand(h.shape, generator=self.generator, device=h.device) >= self.dropout
+            h = h * keep / (1 - self.dropout)
+        return self.linear(h)
 
 
 def balanced_batch(y: Tensor, batch: int, g: torch.Generator) -> Tensor:
@@ -75,13 +101,13 @@ RECIPES = ("balanced", "weighted")
 def train_classifier(x: Tensor, y: Tensor, seed: int, steps: int = STEPS, batch: int = BATCH,
                      lr: float = LR, recipe: str = "balanced") -> SmallCNN:
     """Fit a SmallCNN on scans ``x`` (N, 1, *spatial) with labels ``y`` (N,) 0..K-1 by one of
-    ``RECIPES``; returns it in eval mode."""
+    ``RECIPES``; returns it in eval mode. Every random draw comes from generators seeded by
+    ``seed`` (none from torch's global one), so it is safe beside other work on another thread."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, not {recipe!r}")
     balanced = recipe == "balanced"
-    torch.manual_seed(seed)
     n_classes = int(y.max()) + 1
-    net = SmallCNN(x.dim() - 2, max(n_classes, 2), x.shape[1])
+    net = SmallCNN(x.dim() - 2, max(n_classes, 2), x.shape[1], torch.Generator().manual_seed(seed))
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
     counts = torch.bincount(y, minlength=n_classes).float()
     weight = None if balanced else counts.sum() / (n_classes * counts.clamp(min=1))
@@ -221,45 +247,80 @@ def _interval(values: list[float]) -> tuple[float, tuple[float, float]]:
     return mean, (mean - half, mean + half)
 
 
+@dataclass
+class Fold:
+    """One fold of the utility check: the held-out rows of the real train split, the seed of its
+    classifiers, and (once trained) the held-out class probabilities of the classifier that saw
+    no synthetic scan."""
+
+    held: Tensor
+    seed: int
+    without: Tensor | None = None
+
+
+def utility_folds(y: Tensor, k: int = 5, seed: int = 0, repeats: int = 1) -> list[Fold]:
+    """The utility check's folds: ``repeats`` x ``k`` stratified folds of the labels ``y``."""
+    return [Fold(held, seed + 101 * r + i) for r in range(repeats)
+            for i, held in enumerate(stratified_folds(y, k, seed + 7919 * r))]
+
+
+def _kept(n: int, held: Tensor) -> Tensor:
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[held] = False
+    return keep
+
+
+def train_without(x: Tensor, y: Tensor, folds: Sequence[Fold], steps: int = STEPS,
+                  should_stop: Callable[[], bool] | None = None) -> None:
+    """The utility check's arm without synthetic scans, per fold (``fold.without``): it needs no
+    synthetic scan, so the report trains it while the generative model is still fitting. Stops
+    early (leaving the remaining folds untrained) once ``should_stop()`` is true."""
+    for fold in folds:
+        if fold.without is not None:
+            continue
+        if should_stop is not None and should_stop():
+            return
+        net = train_classifier(x[_kept(len(y), fold.held)].float(), y[_kept(len(y), fold.held)], fold.seed, steps)
+        fold.without = predict(net, x[fold.held])
+
+
 def utility_check(x: Tensor, y: Tensor, synthetic: Tensor, synthetic_label: int,
                   synthetic_sources: Sequence[Sequence[int]] | None = None, k: int = 5, seed: int = 0,
                   repeats: int = 1, steps: int = STEPS,
-                  on_fold: Callable[[int, int], None] | None = None) -> UtilityResult:
+                  on_fold: Callable[[int, int], None] | None = None,
+                  folds: Sequence[Fold] | None = None) -> UtilityResult:
     """k-fold on the real train split ``x`` / ``y`` (class ``synthetic_label`` the one the synthetic
     scans add to): per fold, a classifier on the other folds without and with ``synthetic``,
     scored on the held-out fold (AUROC of ``synthetic_label`` against the rest, balanced accuracy).
     ``synthetic_sources[i]``: the real rows synthetic scan i was derived from (a counterfactual's
     source subject, an interpolation's two ends); a synthetic scan is left out of a fold whose
-    held-out rows include one of its sources, so no held-out subject is seen in training."""
+    held-out rows include one of its sources, so no held-out subject is seen in training.
+    ``folds``: ``utility_folds(y, k, seed, repeats)``, perhaps with the without-arm already trained
+    (``train_without``); a fold without it is trained here."""
+    folds = list(folds) if folds is not None else utility_folds(y, k, seed, repeats)
     without, with_syn, d_auc, d_bal = [], [], [], []
-    total, done = repeats * k, 0
-    for r in range(repeats):
-        for i, held in enumerate(stratified_folds(y, k, seed + 7919 * r)):
-            keep = torch.ones(len(y), dtype=torch.bool)
-            keep[held] = False
-            held_set = set(held.tolist())
-            usable = torch.tensor([not (synthetic_sources and held_set & set(synthetic_sources[j]))
-                                   for j in range(len(synthetic))], dtype=torch.bool)
-            x_syn = synthetic[usable] if len(synthetic) else synthetic
-            fold_seed = seed + 101 * r + i
-            scores = []
-            for extra in (x_syn[:0], x_syn):
-                xt = torch.cat([x[keep], extra]).float()
-                yt = torch.cat([y[keep], torch.full((len(extra),), synthetic_label, dtype=torch.long)])
-                p = predict(train_classifier(xt, yt, fold_seed, steps), x[held])
-                y_held = y[held]
-                target = (y_held == synthetic_label).long()
-                scores.append({"auroc": auroc(target, p[:, synthetic_label]),
-                               "balanced_accuracy": balanced_accuracy(y_held, p.argmax(1)),
-                               "n_synthetic": len(extra)})
-            without.append(scores[0])
-            with_syn.append(scores[1])
-            if not math.isnan(scores[0]["auroc"]) and not math.isnan(scores[1]["auroc"]):
-                d_auc.append(scores[1]["auroc"] - scores[0]["auroc"])
-            d_bal.append(scores[1]["balanced_accuracy"] - scores[0]["balanced_accuracy"])
-            done += 1
-            if on_fold is not None:
-                on_fold(done, total)
+    for done, fold in enumerate(folds, 1):
+        train_without(x, y, [fold], steps)
+        held_set = set(fold.held.tolist())
+        usable = torch.tensor([not (synthetic_sources and held_set & set(synthetic_sources[j]))
+                               for j in range(len(synthetic))], dtype=torch.bool)
+        x_syn = synthetic[usable] if len(synthetic) else synthetic
+        keep = _kept(len(y), fold.held)
+        xt = torch.cat([x[keep], x_syn]).float()
+        yt = torch.cat([y[keep], torch.full((len(x_syn),), synthetic_label, dtype=torch.long)])
+        with_p = predict(train_classifier(xt, yt, fold.seed, steps), x[fold.held])
+        y_held = y[fold.held]
+        target = (y_held == synthetic_label).long()
+        scores = [{"auroc": auroc(target, p[:, synthetic_label]),
+                   "balanced_accuracy": balanced_accuracy(y_held, p.argmax(1)), "n_synthetic": n}
+                  for p, n in ((fold.without, 0), (with_p, len(x_syn)))]
+        without.append(scores[0])
+        with_syn.append(scores[1])
+        if not math.isnan(scores[0]["auroc"]) and not math.isnan(scores[1]["auroc"]):
+            d_auc.append(scores[1]["auroc"] - scores[0]["auroc"])
+        d_bal.append(scores[1]["balanced_accuracy"] - scores[0]["balanced_accuracy"])
+        if on_fold is not None:
+            on_fold(done, len(folds))
     auc_mean, auc_ci = _interval(d_auc)
     bal_mean, bal_ci = _interval(d_bal)
     return UtilityResult(without, with_syn, auc_mean, auc_ci, bal_mean, bal_ci)

@@ -111,6 +111,14 @@ def training_threads(current: int, work_voxels: int | None) -> int:
     return cap_for_work(current, work_voxels)
 
 
+def spare_threads(current: int, configured: int | None, work_voxels: int | None) -> int:
+    """Threads that a VAE training leaves idle in a process of ``current`` threads: its own count
+    is ``configured`` (the config's ``train.threads``) or ``training_threads``. The augment report
+    trains its real-only classifiers on them meanwhile (``models.checks``); 0 when none are idle."""
+    training = configured if configured is not None else training_threads(current, work_voxels)
+    return max(0, current - training)
+
+
 def use_threads(threads: int) -> int:
     """Set torch's intra-op thread count for this process; returns it."""
     import torch  # local: choosing threads must not load torch (the gateway imports this module)

@@ -14,8 +14,10 @@ from models.classifier import (
     reference_share,
     stratified_folds,
     train_classifier,
+    train_without,
     two_sample_auroc,
     utility_check,
+    utility_folds,
 )
 from models.report import gradient_energy
 
@@ -87,3 +89,29 @@ def test_classifier_runs_in_2d_and_3d():
         x = torch.rand(6, 1, *shape)
         net = train_classifier(x, torch.tensor([0, 1] * 3), seed=0, steps=2)
         assert net(x).shape == (6, 2)
+
+
+def test_a_classifier_draws_only_from_its_own_seed():
+    """The report trains classifiers on a thread beside the model's fitting: they must not take
+    from (or reset) torch's global generator, and one seed must give one classifier."""
+    x, y = blobs(8, 0.3, 0), torch.tensor([0, 1] * 4)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first = train_classifier(x, y, seed=5, steps=4)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    again, other = train_classifier(x, y, seed=5, steps=4), train_classifier(x, y, seed=6, steps=4)
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), again.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(first.parameters(), other.parameters()))
+
+
+def test_a_without_arm_trained_ahead_gives_the_same_utility_check():
+    x = torch.cat([blobs(12, 0.0, 0), blobs(4, 0.4, 1)])
+    y = torch.tensor([0] * 12 + [1] * 4)
+    synthetic = blobs(8, 0.4, 2)
+    inline = utility_check(x, y, synthetic, 1, k=4, seed=1, steps=20)
+    folds = utility_folds(y, 4, seed=1)
+    stop_after_two = iter([False, False, True])
+    train_without(x, y, folds, steps=20, should_stop=lambda: next(stop_after_two))
+    assert [f.without is not None for f in folds] == [True, True, False, False]  # stopped when asked
+    ahead = utility_check(x, y, synthetic, 1, steps=20, folds=folds)  # the rest trained here
+    assert ahead.as_dict() == inline.as_dict()
