@@ -1,7 +1,8 @@
 """Wall-clock time of `mcvae demo` (the main job on the embedded demo cohort), end to end.
 
-Goal (issue #3): within 10 minutes on the 2-core CPU machine. Runs the real console command
-in a fresh output folder and reports the time of each stage from its output.
+Goal: at most 240 s alone on the 2-core CPU machine, with the fidelity gate and the utility
+self-check (issue 22; issue 3 asked for 10 minutes before the checks). Runs the real console
+command in a fresh output folder and reports the time of each stage from its report.
 
     python bench/demo_time.py [--keep OUT]
 """
@@ -9,6 +10,7 @@ in a fresh output folder and reports the time of each stage from its output.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import machine, parse_args, write_result
+
+GOAL_SECONDS = 240
+# the CLI's plain progress lines on a pipe: "<title>: <percent>% <stage> (<elapsed> s)"
+PROGRESS_LINE = re.compile(r"^[^:]+: +\d+% (?P<stage>.+) \((?P<elapsed>\d+) s\)$")
+
+
+def stage_starts(stderr: str) -> dict[str, float]:
+    """When each stage of the run began, in seconds from the augmentation's start (the CLI's
+    progress lines; a stage's number is dropped, e.g. "fold 2 of 4", so each kind shows once)."""
+    starts: dict[str, float] = {}
+    for line in stderr.splitlines():
+        match = PROGRESS_LINE.match(line.strip())
+        if match:
+            stage = re.sub(r" \(.*\)$", "", match["stage"])
+            starts.setdefault(stage, float(match["elapsed"]))
+    return starts
 
 # --quick: a small cohort, a few training steps, no retraining, the report's classifiers a few
 # steps each (QUICK_CONFIG) and no utility self-check; aggregate draws, since a model of a few
@@ -47,9 +65,11 @@ def main() -> None:
         print(proc.stderr, file=sys.stderr)
         raise SystemExit(f"mcvae demo failed with exit code {proc.returncode}")
     where = machine("cpu")
-    print(f"mcvae demo: {seconds:.1f} s wall clock (goal 600 s) on {where}")
-    path = write_result("demo_time", {"machine": where, "seconds": seconds, "goal_seconds": 600,
-                                      "stdout": proc.stdout})
+    stages = stage_starts(proc.stderr)
+    print(f"mcvae demo: {seconds:.1f} s wall clock (goal {GOAL_SECONDS} s) on {where}; stages began at: "
+          + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()))
+    path = write_result("demo_time", {"machine": where, "seconds": seconds, "goal_seconds": GOAL_SECONDS,
+                                      "stages": stages, "stdout": proc.stdout})
     print(f"wrote {path}")
     if not args.keep:
         shutil.rmtree(out, ignore_errors=True)
