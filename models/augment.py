@@ -340,17 +340,43 @@ def _sidecar(model, model_id: str, job_id: str | None, seed: int, sampler_name: 
             "latent_source": model.cfg.sampling if model.sampling_fitted else "prior"}
 
 
+@dataclass
+class Derived:
+    """What a class's synthetic scans were derived from, for its audit: ``own`` (variations: each
+    scan's source as a position among the class's train scans, left out of its nearest-scan search),
+    ``to_source`` (each scan's RMS-per-voxel distance to its nearest source, of any class) and
+    ``subjects`` (variations: the source of each scan, so the diversity check counts only pairs of
+    different subjects). All None for scans drawn from the model's latent space alone."""
+
+    own: list[list[int]] | None = None
+    to_source: torch.Tensor | None = None
+    subjects: list[int] | None = None
+
+    @classmethod
+    def of(cls, drawn, picked: list[int], x: torch.Tensor) -> Derived:
+        if not any(drawn.sources):
+            return cls()
+        to_source = torch.stack([(x[rows].flatten(1).double() - scan.flatten().double()).pow(2).mean(1).sqrt().min()
+                                 for scan, rows in zip(drawn.scans, drawn.sources)])
+        if drawn.info.get("kind") != "variation":  # an interpolation near one end is still a copy of it
+            return cls(to_source=to_source)
+        position = {row: k for k, row in enumerate(picked)}
+        return cls([[position[r] for r in rows if r in position] for rows in drawn.sources], to_source,
+                   [rows[0] for rows in drawn.sources])
+
+
 def _class_report(metrics: dict[str, Any], label: str, picked: list[int], wanted: dict[str, int],
                   names: list[str], train_seconds: float, history, trained_on: list[str], near: dict[str, Any],
                   train_x: torch.Tensor, synthetic: torch.Tensor, staging: Path, config: AugmentConfig,
                   n_base: int | None = None, spread: dict[str, Any] | None = None,
-                  sources: list[int] | None = None) -> None:
+                  derived: Derived | None = None) -> None:
     """One class's montage, curves and metrics entry (memorisation audit of what is delivered);
     ``n_base``: the scans the base model of model_scope "transfer" learned from; ``spread``: the
     model's reconstructions of the class's scans against the scans (report.subject_spread);
-    ``sources``: the real subject each scan alters (generator variation), for the diversity check."""
-    audit = memorisation_audit(train_x, synthetic, config.near_copy_fraction)
-    diversity = synthetic_diversity(train_x, synthetic, audit["copy_threshold"], sources)
+    ``derived``: what the scans were derived from (counterfactuals, interpolations, variations)."""
+    derived = derived or Derived()
+    audit = memorisation_audit(train_x, synthetic, config.near_copy_fraction, derived.own, derived.to_source)
+    diversity = synthetic_diversity(train_x, synthetic, audit["copy_threshold"], derived.subjects)
     if diversity is not None:  # this class's scans come first in trained_on
         diversity["that_real_scan"] = trained_on[diversity.pop("that_real_index")]
     slice_montage([s[0].numpy() for s in train_x], [s[0].numpy() for s in synthetic],
@@ -402,8 +428,7 @@ def _generate(real: Cohort, rows: list[dict[str, str]], wanted: dict[str, int], 
             picked = req.rows_of(label)
             _class_report(metrics, label, picked, wanted, names, fitted.train_seconds, fitted.history,
                           [paths[i] for i in fitted.learned_from], drawn.near, req.x[picked], drawn.scans, staging,
-                          config, n_base=fitted.n_base, spread=fitted.spread,
-                          sources=[s[0] for s in drawn.sources] if drawn.info.get("kind") == "variation" else None)
+                          config, n_base=fitted.n_base, spread=fitted.spread, derived=Derived.of(drawn, picked, req.x))
             metrics["classes"][label].update(retrains=fitted.retrains, generator=drawn.info)
         for label, drawn in draws.items():
             metrics["classes"][label].update(checks.class_metrics(label, drawn))
@@ -646,11 +671,14 @@ def _write_summary(result: AugmentResult, path: Path) -> None:
         if info.get("diversity"):
             lines.append(f"  synthetic-to-synthetic diversity: {diversity_phrase(info['diversity'])}")
         lines += [f"  WARNING: {w}" for w in class_warnings(label, info)]
+        own = audit.get("nearest_excludes_own_source")
+        to_source = audit.get("synthetic_to_source")
         lines.append(f"  final audit: {len(audit['flagged'])} delivered scan(s) below the threshold; nearest "
-                     f"training scan at median {((audit['synthetic_to_real_nn'] or {}).get('median') or 0):.4g} "
+                     + ("training scan other than its own source" if own else "training scan")
+                     + f" at median {((audit['synthetic_to_real_nn'] or {}).get('median') or 0):.4g} "
                      f"(real-to-real median {audit['real_to_real_nn']['median']:.4g})"
-                     + ("; a variation is its own source subject altered, so it lies nearer that subject than any "
-                        "two subjects do" if (info.get("generator") or {}).get("kind") == "variation" else ""))
+                     + (f"; distance to its own source median {to_source['median']:.4g} (a derived scan is that "
+                        "subject altered)" if to_source else ""))
     for note in m.get("notes", []):
         lines.append(f"note: {note}")
     path.parent.mkdir(parents=True, exist_ok=True)

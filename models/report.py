@@ -239,24 +239,46 @@ def synthetic_diversity(real: torch.Tensor, synthetic: torch.Tensor, threshold: 
             "warning": close_share > CLOSE_PAIRS_WARNING or crowded}
 
 
-def memorisation_audit(real: torch.Tensor, synthetic: torch.Tensor, copy_fraction: float = 0.5) -> dict[str, Any]:
+def memorisation_audit(real: torch.Tensor, synthetic: torch.Tensor, copy_fraction: float = 0.5,
+                       own: list[list[int]] | None = None,
+                       to_source: torch.Tensor | None = None) -> dict[str, Any]:
     """Nearest-real-scan distances (RMS per voxel) of synthetic scans vs. real-to-real.
 
     A synthetic scan is flagged as a likely copy when it lies closer to a real training scan
     than ``copy_fraction`` times the smallest distance between two distinct real scans: no real
     pair is that alike, so such a scan adds no new subject.
+
+    Scans derived from real subjects (a variation is its source subject altered; a counterfactual,
+    a subject of another class moved to this one) say so: ``own[i]``, the positions in ``real`` of
+    scan i's sources, are left out of its nearest-scan search, since lying near its own source is
+    what such a scan is, while lying near *another* subject would be a copy of that person; and
+    ``to_source[i]``, its distance to its nearest source (of any class), is reported beside.
     """
     real_nn = real_nearest(real)
-    syn_nn, nearest = nearest_real(real, synthetic)
+    if own is None or not len(synthetic):
+        syn_nn, nearest = nearest_real(real, synthetic)
+    else:
+        real_flat = real.flatten(1).double()
+        dist = torch.cdist(synthetic.flatten(1).double(), real_flat) / math.sqrt(real_flat.shape[1])
+        for i, rows in enumerate(own):
+            dist[i, rows] = float("inf")  # a class of one subject leaves a variation no other scan
+        syn_nn, nearest = dist.min(1)
     threshold = near_copy_threshold(real, copy_fraction)
+    finite = syn_nn[torch.isfinite(syn_nn)]
     flagged = [int(i) for i in torch.nonzero(syn_nn < threshold).flatten()]
-    return {
+    audit = {
         "real_to_real_nn": {"min": float(real_nn.min()), "median": float(real_nn.median())},
         "synthetic_to_real_nn": (
-            {"min": float(syn_nn.min()), "median": float(syn_nn.median())} if len(syn_nn) else None
+            {"min": float(finite.min()), "median": float(finite.median())} if len(finite) else None
         ),
         "copy_threshold": threshold,
         "flagged": [{"synthetic_index": i, "nearest_real_index": int(nearest[i]),
                      "distance": float(syn_nn[i])} for i in flagged],
-        "synthetic_nn": [float(d) for d in syn_nn],
+        "synthetic_nn": [float(d) if math.isfinite(d) else None for d in syn_nn.tolist()],
     }
+    if own is not None:
+        audit["nearest_excludes_own_source"] = True
+    if to_source is not None and len(to_source):
+        audit["synthetic_to_source"] = {"min": float(to_source.min()), "median": float(to_source.median()),
+                                        "max": float(to_source.max())}
+    return audit

@@ -112,9 +112,15 @@ def test_near_copies_are_replaced_by_default_and_the_count_reported(balanced):
         distance = {p: float(np.sqrt(np.mean((scan - real[p]) ** 2))) for p in paths}
         assert distance[source] >= 0.1 * smallest - 1e-6, row
         assert all(d >= near["threshold"] - 1e-6 for p, d in distance.items() if p != source), row
-    assert metrics["classes"]["AD"]["memorisation"]["copy_threshold"] == pytest.approx(near["threshold"])
+    audit = metrics["classes"]["AD"]["memorisation"]
+    assert audit["copy_threshold"] == pytest.approx(near["threshold"])
+    # the final audit judges them by the same rule: near no AD subject but their own, and says how
+    # near their own source they lie
+    assert audit["nearest_excludes_own_source"] and audit["flagged"] == []
+    assert audit["synthetic_to_source"]["min"] >= 0.1 * smallest - 1e-6
     summary = (out / "report" / "summary.txt").read_text()
-    assert f"{near['replaced']} redrawn" in summary and "a variation is its own source subject altered" in summary
+    assert f"{near['replaced']} redrawn" in summary and "0 delivered scan(s) below the threshold" in summary
+    assert "other than its own source" in summary and "distance to its own source median" in summary
 
 
 def test_aggregate_draws_deliver_no_near_copy_at_all(cohort_with_identity, config, tmp_path):

@@ -66,3 +66,23 @@ def test_draws_are_clipped_to_the_preprocessed_range():
     model = ScriptedGenerator([torch.full((2, 1, 6, 6, 6), 3.0)])
     scans, _ = draw_synthetic(model, 2, train, seed=0)
     assert float(scans.max()) == 1.0
+
+
+def test_the_audit_of_variations_looks_past_their_own_source():
+    """A variation lies near its own subject by design; it is a copy only if it lies near another."""
+    train = _training_scans()
+    threshold = near_copy_threshold(train, 0.5)
+    altered = train[[0, 1]] + 0.02  # subjects 0 and 1, each a little altered
+    copy_of_other = train[3:4] + 0.001  # says it comes from subject 2, is subject 3
+    scans = torch.cat([altered, copy_of_other])
+    own = [[0], [1], [2]]
+    to_source = torch.stack([torch.sqrt(((s - train[o[0]]) ** 2).mean()) for s, o in zip(scans, own)])
+    plain = memorisation_audit(train, scans)
+    assert [f["synthetic_index"] for f in plain["flagged"]] == [0, 1, 2]  # every scan near some real scan
+    audit = memorisation_audit(train, scans, own=own, to_source=to_source)
+    assert [(f["synthetic_index"], f["nearest_real_index"]) for f in audit["flagged"]] == [(2, 3)]
+    assert audit["nearest_excludes_own_source"] and audit["synthetic_nn"][0] > threshold
+    assert audit["synthetic_to_source"]["min"] == float(to_source.min()) < threshold
+    # a class of one subject leaves a variation no other scan to be near: nothing to flag, no infinity
+    lone = memorisation_audit(train[:1], altered[:1], own=[[0]])
+    assert lone["flagged"] == [] and lone["synthetic_nn"] == [None] and lone["synthetic_to_real_nn"] is None
