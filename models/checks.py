@@ -17,7 +17,8 @@ Per class that got synthetic scans:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError
 from typing import Any
 
 import torch
@@ -39,12 +40,53 @@ SHARPNESS_BAND = (0.9, 1.1)
 TWO_SAMPLE_WARNING = 0.8
 
 
+# At most this many classifiers train side by side (a check has at most a handful of folds; each
+# holds its own activations).
+MAX_SIDE_BY_SIDE = 8
+
+
+class ClassifierPool:
+    """Trains the checks' classifiers on threads of one torch thread each (OpenMP counts are per
+    thread), at most ``slots`` at once. Side by side beats one after the other on more threads:
+    on the 2-core VM two 100-step classifiers of 44 scans at 32^3 took 10.7 s together on 1 thread
+    each, against 7.1 s each on 2 threads and 13.2 s on 1 (docs/results-history,
+    2026-12-04-issue22-scales-and-checks.md). ``widen()`` lifts the bound once the model's
+    training no longer needs its CPUs; ``close()`` cancels what has not started."""
+
+    def __init__(self, workers: int, slots: int):
+        workers = max(1, min(workers, MAX_SIDE_BY_SIDE))
+        slots = max(1, min(slots, workers))
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="classifier",
+                                            initializer=torch.set_num_threads, initargs=(1,))
+        self._slots, self._held_back = threading.Semaphore(slots), workers - slots
+        self.closed = threading.Event()
+
+    def widen(self) -> None:
+        """Every worker may run from now on."""
+        for _ in range(self._held_back):
+            self._slots.release()
+        self._held_back = 0
+
+    def submit(self, fn: Callable, *args) -> Future:
+        def run():
+            with self._slots:
+                if self.closed.is_set():
+                    raise TrainingCancelled("the checks were stopped")
+                return fn(*args)
+
+        return self._executor.submit(run)
+
+    def close(self) -> None:
+        self.closed.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 class ClassifierChecks:
     """``class_metrics(label, draws)`` for each class, sharing one reference classifier and one
-    without-synthetic arm of the utility check. Those see only real scans, so
-    ``start_real_only(threads)`` can train them on a background thread while the generative model
-    fits (a VAE training of small minibatches leaves CPUs idle: ``models.threads``); ``close()``
-    tells that thread to stop after its current classifier."""
+    without-synthetic arm of the utility check, every classifier trained in a ``ClassifierPool``.
+    Those two see only real scans, so ``start_real_only(spare)`` trains them on the ``spare`` CPUs
+    while the generative model fits (a VAE training of small minibatches leaves CPUs idle:
+    ``models.threads``); ``close()`` stops what has not started (a cancelled or failed job)."""
 
     def __init__(self, x: Tensor, labels: list[str], train_idx: list[int], config: AugmentConfig,
                  progress: Callable[[str, float], None], should_stop: Callable[[], bool] | None = None):
@@ -54,55 +96,64 @@ class ClassifierChecks:
         self.y = torch.tensor([self.classes.index(labels[i]) for i in train_idx], dtype=torch.long)
         smallest = min((int((self.y == k).sum()) for k in range(len(self.classes))), default=0)
         self.n_folds = min(self.config.utility_folds, smallest)
-        self._reference = None
         self._folds = utility_folds(self.y, self.n_folds, self.config.seed) if self._utility_runs() else []
-        self._background: threading.Thread | None = None
-        self._background_error: Exception | None = None
-        self._closed = threading.Event()
+        self._threads = torch.get_num_threads()  # the caller's: each pool worker has 1 of them
+        self._pool: ClassifierPool | None = None
+        self._reference: Future | None = None
+        self._without: list[Future] = []
 
     def _utility_runs(self) -> bool:
         return self.config.check_utility and len(self.classes) >= 2 and self.n_folds >= 2
 
-    def start_real_only(self, threads: int) -> None:
-        """Train the reference classifier and the utility check's without-arm on a background
-        thread with ``threads`` torch threads (OpenMP counts are per thread: the caller keeps its
-        own). The classifiers draw no global random numbers (``models.classifier``), so the model
+    def start_real_only(self, spare: int) -> None:
+        """Start the reference classifier and the utility check's without-arm on ``spare`` CPUs.
+        The classifiers draw no global random numbers (``models.classifier``), so the model's
         fitting meanwhile is unchanged by them."""
-        if self._background is not None or len(self.classes) < 2:
+        if self._pool is None:
+            self._pool = ClassifierPool(self._threads, spare)
+        self._start_real_only()
+
+    def _start_real_only(self) -> None:
+        if self._reference is not None or len(self.classes) < 2:
             return
+        x, steps = self.x[self.train_idx], self.config.check_steps
+        self._reference = self._pool.submit(train_classifier, x, self.y, self.config.seed, steps)
+        # one job per fold: a job never waits for another (the pool's slots could all be waiting)
+        self._without = [self._pool.submit(train_without, x, self.y, [fold], steps) for fold in self._folds]
 
-        def work() -> None:
-            torch.set_num_threads(threads)
+    def _ready_pool(self) -> ClassifierPool:
+        """The pool, with every CPU of the caller (the model's training is over)."""
+        if self._pool is None:
+            self._pool = ClassifierPool(self._threads, self._threads)
+        self._pool.widen()
+        self._start_real_only()
+        return self._pool
+
+    def _result(self, future: Future):
+        """A pool's result, checking the job's stop request while it waits."""
+        while True:
+            self._stop()
             try:
-                if not self._closed.is_set():
-                    self._reference_net()
-                train_without(self.x[self.train_idx], self.y, self._folds, self.config.check_steps,
-                              self._closed.is_set)
-            except Exception as error:  # noqa: BLE001 - handed to the caller when it needs the results
-                self._background_error = error
+                return future.result(timeout=0.5)
+            except TimeoutError:
+                continue
 
-        self._background = threading.Thread(target=work, name="real-only classifiers", daemon=True)
-        self._background.start()
+    def _map(self, fn: Callable, items) -> Iterator:
+        """``fn`` over ``items`` in the pool, side by side; results in order, awaited here on the
+        caller's thread (so its stop request is checked while it waits)."""
+        futures = [self._pool.submit(fn, item) for item in items]
+        return (self._result(f) for f in futures)
 
     def close(self) -> None:
-        """Stop the background classifiers after the one in progress (a cancelled or failed job)."""
-        self._closed.set()
-
-    def _await_background(self) -> None:
-        if self._background is None:
-            return
-        while self._background.is_alive():
-            self._stop()
-            self._background.join(timeout=0.5)
-        self._background = None
-        if self._background_error is not None:
-            raise self._background_error
+        if self._pool is not None:
+            self._pool.close()
 
     def _stop(self) -> None:
         if self.should_stop is not None and self.should_stop():
             raise TrainingCancelled("cancelled while checking the synthetic scans")
 
     def class_metrics(self, label: str, draws) -> dict[str, Any]:
+        self._ready_pool()
         synthetic = draws.scans
         real = self.x[[i for i in self.train_idx if self.labels[i] == label]]
         out: dict[str, Any] = {}
@@ -111,25 +162,16 @@ class ClassifierChecks:
                             "warning": ratio is not None and not SHARPNESS_BAND[0] <= ratio <= SHARPNESS_BAND[1]}
         self.progress(f"fidelity check {label}", 0.95)
         self._stop()
-        auc = two_sample_auroc(real, synthetic, self.config.seed, steps=self.config.check_steps)
-        self._stop()
-        self._await_background()
+        auc = two_sample_auroc(real, synthetic, self.config.seed, steps=self.config.check_steps, map_fn=self._map)
         share = None
         if len(self.classes) > 1 and len(synthetic):
-            share = share_called(self._reference_net(), synthetic, self.classes.index(label))
+            share = share_called(self._result(self._reference), synthetic, self.classes.index(label))
         out["fidelity"] = {"two_sample_auroc": auc, "warning_at": TWO_SAMPLE_WARNING,
                            "warning": auc is not None and auc >= TWO_SAMPLE_WARNING,
                            "reference_share": share}
         if self.config.check_utility:
             out["utility"] = self._utility(label, draws)
         return out
-
-    def _reference_net(self):
-        """The classifier trained on the real train split, once for every class's scans."""
-        if self._reference is None:
-            self._reference = train_classifier(self.x[self.train_idx], self.y, self.config.seed,
-                                               self.config.check_steps)
-        return self._reference
 
     def _utility(self, label: str, draws) -> dict[str, Any] | None:
         if len(self.classes) < 2 or not len(draws.scans):
@@ -143,9 +185,11 @@ class ClassifierChecks:
             self._stop()
             self.progress(f"utility check {label} (fold {done} of {total})", 0.96)
 
-        # the without-arm's folds are every class's (trained once, perhaps in the background)
+        # the without-arm's folds are every class's (trained once, perhaps beside the model's fitting)
+        for future in self._without:
+            self._result(future)
         result = utility_check(self.x[self.train_idx], self.y, draws.scans, self.classes.index(label), sources,
-                               steps=self.config.check_steps, on_fold=on_fold, folds=self._folds)
+                               steps=self.config.check_steps, on_fold=on_fold, folds=self._folds, map_fn=self._map)
         return result.as_dict()
 
 

@@ -18,7 +18,7 @@ also measures the class-weighted loss of its earlier experiments).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -164,7 +164,14 @@ def stratified_folds(y: Tensor, k: int, seed: int) -> list[Tensor]:
     return [torch.cat(p) for p in parts]
 
 
-def two_sample_auroc(real: Tensor, synthetic: Tensor, seed: int = 0, k: int = 3, steps: int = STEPS) -> float | None:
+# How a check trains its independent classifiers (folds): ``map`` one after the other, or a
+# ``models.checks.ClassifierPool``'s ``map``, side by side on threads of their own. Results come
+# back in order either way.
+Mapper = Callable[[Callable, Sequence], Iterable]
+
+
+def two_sample_auroc(real: Tensor, synthetic: Tensor, seed: int = 0, k: int = 3, steps: int = STEPS,
+                     map_fn: Mapper = map) -> float | None:
     """Cross-validated AUROC of a classifier telling ``real`` from ``synthetic`` scans (None with
     fewer than two of either): 0.5 indistinguishable, 1.0 a perfect tell."""
     if min(len(real), len(synthetic)) < 2:
@@ -172,14 +179,15 @@ def two_sample_auroc(real: Tensor, synthetic: Tensor, seed: int = 0, k: int = 3,
     x = torch.cat([real, synthetic]).float()
     y = torch.cat([torch.zeros(len(real)), torch.ones(len(synthetic))]).long()
     k = max(2, min(k, len(real), len(synthetic)))
-    scores, labels = [], []
-    for i, held in enumerate(stratified_folds(y, k, seed)):
-        keep = torch.ones(len(y), dtype=torch.bool)
-        keep[held] = False
-        net = train_classifier(x[keep], y[keep], seed + i, steps)
-        scores.append(predict(net, x[held])[:, 1])
-        labels.append(y[held])
-    return auroc(torch.cat(labels), torch.cat(scores))
+
+    def held_out_scores(fold: tuple[int, Tensor]) -> Tensor:
+        i, held = fold
+        net = train_classifier(x[_kept(len(y), held)], y[_kept(len(y), held)], seed + i, steps)
+        return predict(net, x[held])[:, 1]
+
+    folds = list(enumerate(stratified_folds(y, k, seed)))
+    scores = list(map_fn(held_out_scores, folds))
+    return auroc(torch.cat([y[held] for _, held in folds]), torch.cat(scores))
 
 
 def reference_share(x: Tensor, y: Tensor, synthetic: Tensor, label: int, seed: int = 0,
@@ -271,24 +279,26 @@ def _kept(n: int, held: Tensor) -> Tensor:
 
 
 def train_without(x: Tensor, y: Tensor, folds: Sequence[Fold], steps: int = STEPS,
-                  should_stop: Callable[[], bool] | None = None) -> None:
+                  should_stop: Callable[[], bool] | None = None, map_fn: Mapper = map) -> None:
     """The utility check's arm without synthetic scans, per fold (``fold.without``): it needs no
-    synthetic scan, so the report trains it while the generative model is still fitting. Stops
-    early (leaving the remaining folds untrained) once ``should_stop()`` is true."""
-    for fold in folds:
-        if fold.without is not None:
-            continue
+    synthetic scan, so the report trains it while the generative model is still fitting. A fold
+    trained already is left as it is; once ``should_stop()`` is true no further fold starts."""
+
+    def train(fold: Fold) -> None:
         if should_stop is not None and should_stop():
             return
-        net = train_classifier(x[_kept(len(y), fold.held)].float(), y[_kept(len(y), fold.held)], fold.seed, steps)
-        fold.without = predict(net, x[fold.held])
+        keep = _kept(len(y), fold.held)
+        fold.without = predict(train_classifier(x[keep].float(), y[keep], fold.seed, steps), x[fold.held])
+
+    for _ in map_fn(train, [f for f in folds if f.without is None]):
+        pass
 
 
 def utility_check(x: Tensor, y: Tensor, synthetic: Tensor, synthetic_label: int,
                   synthetic_sources: Sequence[Sequence[int]] | None = None, k: int = 5, seed: int = 0,
                   repeats: int = 1, steps: int = STEPS,
                   on_fold: Callable[[int, int], None] | None = None,
-                  folds: Sequence[Fold] | None = None) -> UtilityResult:
+                  folds: Sequence[Fold] | None = None, map_fn: Mapper = map) -> UtilityResult:
     """k-fold on the real train split ``x`` / ``y`` (class ``synthetic_label`` the one the synthetic
     scans add to): per fold, a classifier on the other folds without and with ``synthetic``,
     scored on the held-out fold (AUROC of ``synthetic_label`` against the rest, balanced accuracy).
@@ -296,11 +306,12 @@ def utility_check(x: Tensor, y: Tensor, synthetic: Tensor, synthetic_label: int,
     source subject, an interpolation's two ends); a synthetic scan is left out of a fold whose
     held-out rows include one of its sources, so no held-out subject is seen in training.
     ``folds``: ``utility_folds(y, k, seed, repeats)``, perhaps with the without-arm already trained
-    (``train_without``); a fold without it is trained here."""
+    (``train_without``); a fold without it is trained here. ``map_fn``: how the folds' classifiers
+    are trained (``Mapper``); ``on_fold`` runs on the caller's thread as each fold's result comes."""
     folds = list(folds) if folds is not None else utility_folds(y, k, seed, repeats)
-    without, with_syn, d_auc, d_bal = [], [], [], []
-    for done, fold in enumerate(folds, 1):
-        train_without(x, y, [fold], steps)
+    train_without(x, y, folds, steps, map_fn=map_fn)
+
+    def with_synthetic(fold: Fold) -> tuple[Tensor, int]:
         held_set = set(fold.held.tolist())
         usable = torch.tensor([not (synthetic_sources and held_set & set(synthetic_sources[j]))
                                for j in range(len(synthetic))], dtype=torch.bool)
@@ -308,12 +319,15 @@ def utility_check(x: Tensor, y: Tensor, synthetic: Tensor, synthetic_label: int,
         keep = _kept(len(y), fold.held)
         xt = torch.cat([x[keep], x_syn]).float()
         yt = torch.cat([y[keep], torch.full((len(x_syn),), synthetic_label, dtype=torch.long)])
-        with_p = predict(train_classifier(xt, yt, fold.seed, steps), x[fold.held])
+        return predict(train_classifier(xt, yt, fold.seed, steps), x[fold.held]), len(x_syn)
+
+    without, with_syn, d_auc, d_bal = [], [], [], []
+    for done, (fold, (with_p, n_synthetic)) in enumerate(zip(folds, map_fn(with_synthetic, folds)), 1):
         y_held = y[fold.held]
         target = (y_held == synthetic_label).long()
         scores = [{"auroc": auroc(target, p[:, synthetic_label]),
                    "balanced_accuracy": balanced_accuracy(y_held, p.argmax(1)), "n_synthetic": n}
-                  for p, n in ((fold.without, 0), (with_p, len(x_syn)))]
+                  for p, n in ((fold.without, 0), (with_p, n_synthetic))]
         without.append(scores[0])
         with_syn.append(scores[1])
         if not math.isnan(scores[0]["auroc"]) and not math.isnan(scores[1]["auroc"]):

@@ -10,6 +10,7 @@ import torch
 
 from models.checks import ClassifierChecks
 from models.options import AugmentConfig
+from models.training import TrainingCancelled
 
 
 def scans(n: int, bright: float, seed: int) -> torch.Tensor:
@@ -28,17 +29,20 @@ def cohort():
 
 
 @pytest.fixture
-def one_thread():
-    """One torch thread on both sides: the same arithmetic, so the same figures."""
+def threads():
+    """Sets torch's thread count for one test and restores it after."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
+    yield torch.set_num_threads
     torch.set_num_threads(before)
 
 
-def test_real_only_classifiers_trained_beside_the_fit_give_the_same_report(one_thread):
+def test_classifiers_side_by_side_and_beside_the_fit_give_the_same_report(threads):
     x, labels, train, config, draws = cohort()
-    inline = ClassifierChecks(x, labels, train, config, lambda *_: None).class_metrics("AD", draws)
+    threads(1)  # one worker: every classifier one after the other
+    in_turn = ClassifierChecks(x, labels, train, config, lambda *_: None)
+    expected = in_turn.class_metrics("AD", draws)
+    in_turn.close()
+    threads(2)  # two workers of one thread each: the same arithmetic, side by side
     checks = ClassifierChecks(x, labels, train, config, lambda *_: None)
     torch.manual_seed(0)
     checks.start_real_only(1)
@@ -48,16 +52,18 @@ def test_real_only_classifiers_trained_beside_the_fit_give_the_same_report(one_t
     checks.close()
     torch.manual_seed(0)
     assert all(torch.equal(a, torch.randn(64)) for a in fitting_draws)
-    assert metrics == inline
+    assert metrics == expected
     assert metrics["utility"]["folds"] == 3 and metrics["fidelity"]["reference_share"] is not None
+    assert torch.get_num_threads() == 2  # the workers' one thread each is theirs alone
 
 
-def test_a_closed_check_stops_its_background_classifiers():
+def test_a_closed_check_starts_no_further_classifier(threads):
+    threads(2)
     x, labels, train, config, _ = cohort()
-    config = config.model_copy(update={"check_steps": 200})
-    checks = ClassifierChecks(x, labels, train, config, lambda *_: None)
-    checks.start_real_only(1)
+    checks = ClassifierChecks(x, labels, train, config.model_copy(update={"check_steps": 200}), lambda *_: None)
+    checks.start_real_only(1)  # the reference classifier first, one at a time
     checks.close()  # a cancelled job: the classifier in progress ends, no further one starts
-    checks._background.join(timeout=120)
-    assert not checks._background.is_alive()
+    checks._reference.result(timeout=120)
+    for future in checks._without:  # queued: cancelled; waiting for a slot: stopped when it got one
+        assert future.cancelled() or isinstance(future.exception(timeout=120), TrainingCancelled)
     assert all(fold.without is None for fold in checks._folds)
