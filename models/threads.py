@@ -105,9 +105,10 @@ def training_threads(current: int, work_voxels: int | None) -> int:
     ``current`` (the CPUs it may use, a worker pool process's share, or MCVAE_TORCH_THREADS /
     OMP_NUM_THREADS): ``current`` capped by the work's size. Only the config's ``train.threads``
     overrides the cap (Trainer.fit): the environment sets the process's count, which a worker also
-    passes its pool this way. The cap is for training alone: the report's classifiers (larger
-    batches of whole scans) gain from every thread (30 steps on 80 scans of 32^3: 8.5 s on 1
-    thread, 4.7 s on 2, alone on the 2-core machine), so the process keeps ``current`` for them."""
+    passes its pool this way. The cap is for training alone: the process keeps ``current``, and
+    the report's classifiers use all of it, one thread per classifier side by side
+    (``models.checks.ClassifierPool``), the CPUs the cap leaves idle while the model trains
+    (``spare_threads``)."""
     return cap_for_work(current, work_voxels)
 
 

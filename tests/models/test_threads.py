@@ -15,6 +15,7 @@ from models.threads import (
     available_cpus,
     choose_threads,
     prefer_passive_waiting,
+    spare_threads,
     training_threads,
 )
 
@@ -169,3 +170,12 @@ def test_the_cli_makes_openmp_threads_wait_passively(tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "none")], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.stdout.split() == ["PASSIVE", "False"]
+
+
+def test_the_threads_a_training_leaves_idle_go_to_the_report_classifiers():
+    demo_batch = 8 * 32**3  # a one-thread training: the second of two threads is idle meanwhile
+    assert spare_threads(2, None, demo_batch) == 1
+    assert spare_threads(2, None, 2 * VOXELS_PER_THREAD) == 0  # a training that uses both
+    assert spare_threads(1, None, demo_batch) == 0  # a pool process's single CPU
+    assert spare_threads(4, 3, demo_batch) == 1  # the config's train.threads wins over the cap
+    assert spare_threads(2, 4, demo_batch) == 0
