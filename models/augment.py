@@ -63,6 +63,7 @@ from .report import (
     duplicate_pairs,
     memorisation_audit,
     real_nearest,
+    rms,
     slice_montage,
     synthetic_diversity,
     training_curves,
@@ -356,8 +357,7 @@ class Derived:
     def of(cls, drawn, picked: list[int], x: torch.Tensor) -> Derived:
         if not any(drawn.sources):
             return cls()
-        to_source = torch.stack([(x[rows].flatten(1).double() - scan.flatten().double()).pow(2).mean(1).sqrt().min()
-                                 for scan, rows in zip(drawn.scans, drawn.sources)])
+        to_source = torch.stack([rms(x[rows], scan).min() for scan, rows in zip(drawn.scans, drawn.sources)])
         if drawn.info.get("kind") != "variation":  # an interpolation near one end is still a copy of it
             return cls(to_source=to_source)
         position = {row: k for k, row in enumerate(picked)}

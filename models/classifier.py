@@ -182,7 +182,8 @@ def two_sample_auroc(real: Tensor, synthetic: Tensor, seed: int = 0, k: int = 3,
 
     def held_out_scores(fold: tuple[int, Tensor]) -> Tensor:
         i, held = fold
-        net = train_classifier(x[_kept(len(y), held)], y[_kept(len(y), held)], seed + i, steps)
+        keep = _kept(len(y), held)
+        net = train_classifier(x[keep], y[keep], seed + i, steps)
         return predict(net, x[held])[:, 1]
 
     folds = list(enumerate(stratified_folds(y, k, seed)))

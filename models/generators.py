@@ -29,7 +29,7 @@ from torch import Tensor
 from .counterfactual import Variations, counterfactuals, interpolations
 from .fine_detail import FineDetail
 from .options import AugmentConfig, FineDetailPolicy
-from .report import near_copy_threshold, nearest_real
+from .report import near_copy_threshold, nearest_real, quantiles, rms
 
 # Preprocessed scans live in [0, 1]; decoded means are clipped to it so both sit on one scale.
 VALUE_RANGE = (0.0, 1.0)
@@ -81,17 +81,6 @@ def _drop_near_copies(scans: Tensor, class_x: Tensor, config: AugmentConfig) -> 
     if threshold <= 0 or config.near_copies != "replace" or not len(scans):
         return torch.zeros(len(scans), dtype=torch.bool), threshold
     return nearest_real(class_x, scans)[0] < threshold, threshold
-
-
-def _rms(a: Tensor, b: Tensor) -> Tensor:
-    return ((a.float() - b.float()) ** 2).flatten(1).mean(1).sqrt()
-
-
-def _quantiles(values: Tensor) -> dict[str, float] | None:
-    if not len(values):
-        return None
-    v = values.double()
-    return {"min": float(v.min()), "median": float(v.median()), "max": float(v.max())}
 
 
 def draw_synthetic(model, n: int, train_x: torch.Tensor, seed: int, near_copies: str = "replace",
@@ -183,7 +172,7 @@ def draw_counterfactuals(req: DrawRequest) -> Draws:
                                       c.abduction, c.abduction_draws, c.abduction_steps, req.seed + k,
                                       value_range=VALUE_RANGE)
         scans.append(cf)
-        distances.append(_rms(cf, x))
+        distances.append(rms(cf, x))
         accepts += [info.accept] * len(rows) if info.accept is not None else []
         for row in rows:
             per_scan.append({"generator": "counterfactual", "derived_from_real_subject": True,
@@ -205,7 +194,7 @@ def draw_counterfactuals(req: DrawRequest) -> Draws:
         entry.update({"rms_to_source": round(d_source, 6), f"rms_to_nearest_{req.label}_train_scan": round(d_class, 6)})
     info = {"kind": "counterfactual", "abduction": c.abduction, "n_sources": len(scans_t),
             "abduction_accept": sum(accepts) / len(accepts) if accepts else None,
-            "distance_to_source": _quantiles(dist[keep] if len(dist) else dist),
+            "distance_to_source": quantiles(dist[keep] if len(dist) else dist),
             "short_of_sources": max(req.n - len(scans_t), 0)}
     return Draws(scans_t[keep], [p for p, k in zip(per_scan, keep.tolist()) if k],
                  [s for s, k in zip(sources, keep.tolist()) if k], _near_record(c, threshold, int(near.sum())), info)
@@ -318,13 +307,13 @@ def draw_variations(req: DrawRequest) -> Draws:
     record = _near_record(c, threshold, req.n - len(scans_t))
     record.update(replaced=replaced, rule=f"against the class's other train scans; at least {VARIATION_MIN_CHANGE} x "
                                         "the smallest real-to-real distance from its own source")
-    dist = _rms(scans_t, req.x[[s[0] for s in sources]]) if sources else torch.empty(0)
+    dist = rms(scans_t, req.x[[s[0] for s in sources]]) if sources else torch.empty(0)
     for entry, d_source in zip(per_scan, dist.tolist()):
         entry["rms_to_source"] = round(d_source, 6)
     return Draws(scans_t, per_scan, sources, record,
                  {"kind": "variation", "abduction": c.abduction, "scale": c.variation_scale,
                   "abduction_accept": moving.info.accept,
-                  "distance_to_source": _quantiles(dist)})
+                  "distance_to_source": quantiles(dist)})
 
 
 STRATEGIES: dict[str, Callable[[DrawRequest], Draws]] = {

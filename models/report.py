@@ -140,6 +140,20 @@ def gradient_energy(x: torch.Tensor) -> float:
     return float(total.mean())
 
 
+def rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """RMS-per-voxel distance between the scans of ``a`` and ``b`` row by row (``b`` may hold one
+    scan, broadcast against every scan of ``a``)."""
+    return ((a.float() - b.float()) ** 2).flatten(1).mean(1).sqrt()
+
+
+def quantiles(values: torch.Tensor) -> dict[str, float] | None:
+    """min, median and max of ``values`` (None when there are none)."""
+    if not len(values):
+        return None
+    v = values.double()
+    return {"min": float(v.min()), "median": float(v.median()), "max": float(v.max())}
+
+
 def nearest_real(real: torch.Tensor, synthetic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each synthetic scan's RMS-per-voxel distance to its nearest real scan, and that scan's index."""
     if len(synthetic) == 0 or len(real) == 0:
@@ -279,6 +293,5 @@ def memorisation_audit(real: torch.Tensor, synthetic: torch.Tensor, copy_fractio
     if own is not None:
         audit["nearest_excludes_own_source"] = True
     if to_source is not None and len(to_source):
-        audit["synthetic_to_source"] = {"min": float(to_source.min()), "median": float(to_source.median()),
-                                        "max": float(to_source.max())}
+        audit["synthetic_to_source"] = quantiles(to_source)
     return audit
