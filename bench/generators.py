@@ -22,6 +22,8 @@ classifier (models.classifier: small CNN, 100 steps, class-balanced mini-batches
 from the training set plus 1x / 2x / 5x the minority count of extra AD scans. Also per generator:
 effect recovery R = 1 - RMS(cf - truth) / RMS(source - truth) (counterfactuals), gradient-energy
 ratio to the real training AD scans, and the two-sample AUROC (real training AD vs the 5x scans).
+``--oracle-only`` needs no model: the true counterfactuals, and the true change averaged over the CN
+subjects added to each (what a perfectly estimated population-level class shift would give).
 
     nice python bench/generators.py --seeds 0 1 2 --tag _a     # one process per seed group
     python bench/generators.py --merge _a _b                    # the tables
@@ -75,8 +77,11 @@ def run_seed(seed: int, args) -> tuple[list[dict], list[dict]]:
 
     order = torch.randperm(len(x_cn), generator=torch.Generator().manual_seed(seed))[:n_max]
     if args.oracle_only:  # what a perfect counterfactual generator would give: the true AD versions
+        # and the best any one change for every subject can do: the true change averaged over the
+        # CN subjects, added to each (the bound of an additive, population-level class shift)
+        mean_change = (x_cn + (truth - x_cn).mean(0, keepdim=True)).clamp(0, 1)
         extras = {"duplicates": duplicate_copies(x_ad, n_max, seed), "true counterfactual (oracle)": truth[order],
-                  "more real AD": more_real}
+                  "true mean change (oracle)": mean_change[order], "more real AD": more_real}
         return score_rows(extras, list(extras), args.counts, x_cn, x_ad, x_test, y_test, seed, args.clf_steps,
                           f"seed {seed}"), []
 
@@ -234,7 +239,8 @@ def main() -> None:
     ap.add_argument("--recovery-only", action="store_true",
                     help="no classifier rows: effect recovery R, sharpness and two-sample AUROC (e.g. per difficulty)")
     ap.add_argument("--oracle-only", action="store_true",
-                    help="no model: real only, duplicates, the true counterfactuals of the CN subjects, more real AD")
+                    help="no model: real only, duplicates, the true counterfactuals of the CN subjects, the true "
+                         "change averaged over them added to each, more real AD")
     ap.add_argument("--generators", nargs="+", choices=GENERATORS, default=None,
                     help="draw only these generators (default: every one)")
     ap.add_argument("--variation-scales", type=float, nargs="+", default=[0.5],

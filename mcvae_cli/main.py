@@ -245,6 +245,7 @@ def cmd_train(args) -> int:
 
     from models import save
     from models.augment import resolve_preprocess, training_rows
+    from models.checks import training_sharpness
     from models.config import ModelConfig
     from models.data import Cohort, CohortError, load_tensors, read_cohort, settle_preprocess
     from models.data.io import share_like_umask
@@ -275,7 +276,8 @@ def cmd_train(args) -> int:
     path = save(out, model, sampler, {"class": args.label, "seed": config.seed,
                                       "preprocess": pre.model_dump(mode="json"),
                                       "history": history.as_dicts(),
-                                      "trained_on": [str(i.path) for i in training]})
+                                      "trained_on": [str(i.path) for i in training],
+                                      **training_sharpness({args.label: x})})
     training_curves(history.as_dicts(), path / "curves.png", f"class {args.label}",
                     target_accept=config.sampler.accept_target if config.sampler.kind != "none" else None)
     share_like_umask(path)
@@ -291,6 +293,7 @@ def cmd_sample(args) -> int:
 
     from models import load
     from models.augment import write_synthetic
+    from models.checks import SAMPLE_ADVICE, sampled_sharpness, sharpness_warning
     from models.conditional import for_class
     from models.data import PreprocessConfig, output_format, target_affine
     from models.data.io import share_like_umask
@@ -304,17 +307,22 @@ def cmd_sample(args) -> int:
     use_threads(choose_threads())
     out = _writable_out(args.out)
     model, _, meta = load(args.model)
-    model, label = for_class(model, meta, args.label, "--class")
-    label = label or "synthetic"
+    model, drawn = for_class(model, meta, args.label, "--class")
+    label = drawn or "synthetic"
     pre = PreprocessConfig(**meta["preprocess"]) if "preprocess" in meta else None
     # PNGs for a model of a PNG cohort (its settled preprocessing says so), NIfTI otherwise
     affine = output_format(pre, target_affine(pre)) if pre else np.eye(4)
     with StageBar(f"sample {label}") as bar:
-        _, names = write_synthetic(model, args.n, out, label, affine, seed=args.seed,
-                                   model_id=str(Path(args.model).resolve()),
-                                   on_batch=lambda done: bar("sampling", done / args.n))
+        scans, names = write_synthetic(model, args.n, out, label, affine, seed=args.seed,
+                                       model_id=str(Path(args.model).resolve()),
+                                       on_batch=lambda done: bar("sampling", done / args.n))
     share_like_umask(out)
-    print(f"wrote {len(names)} scans of class '{label}' to {out.resolve()}")
+    sharp = sampled_sharpness(meta, drawn, scans)
+    print(f"wrote {len(names)} scans of class '{label}' to {out.resolve()}"
+          + (f" (gradient energy {sharp['gradient_energy_ratio']:.2f} x the training scans')" if sharp else ""))
+    if sharp and sharp["warning"]:
+        print(f"warning: {sharpness_warning(label, sharp, 'sampled scans', 'training scans')}{SAMPLE_ADVICE}",
+              file=sys.stderr)
     return 0
 
 

@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import torch
 
-from .checks import ClassifierChecks, utility_sentence
+from .checks import ClassifierChecks, sharpness_warning, utility_sentence
 from .config import SamplerConfig
 from .data import (
     Cohort,
@@ -543,10 +543,7 @@ def class_warnings(label: str, info: dict[str, Any]) -> list[str]:
         warnings.append(spread_warning(label, spread))
     sharpness = info.get("sharpness") or {}
     if sharpness.get("warning"):
-        low, high = sharpness["band"]
-        warnings.append(
-            f"class '{label}': the synthetic scans' gradient energy is {sharpness['gradient_energy_ratio']:.2f} x the "
-            f"real scans' (outside {low}-{high}): a classifier can learn their sharpness instead of the class")
+        warnings.append(sharpness_warning(label, sharpness))
     fidelity = info.get("fidelity") or {}
     if fidelity.get("warning"):
         warnings.append(

@@ -39,6 +39,52 @@ from .training import TrainingCancelled
 SHARPNESS_BAND = (0.9, 1.1)
 TWO_SAMPLE_WARNING = 0.8
 
+# The key under which a saved model's meta keeps each class's training-scan gradient energy: one
+# number per class, no scan, so that a sample job, which has no real scans, can still say how
+# sharp its draws are against what the model learned from.
+TRAIN_GRADIENT_ENERGY = "train_gradient_energy"
+
+
+def training_sharpness(scans: dict[str, Tensor]) -> dict[str, dict[str, float]]:
+    """``{TRAIN_GRADIENT_ENERGY: {label: gradient energy of that class's training scans}}``, to
+    merge into a saved model's meta."""
+    return {TRAIN_GRADIENT_ENERGY: {label: gradient_energy(x) for label, x in scans.items() if len(x)}}
+
+
+def sharpness(synthetic: Tensor, real_energy: float | None) -> dict[str, Any] | None:
+    """The sharpness check of synthetic scans against real ones of the class whose gradient
+    energy is ``real_energy``: their ratio, the band, and whether it lies outside (None when there
+    is nothing to compare)."""
+    if not len(synthetic) or not real_energy:
+        return None
+    ratio = gradient_energy(synthetic) / real_energy
+    return {"gradient_energy_ratio": ratio, "band": list(SHARPNESS_BAND),
+            "warning": not SHARPNESS_BAND[0] <= ratio <= SHARPNESS_BAND[1]}
+
+
+# What a sample (decoder means of new latents) can do about a blur tell: augment, which has the
+# real scans, delivers its variations at their sharpness (docs/RESULTS.md, variations).
+SAMPLE_ADVICE = ("; augment (generator variation, its default) delivers scans as sharp as the real ones, each a real "
+                 "subject altered")
+
+
+def sampled_sharpness(meta: dict[str, Any], label: str | None, scans: Tensor) -> dict[str, Any] | None:
+    """The sharpness check of scans drawn from a saved model (``meta``: its saved meta) for class
+    ``label`` (None: a model of every class, recorded as "all"), against the training scans the
+    model recorded; None for a model saved before it recorded them."""
+    energies = meta.get(TRAIN_GRADIENT_ENERGY) or {}
+    return sharpness(scans, energies.get(label or "all"))
+
+
+def sharpness_warning(label: str, record: dict[str, Any], scans: str = "synthetic scans",
+                      real: str = "real scans") -> str:
+    """The words of a sharpness warning (``record``: a ``sharpness`` result with its warning set)."""
+    low, high = record["band"]
+    ratio = record["gradient_energy_ratio"]
+    what = "smoother" if ratio < low else "grainier"
+    return (f"class '{label}': the {scans}' gradient energy is {ratio:.2f} x the {real}' (outside {low}-{high}): "
+            f"they are {what}, and a classifier can learn their sharpness instead of the class")
+
 
 # At most this many classifiers train side by side (a check has at most a handful of folds; each
 # holds its own activations).
@@ -157,9 +203,8 @@ class ClassifierChecks:
         synthetic = draws.scans
         real = self.x[[i for i in self.train_idx if self.labels[i] == label]]
         out: dict[str, Any] = {}
-        ratio = gradient_energy(synthetic) / gradient_energy(real) if len(synthetic) and len(real) else None
-        out["sharpness"] = {"gradient_energy_ratio": ratio, "band": list(SHARPNESS_BAND),
-                            "warning": ratio is not None and not SHARPNESS_BAND[0] <= ratio <= SHARPNESS_BAND[1]}
+        out["sharpness"] = sharpness(synthetic, gradient_energy(real) if len(real) else None) or {
+            "gradient_energy_ratio": None, "band": list(SHARPNESS_BAND), "warning": False}
         self.progress(f"fidelity check {label}", 0.95)
         self._stop()
         auc = two_sample_auroc(real, synthetic, self.config.seed, steps=self.config.check_steps, map_fn=self._map)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from .checkpoint import save
+from .checks import training_sharpness
 from .config import ModelConfig, SamplerConfig
 from .data import PreprocessConfig
 from .factory import build_model
@@ -250,7 +251,8 @@ def fit_shared(req: FitRequest) -> Iterator[ClassModel]:
     model_dir = save(req.staging / "models" / SHARED_KEY, shared.model, shared.sampler, {
         "classes": shared.classes, "job_id": req.job_id, "seed": shared.train_cfg.seed,
         "preprocess": req.pre.model_dump(mode="json"), "train": shared.train_cfg.model_dump(mode="json"),
-        "history": shared.history.as_dicts(), "trained_on": [req.sources[i] for i in req.train_idx]})
+        "history": shared.history.as_dicts(), "trained_on": [req.sources[i] for i in req.train_idx],
+        **training_sharpness(scans)})
     span = 0.4 / len(req.classes)
     for k, label in enumerate(req.classes):
         # it learned every class: this class's scans first, so the summary can list them
@@ -306,7 +308,7 @@ def _fit_one_class(req: FitRequest, k: int, label: str, base_state: dict[str, to
     model_dir = save(req.staging / "models" / label, model, sampler, {
         "class": label, "job_id": req.job_id, "seed": train_cfg.seed, "preprocess": req.pre.model_dump(mode="json"),
         "train": train_cfg.model_dump(mode="json"), "history": history.as_dicts(),
-        "trained_on": [req.sources[i] for i in picked], **base})
+        "trained_on": [req.sources[i] for i in picked], **base, **training_sharpness({label: train_x})})
     # the seed of the model kept (a retrained one's own)
     return ClassModel(label, model, None, history, seconds, label, model_dir, f"{req.job_id}/{label}",
                       train_cfg.seed, retrained, spreads.get(label), picked,

@@ -213,6 +213,7 @@ def train(ctx: JobContext, p: TrainParams) -> Outcome:
         build_sampler,
         save,
     )
+    from models.checks import training_sharpness
     from models.data import PreprocessConfig, load_tensors, read_cohort, settle_preprocess
 
     ctx.progress(0.0, "validating")
@@ -279,7 +280,8 @@ def train(ctx: JobContext, p: TrainParams) -> Outcome:
     last = history.records[-1].as_dict() if history.records else {}
     meta = json_safe({"job": ctx.job_id, "dataset": p.dataset, "label": p.label,
                       "preprocess": preprocess.model_dump(mode="json"),
-                      "train": train_cfg.model_dump(mode="json"), "final": last})
+                      "train": train_cfg.model_dump(mode="json"), "final": last,
+                      **training_sharpness({p.label or "all": data})})
     with ctx.store.writer("model", model_id, meta=meta, replace=True) as payload:
         save(payload, model, sampler, meta)
     metrics = {"steps": trainer.global_step, "epochs": len(history.records), "final": last,
@@ -295,6 +297,7 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
 
     from models import load
     from models.augment import sampler_label, write_synthetic
+    from models.checks import SAMPLE_ADVICE, sampled_sharpness, sharpness_warning
     from models.conditional import ClassView, for_class
     from models.data import PreprocessConfig, output_format, target_affine
 
@@ -326,9 +329,17 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
             csv.writer(fh).writerows([["path", "label", "split", "synthetic"],
                                       *[[f"scans/{name}", label, "", "true"] for name in names]])
     of_class = f" of class '{label}'" if p.label or isinstance(model, ClassView) else ""
+    # A sample job has no real scans: its sharpness is measured against the energy the model
+    # recorded of its training scans, and a blur tell is said in the job's events and message.
+    sharp = sampled_sharpness(meta, label, scans)
+    message = f"sampled {p.n} scans{of_class}"
+    if sharp and sharp["warning"]:
+        warning = sharpness_warning(label, sharp, "sampled scans", "training scans") + SAMPLE_ADVICE
+        ctx.log(f"warning: {warning}")
+        message += f"; warning: {warning}"
     return Outcome(metrics={"n": p.n, "label": label, "shape": list(scans.shape[1:]),
-                            "mean": float(scans.mean())},
-                   artifacts=[output_id], message=f"sampled {p.n} scans{of_class}")
+                            "mean": float(scans.mean()), "sharpness": sharp},
+                   artifacts=[output_id], message=message)
 
 
 # -- evaluate --------------------------------------------------------------------------------------

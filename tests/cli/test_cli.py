@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from monai.transforms import LoadImage
 from PIL import Image
 
@@ -123,8 +124,33 @@ def test_train_then_sample_writes_scans_in_target_space(cohort, tiny_config, tmp
     assert main(["sample", str(model_dir), "-n", "3", "--out", str(tmp_path / "t"), "--seed", "5"]) == 0
     again = sorted((tmp_path / "t").glob("*.nii.gz"))
     assert np.array_equal(nib.load(first[1]).get_fdata(), nib.load(again[1]).get_fdata())
+    capsys.readouterr()  # the samples' own lines (a blur warning among them)
     _fails_with(capsys, ["sample", str(model_dir), "-n", str(10**9), "--out", str(tmp_path / "u")], "-n", "10000")
     assert not (tmp_path / "u").exists()
+
+
+def test_sample_measures_its_sharpness_against_the_training_scans_and_warns_of_blur(cohort, tiny_config, tmp_path,
+                                                                                    capsys):
+    """A sample has no real scans: the model keeps its training scans' gradient energy (one number
+    per class), and sample reports its draws against it, warning when they are a blur tell."""
+    from models.checks import SHARPNESS_BAND, TRAIN_GRADIENT_ENERGY
+    from models.report import gradient_energy
+
+    model_dir = tmp_path / "model"
+    assert main(["train", str(cohort), "--class", "AD", "--out", str(model_dir), "--config", str(tiny_config)]) == 0
+    meta = json.loads((model_dir / "config.json").read_text())["meta"]
+    assert set(meta[TRAIN_GRADIENT_ENERGY]) == {"AD"} and meta[TRAIN_GRADIENT_ENERGY]["AD"] > 0
+    capsys.readouterr()
+    assert main(["sample", str(model_dir), "-n", "4", "--out", str(tmp_path / "s"), "--seed", "3"]) == 0
+    captured = capsys.readouterr()
+    drawn = np.stack([nib.load(p).get_fdata(dtype=np.float32) for p in sorted((tmp_path / "s").glob("*.nii.gz"))])
+    ratio = gradient_energy(torch.from_numpy(drawn)[:, None]) / meta[TRAIN_GRADIENT_ENERGY]["AD"]
+    said = float(re.search(r"gradient energy ([\d.]+) x the training scans'", captured.out).group(1))
+    assert said == pytest.approx(ratio, abs=0.006)  # two decimals, read back from the written files
+    # a 12-step model's decoder means are smoother than the noisy scans it learned from
+    assert ratio < SHARPNESS_BAND[0]
+    assert "warning: class 'AD': the sampled scans' gradient energy" in captured.err
+    assert "smoother" in captured.err and "generator variation" in captured.err
 
 
 def test_model_scope_flag_overrides_the_file_and_sample_draws_a_named_class(cohort, tiny_config, tmp_path, capsys):
@@ -146,6 +172,7 @@ def test_model_scope_flag_overrides_the_file_and_sample_draws_a_named_class(coho
     assert main(["sample", str(shared), "-n", "3", "--class", "CN", "--out", str(tmp_path / "cn")]) == 0
     ad, cn = nib.load(scans[0]).get_fdata(), nib.load(tmp_path / "cn" / "syn_CN_00000.nii.gz").get_fdata()
     assert not np.allclose(ad, cn)  # same seed, another class: another scan
+    capsys.readouterr()
 
     _fails_with(capsys, ["sample", str(shared), "-n", "2", "--out", str(tmp_path / "x")],
                 "--class", "class-conditional", "classes: AD, CN")
@@ -159,6 +186,7 @@ def test_sample_class_of_a_per_class_model_is_optional_but_must_match(cohort, ti
     assert main(["train", str(cohort), "--class", "AD", "--out", str(model_dir), "--config", str(tiny_config)]) == 0
     assert main(["sample", str(model_dir), "-n", "2", "--class", "AD", "--out", str(tmp_path / "s")]) == 0
     assert len(list((tmp_path / "s").glob("syn_AD_*.nii.gz"))) == 2
+    capsys.readouterr()
     _fails_with(capsys, ["sample", str(model_dir), "-n", "2", "--class", "CN", "--out", str(tmp_path / "t")],
                 "trained on class 'AD' only", "'CN'")
 

@@ -14,6 +14,7 @@ import zipfile
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from tests.sse import read_sse
 
@@ -161,6 +162,24 @@ def test_synchronous_sampling_returns_nifti_and_zip(deployment, augmentation):
         zf = zipfile.ZipFile(io.BytesIO(three.content))
         assert len([n for n in zf.namelist() if n.endswith(".nii.gz")]) == 3
         assert "manifest.csv" in zf.namelist()
+
+        # each sample job measures its scans' sharpness against the energy the model kept of its
+        # training scans: the two jobs' ratios stand as the gradient energies of the scans delivered
+        from models.report import gradient_energy
+        jobs = [c.get(f"/v1/jobs/{r.headers['x-job-id']}").json() for r in (one, three)]
+        sharp = [j["metrics"]["sharpness"] for j in jobs]
+        delivered = [np.stack([image.get_fdata(dtype=np.float32)]),
+                     np.stack([read_nifti(zf.read(n)).get_fdata(dtype=np.float32)
+                               for n in sorted(zf.namelist()) if n.endswith(".nii.gz")])]
+        energy = [gradient_energy(torch.from_numpy(x)[:, None]) for x in delivered]
+        assert sharp[0]["gradient_energy_ratio"] / sharp[1]["gradient_energy_ratio"] == pytest.approx(
+            energy[0] / energy[1], rel=1e-3)
+        for record, job in zip(sharp, jobs):
+            low, high = record["band"]
+            assert record["warning"] == (not low <= record["gradient_energy_ratio"] <= high)
+            with c.stream("GET", f"/v1/jobs/{job['id']}/events") as stream:
+                said = [d["message"] for _, d in read_sse(stream)]
+            assert any("the sampled scans' gradient energy" in m for m in said) == record["warning"], said
 
         queued = c.post(f"/v1/models/{model_id}/samples", json={"n": 50, "wait": True})
         assert queued.status_code == 202 and queued.json()["kind"] == "sample"

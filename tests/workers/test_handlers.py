@@ -97,6 +97,15 @@ def test_sample_and_evaluate_a_trained_model(store, settings, dataset):
     assert _grey(out / "scans" / "syn_AD_00000.png").shape == (8, 8)
     assert (out / "manifest.csv").read_text().count("true") == 5
     assert sampled.metrics["n"] == 5 and store.verify("output-s")
+    # the train job kept its scans' gradient energy; the sample job measured its draws against it
+    from models import load
+    from models.checks import TRAIN_GRADIENT_ENERGY
+    from models.report import gradient_energy
+    kept = load(store.path("model-t"))[2][TRAIN_GRADIENT_ENERGY]
+    sharp = sampled.metrics["sharpness"]
+    assert set(kept) == {"AD"} and sharp["gradient_energy_ratio"] == pytest.approx(
+        gradient_energy(torch.from_numpy(np.load(out / "samples.npy"))) / kept["AD"], rel=1e-6)
+    assert ("warning: class 'AD'" in sampled.message) == sharp["warning"]
 
     evaluated = run("evaluate", {"model": "model-t", "dataset": dataset, "n_particles": 8},
                     JobContext("e", store, settings=settings))
@@ -246,7 +255,8 @@ def test_a_sample_job_draws_the_named_class_of_a_shared_model(store, settings, d
     run("augment", {"dataset": dataset, "target": {"AD": 2}, "config": {**SHARED_AUGMENT, "mcmc_steps": 3}},
         JobContext("sh", store, settings=settings))
     out = run("sample", {"model": "model-sh-0", "n": 3, "label": "AD"}, JobContext("s1", store, settings=settings))
-    assert out.metrics["label"] == "AD" and out.message == "sampled 3 scans of class 'AD'"
+    assert out.metrics["label"] == "AD" and out.message.startswith("sampled 3 scans of class 'AD'")
+    assert out.metrics["sharpness"]["gradient_energy_ratio"] > 0  # against the shared model's AD scans
     scans = store.path("output-s1") / "scans"
     assert sorted(p.name for p in scans.glob("*.png")) == [f"syn_AD_0000{i}.png" for i in range(3)]
     assert json.loads((scans / "syn_AD_00000.json").read_text())["class"] == "AD"
