@@ -67,3 +67,33 @@ def test_a_closed_check_starts_no_further_classifier(threads):
     for future in checks._without:  # queued: cancelled; waiting for a slot: stopped when it got one
         assert future.cancelled() or isinstance(future.exception(timeout=120), TrainingCancelled)
     assert all(fold.without is None for fold in checks._folds)
+
+
+def test_the_sharpness_rule_flags_blur_and_grain_and_needs_a_reference():
+    """One rule for augment's report and for sample (which only has the model's recorded energy)."""
+    import torch.nn.functional as F
+
+    from models.checks import (
+        TRAIN_GRADIENT_ENERGY,
+        sampled_sharpness,
+        sharpness,
+        sharpness_warning,
+        training_sharpness,
+    )
+    from models.report import gradient_energy
+
+    real = scans(6, 0.4, 5)
+    blurred = F.avg_pool3d(real, 3, stride=1, padding=1)  # a decoder mean's smoothness
+    grainy = real + 0.2 * torch.randn(real.shape, generator=torch.Generator().manual_seed(1))
+    kept = training_sharpness({"AD": real, "CN": real[:0]})
+    assert kept == {TRAIN_GRADIENT_ENERGY: {"AD": pytest.approx(gradient_energy(real))}}  # an empty class: nothing
+
+    same = sharpness(real.flip(0), kept[TRAIN_GRADIENT_ENERGY]["AD"])
+    assert same["gradient_energy_ratio"] == pytest.approx(1.0) and not same["warning"]
+    smooth = sampled_sharpness(kept, "AD", blurred)
+    assert smooth["gradient_energy_ratio"] < 0.5 and smooth["warning"]
+    assert "smoother" in sharpness_warning("AD", smooth)
+    assert "grainier" in sharpness_warning("AD", sharpness(grainy, gradient_energy(real)))
+    # a model saved before it kept the energy, another class, or no scans: nothing to say
+    assert sampled_sharpness({}, "AD", blurred) is None
+    assert sampled_sharpness(kept, "CN", blurred) is None and sharpness(real[:0], 1.0) is None
