@@ -43,6 +43,7 @@ TWO_SAMPLE_WARNING = 0.8
 # number per class, no scan, so that a sample job, which has no real scans, can still say how
 # sharp its draws are against what the model learned from.
 TRAIN_GRADIENT_ENERGY = "train_gradient_energy"
+ALL_CLASSES = "all"  # its key for a model trained on every class without labels (a train job with no label)
 
 
 def training_sharpness(scans: dict[str, Tensor]) -> dict[str, dict[str, float]]:
@@ -70,10 +71,10 @@ SAMPLE_ADVICE = ("; augment (generator variation, its default) delivers scans as
 
 def sampled_sharpness(meta: dict[str, Any], label: str | None, scans: Tensor) -> dict[str, Any] | None:
     """The sharpness check of scans drawn from a saved model (``meta``: its saved meta) for class
-    ``label`` (None: a model of every class, recorded as "all"), against the training scans the
+    ``label`` (None: a model of every class, ``ALL_CLASSES``), against the training scans the
     model recorded; None for a model saved before it recorded them."""
     energies = meta.get(TRAIN_GRADIENT_ENERGY) or {}
-    return sharpness(scans, energies.get(label or "all"))
+    return sharpness(scans, energies.get(label or ALL_CLASSES))
 
 
 def sharpness_warning(label: str, record: dict[str, Any], scans: str = "synthetic scans",

@@ -213,7 +213,7 @@ def train(ctx: JobContext, p: TrainParams) -> Outcome:
         build_sampler,
         save,
     )
-    from models.checks import training_sharpness
+    from models.checks import ALL_CLASSES, training_sharpness
     from models.data import PreprocessConfig, load_tensors, read_cohort, settle_preprocess
 
     ctx.progress(0.0, "validating")
@@ -281,7 +281,7 @@ def train(ctx: JobContext, p: TrainParams) -> Outcome:
     meta = json_safe({"job": ctx.job_id, "dataset": p.dataset, "label": p.label,
                       "preprocess": preprocess.model_dump(mode="json"),
                       "train": train_cfg.model_dump(mode="json"), "final": last,
-                      **training_sharpness({p.label or "all": data})})
+                      **training_sharpness({p.label or ALL_CLASSES: data})})
     with ctx.store.writer("model", model_id, meta=meta, replace=True) as payload:
         save(payload, model, sampler, meta)
     metrics = {"steps": trainer.global_step, "epochs": len(history.records), "final": last,

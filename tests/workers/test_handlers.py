@@ -335,3 +335,18 @@ def test_an_augmentation_job_reports_its_utility_check_in_its_events(store, sett
     assert len(verdict) == 1 and "over 2 folds of the train split" in verdict[0]
     sidecar = json.loads(next((store.path(out.artifacts[0]) / "synthetic" / "AD").glob("*.json")).read_text())
     assert sidecar["source"].startswith("real/CN/") and sidecar["derived_from_real_subject"] is True
+
+
+def test_a_model_of_every_class_keeps_one_energy_and_its_samples_are_measured_against_it(store, settings, dataset):
+    from models import load
+    from models.checks import ALL_CLASSES, TRAIN_GRADIENT_ENERGY
+    from models.report import gradient_energy
+
+    run("train", tiny_train_params(dataset, epochs=1), JobContext("t", store, settings=settings))  # no label
+    kept = load(store.path("model-t"))[2][TRAIN_GRADIENT_ENERGY]
+    assert set(kept) == {ALL_CLASSES}
+    sampled = run("sample", {"model": "model-t", "n": 3}, JobContext("s", store, settings=settings))
+    drawn = torch.from_numpy(np.load(store.path("output-s") / "samples.npy"))
+    assert sampled.metrics["label"] == ALL_CLASSES
+    assert sampled.metrics["sharpness"]["gradient_energy_ratio"] == pytest.approx(
+        gradient_energy(drawn) / kept[ALL_CLASSES], rel=1e-6)
