@@ -293,7 +293,7 @@ def cmd_sample(args) -> int:
 
     from models import load
     from models.augment import write_synthetic
-    from models.checks import SAMPLE_ADVICE, sampled_sharpness, sharpness_warning
+    from models.checks import sample_warning, sampled_sharpness
     from models.conditional import for_class
     from models.data import PreprocessConfig, output_format, target_affine
     from models.data.io import share_like_umask
@@ -321,8 +321,7 @@ def cmd_sample(args) -> int:
     print(f"wrote {len(names)} scans of class '{label}' to {out.resolve()}"
           + (f" (gradient energy {sharp['gradient_energy_ratio']:.2f} x the training scans')" if sharp else ""))
     if sharp and sharp["warning"]:
-        print(f"warning: {sharpness_warning(label, sharp, 'sampled scans', 'training scans')}{SAMPLE_ADVICE}",
-              file=sys.stderr)
+        print(f"warning: {sample_warning(label, sharp)}", file=sys.stderr)
     return 0
 
 

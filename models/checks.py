@@ -69,6 +69,12 @@ SAMPLE_ADVICE = ("; augment (generator variation, its default) delivers scans as
                  "subject altered")
 
 
+def sample_warning(label: str, record: dict[str, Any]) -> str:
+    """The warning of a sample whose sharpness (``sampled_sharpness``) lies outside the band: the
+    words of ``mcvae sample`` and of a sample job's events."""
+    return sharpness_warning(label, record, "sampled scans", "training scans") + SAMPLE_ADVICE
+
+
 def sampled_sharpness(meta: dict[str, Any], label: str | None, scans: Tensor) -> dict[str, Any] | None:
     """The sharpness check of scans drawn from a saved model (``meta``: its saved meta) for class
     ``label`` (None: a model of every class, ``ALL_CLASSES``), against the training scans the

@@ -297,7 +297,7 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
 
     from models import load
     from models.augment import sampler_label, write_synthetic
-    from models.checks import SAMPLE_ADVICE, sampled_sharpness, sharpness_warning
+    from models.checks import ALL_CLASSES, sample_warning, sampled_sharpness
     from models.conditional import ClassView, for_class
     from models.data import PreprocessConfig, output_format, target_affine
 
@@ -307,7 +307,7 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
         model, label = for_class(model, meta, p.label, "label")
     except ValueError as err:
         raise InvalidParams(str(err)) from None
-    label = label or "all"
+    label = label or ALL_CLASSES  # a model of every class (the key its energy is kept under)
     # Without a recorded preprocessing (a model trained on tensors) there is no scanner space.
     # A model of a PNG cohort delivers PNGs (its settled preprocessing says so; models.data.settle).
     pre = PreprocessConfig(**meta["preprocess"]) if meta.get("preprocess") else None
@@ -334,7 +334,7 @@ def sample(ctx: JobContext, p: SampleParams) -> Outcome:
     sharp = sampled_sharpness(meta, label, scans)
     message = f"sampled {p.n} scans{of_class}"
     if sharp and sharp["warning"]:
-        warning = sharpness_warning(label, sharp, "sampled scans", "training scans") + SAMPLE_ADVICE
+        warning = sample_warning(label, sharp)
         ctx.log(f"warning: {warning}")
         message += f"; warning: {warning}"
     return Outcome(metrics={"n": p.n, "label": label, "shape": list(scans.shape[1:]),
